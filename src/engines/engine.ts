@@ -1,0 +1,128 @@
+/**
+ * The narrow seam between agentrt and an inference engine. Everything above it (actors, supervisor,
+ * store, server) speaks only these types; everything below it (node-llama-cpp, MLX) lives inside the
+ * generation worker. An engine holds one KV cache ("sequence") per resident agent, keyed by agent id.
+ */
+
+export type EngineName = "llama.cpp" | "mlx";
+
+export type ChatRole = "system" | "user" | "assistant";
+
+export interface ChatMessage {
+  role: ChatRole;
+  content: string;
+}
+
+/** Sampling settings. `temperature: 0` (the default) is greedy decoding and fully deterministic. */
+export interface SamplingOptions {
+  /** Default 0 (greedy). */
+  temperature?: number;
+  /** Keep only the k most likely tokens; 0 disables. Default 40 when temperature > 0. */
+  topK?: number;
+  /** Nucleus sampling threshold in (0, 1]; 1 disables. Default 0.95 when temperature > 0. */
+  topP?: number;
+  /** Seed for sampled decoding; a fixed seed repeats the same output. */
+  seed?: number;
+}
+
+export interface EngineLoadOptions {
+  /** Which engine to load. */
+  engine: EngineName;
+  /** A GGUF file path, an `hf:` URI (llama.cpp), or an mlx-community style folder (mlx). */
+  model: string;
+  /** Tokens per agent sequence. */
+  contextSize: number;
+  /** Number of agent sequences held at once (the supervisor's `maxAgents`). */
+  sequences: number;
+  /** Compute threads; must be explicit (see README: default 4 is very slow on 2 cores). */
+  threads: number;
+  /** Batch size for prompt evaluation. */
+  batchSize?: number;
+  /** Where `hf:` downloads are cached. */
+  modelCacheDir?: string;
+}
+
+export interface ModelInfo {
+  engine: EngineName;
+  /** Human-readable model name (file or folder name, or the GGUF's general.name). */
+  name: string;
+  /** Resolved local path of the model file or folder. */
+  path: string;
+  /** Identifies model + engine + KV format: a state file is only loaded when its fingerprint matches. */
+  fingerprint: string;
+  /** Bytes of model weights held by the engine. */
+  modelBytes: number;
+  /** Tokens per agent sequence. */
+  contextSize: number;
+  /** KV cache bytes one token costs in memory. */
+  kvBytesPerToken: number;
+  /** Name of the chat formatting in use (a template name, or "generic" for models without one). */
+  chatFormat: string;
+  threads: number;
+}
+
+export interface EvaluationCounts {
+  /** Tokens in the rendered prompt (system prompt + history + new message). */
+  promptTokens: number;
+  /** Prompt tokens already in the agent's KV cache and not evaluated again. */
+  reusedTokens: number;
+  /** Tokens the engine actually evaluated for the prompt (as counted by the engine). */
+  evaluatedTokens: number;
+  /** Tokens in the agent's KV cache afterwards. */
+  cacheTokens: number;
+}
+
+export type StopReason = "eos" | "maxTokens" | "aborted" | "contextFull";
+
+export interface GenerateInput {
+  /** The whole conversation including the new user message; the engine reuses the cached prefix. */
+  messages: ChatMessage[];
+  maxTokens: number;
+  sampling: SamplingOptions;
+  signal: AbortSignal;
+  /** Called with each piece of text as soon as it is decoded. */
+  onText: (text: string) => void;
+}
+
+export interface GenerateOutput extends EvaluationCounts {
+  text: string;
+  generatedTokens: number;
+  stopReason: StopReason;
+  /** Milliseconds from the call to the first generated token. */
+  ttftMs: number;
+  /** Milliseconds spent generating after the first token. */
+  decodeMs: number;
+}
+
+export interface SavedState {
+  /** Bytes written by the engine. */
+  bytes: number;
+  /** Tokens in the saved cache. */
+  tokens: number;
+}
+
+export interface SequenceStats {
+  tokens: number;
+  /** KV bytes in memory for this sequence. */
+  bytes: number;
+}
+
+export interface Engine {
+  readonly info: ModelInfo;
+  /** Whether the engine may run several sequences' work at once (llama.cpp batches them). */
+  readonly concurrent: boolean;
+  /** Claims a sequence for `key`. Throws when every sequence is taken. */
+  openSequence(key: string): Promise<void>;
+  /** Frees the sequence of `key` and its KV memory. */
+  closeSequence(key: string): Promise<void>;
+  /** Evaluates `messages` into the sequence without generating (used for the system prompt at spawn). */
+  prefill(key: string, messages: ChatMessage[], signal: AbortSignal): Promise<EvaluationCounts>;
+  /** Renders `messages`, evaluates only what the cache lacks, then generates the assistant's reply. */
+  generate(key: string, input: GenerateInput): Promise<GenerateOutput>;
+  /** Writes the sequence's KV state to `filePath` (the caller handles atomic rename and checksums). */
+  saveState(key: string, filePath: string): Promise<SavedState>;
+  /** Replaces the sequence's KV state with a file the caller has verified for this fingerprint. */
+  loadState(key: string, filePath: string): Promise<{ tokens: number }>;
+  stats(key: string): SequenceStats;
+  dispose(): Promise<void>;
+}
