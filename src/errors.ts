@@ -10,6 +10,7 @@ export const ERROR_CODES = {
   ERR_INVALID_AGENT_ID: "Invalid agent id",
   ERR_MAILBOX_FULL: "The agent's mailbox is full",
   ERR_MESSAGE_TOO_LARGE: "The message is larger than the configured limit",
+  ERR_INVALID_MESSAGE: "The message is empty or not text",
   ERR_CONTEXT_FULL: "The conversation no longer fits in the model's context",
   ERR_STATE_CORRUPT: "A state file failed its integrity check",
   ERR_STATE_FOREIGN: "A state file was written for another model, engine or format version",

@@ -1,0 +1,16 @@
+// The public surface of agentrt, by name.
+export { AgentRuntime } from "./runtime/runtime.js";
+export type { AgentRuntimeOptions, SpawnOptions, SendOptions } from "./runtime/options.js";
+export { Turn } from "./runtime/turn.js";
+export type { AgentInfo, AgentStatus } from "./runtime/agent.js";
+export type { RuntimeEvents, RuntimeEventName, TurnResult, TurnTimings } from "./runtime/events.js";
+export type { MemoryReport, AgentMemory } from "./runtime/memory.js";
+export type { Clock } from "./runtime/clock.js";
+export { validateAgentId } from "./runtime/agent-id.js";
+export { AgentRuntimeError, ERROR_CODES, isAgentRuntimeError } from "./errors.js";
+export type { ErrorCode } from "./errors.js";
+export type { ChatMessage, EngineName, SamplingOptions, ModelInfo, StopReason } from "./engines/engine.js";
+export type { StateStore, AgentRecord, KvDescriptor, StagedKv } from "./store/state-store.js";
+export { DirectoryStore } from "./store/directory-store.js";
+export type { AgentBehaviour, AgentView } from "../actors/behaviour.js";
+export { conversation } from "../actors/conversation.js";

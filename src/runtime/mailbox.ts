@@ -1,0 +1,73 @@
+import { AgentRuntimeError } from "../errors.js";
+
+interface Letter {
+  run(): Promise<void>;
+  reject(error: Error): void;
+}
+
+/**
+ * An agent's mailbox: tasks run strictly one at a time, in the order posted. Bounded: posting to a
+ * full mailbox fails at once with ERR_MAILBOX_FULL, so a flood never grows memory without limit.
+ */
+export class Mailbox {
+  readonly capacity: number;
+  readonly #queue: Letter[] = [];
+  #running = false;
+  #idle: Array<() => void> = [];
+
+  constructor(capacity: number) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError("mailbox capacity must be an integer ≥ 1");
+    this.capacity = capacity;
+  }
+
+  /** Messages waiting, not counting the one running. */
+  get pending(): number {
+    return this.#queue.length;
+  }
+
+  get busy(): boolean {
+    return this.#running;
+  }
+
+  post<T>(task: () => Promise<T>, details?: Record<string, unknown>): Promise<T> {
+    if (this.#queue.length >= this.capacity) {
+      return Promise.reject(
+        new AgentRuntimeError("ERR_MAILBOX_FULL", `The mailbox holds ${this.capacity} messages already`, {
+          ...(details ? { details } : {}),
+        }),
+      );
+    }
+    return new Promise<T>((resolve, reject) => {
+      this.#queue.push({
+        run: () => task().then(resolve, reject),
+        reject,
+      });
+      this.#pump();
+    });
+  }
+
+  #pump(): void {
+    if (this.#running) return;
+    const letter = this.#queue.shift();
+    if (!letter) {
+      for (const wake of this.#idle.splice(0)) wake();
+      return;
+    }
+    this.#running = true;
+    void letter.run().finally(() => {
+      this.#running = false;
+      this.#pump();
+    });
+  }
+
+  /** Resolves once nothing is running or waiting. */
+  drain(): Promise<void> {
+    if (!this.#running && this.#queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idle.push(resolve));
+  }
+
+  /** Rejects every waiting message (the running one finishes). */
+  rejectPending(error: Error): void {
+    for (const letter of this.#queue.splice(0)) letter.reject(error);
+  }
+}

@@ -1,0 +1,69 @@
+import type { ModelInfo, SequenceStats } from "../engines/engine.js";
+import type { Agent } from "./agent.js";
+
+export interface AgentMemory {
+  id: string;
+  status: "resident" | "passivated" | "passivating" | "rehydrating" | "failed";
+  /** Tokens held in the KV cache in memory (0 when not resident). */
+  cacheTokens: number;
+  /** KV cache bytes in memory (0 when not resident). */
+  cacheBytes: number;
+  /** Tokens in the saved cache on disk, if any. */
+  savedTokens: number;
+  /** Bytes the agent occupies in the store (record + cache file). */
+  diskBytes: number;
+}
+
+export interface MemoryReport {
+  model: { name: string; engine: string; bytes: number; contextSize: number; kvBytesPerToken: number };
+  agents: AgentMemory[];
+  totals: {
+    residentAgents: number;
+    passivatedAgents: number;
+    cacheTokens: number;
+    cacheBytes: number;
+    diskBytes: number;
+    /** Model bytes + cache bytes in memory. */
+    memoryBytes: number;
+  };
+}
+
+export function memoryReport(
+  info: ModelInfo,
+  agents: readonly Agent[],
+  resident: ReadonlySet<string>,
+  stats: Record<string, SequenceStats>,
+  disk: readonly number[],
+): MemoryReport {
+  const rows = agents.map((agent, index): AgentMemory => {
+    const live = resident.has(agent.id) ? stats[agent.id] : undefined;
+    return {
+      id: agent.id,
+      status: agent.status.state,
+      cacheTokens: live?.tokens ?? 0,
+      cacheBytes: live?.bytes ?? 0,
+      savedTokens: agent.kv?.tokens ?? 0,
+      diskBytes: disk[index] ?? 0,
+    };
+  });
+  const sum = (pick: (row: AgentMemory) => number) => rows.reduce((total, row) => total + pick(row), 0);
+  const cacheBytes = sum((row) => row.cacheBytes);
+  return {
+    model: {
+      name: info.name,
+      engine: info.engine,
+      bytes: info.modelBytes,
+      contextSize: info.contextSize,
+      kvBytesPerToken: info.kvBytesPerToken,
+    },
+    agents: rows,
+    totals: {
+      residentAgents: rows.filter((row) => row.status === "resident").length,
+      passivatedAgents: rows.filter((row) => row.status === "passivated").length,
+      cacheTokens: sum((row) => row.cacheTokens),
+      cacheBytes,
+      diskBytes: sum((row) => row.diskBytes),
+      memoryBytes: info.modelBytes + cacheBytes,
+    },
+  };
+}

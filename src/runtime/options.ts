@@ -1,0 +1,130 @@
+import { availableParallelism } from "node:os";
+import type { Logger } from "pino";
+import type { AgentBehaviour } from "../../actors/behaviour.js";
+import type { EngineName, SamplingOptions } from "../engines/engine.js";
+import type { HostedEngine } from "../worker/remote-engine.js";
+import type { StateStore } from "../store/state-store.js";
+import type { Clock } from "./clock.js";
+
+export interface AgentRuntimeOptions {
+  /** A GGUF path, an `hf:` URI, or an mlx-community folder. Required unless `engineFactory` is given. */
+  model?: string;
+  /** Engine to run the model on. Default: chosen from the model (GGUF → "llama.cpp", folder → "mlx"). */
+  engine?: EngineName;
+  /** Folder for agent state. Required unless `store` is given. */
+  stateDir?: string;
+  /** A custom state store (an object store, say). Default: a {@link DirectoryStore} on `stateDir`. */
+  store?: StateStore;
+  /** Most agents resident in memory at once; more are passivated to the store. Default 3. */
+  maxAgents?: number;
+  /** Most agents kept in the store (resident or not); spawning more fails. Default: unlimited. */
+  maxStoredAgents?: number;
+  /** Tokens per agent sequence (system prompt + history + reply). Default 2048. */
+  contextSize?: number;
+  /** Engine compute threads. Default: the machine's available parallelism (measured fastest here: see bench). */
+  threads?: number;
+  /** Prompt evaluation batch size. Default min(512, contextSize). */
+  batchSize?: number;
+  /** Default reply length limit per turn, in tokens. Default 256. */
+  maxTokens?: number;
+  /** Messages that may wait in one agent's mailbox. Default 64. */
+  mailboxCapacity?: number;
+  /** Longest accepted message, in characters. Default 32 768. */
+  maxMessageChars?: number;
+  /** Where `hf:` models are downloaded. Default: node-llama-cpp's models folder. */
+  modelCacheDir?: string;
+  /** Default behaviour of spawned agents. Default: `conversation`. */
+  behaviour?: AgentBehaviour;
+  /** pino logger; silent by default. */
+  logger?: Logger;
+  /** Time source (tests inject a fake one). */
+  clock?: Clock;
+  /** Starts the engine in-process instead of in a worker thread (unit tests use a fake engine). */
+  engineFactory?: () => Promise<HostedEngine>;
+  signal?: AbortSignal;
+}
+
+export interface SpawnOptions {
+  /** The agent's address: lowercase segments joined by `/`, e.g. `support/42`. */
+  id: string;
+  /** A free-form role name (technical, business, …). Default "assistant". */
+  role?: string;
+  systemPrompt: string;
+  /** Sampling for every turn of this agent. Default greedy. */
+  sampling?: SamplingOptions;
+  /** Behaviour for this agent. Default: the runtime's. */
+  behaviour?: AgentBehaviour;
+}
+
+export interface SendOptions {
+  /** Reply length limit in tokens. Default: the runtime's `maxTokens`. */
+  maxTokens?: number;
+  signal?: AbortSignal;
+}
+
+export const DEFAULTS = {
+  maxAgents: 3,
+  contextSize: 2048,
+  maxTokens: 256,
+  mailboxCapacity: 64,
+  maxMessageChars: 32_768,
+  threads: () => availableParallelism(),
+} as const;
+
+function positiveInteger(name: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
+    throw new RangeError(`${name} must be a positive integer, got ${String(value)}`);
+  }
+  return value;
+}
+
+export interface ResolvedOptions {
+  maxAgents: number;
+  maxStoredAgents: number;
+  contextSize: number;
+  threads: number;
+  maxTokens: number;
+  mailboxCapacity: number;
+  maxMessageChars: number;
+}
+
+export function resolveOptions(options: AgentRuntimeOptions): ResolvedOptions {
+  return {
+    maxAgents: positiveInteger("maxAgents", options.maxAgents, DEFAULTS.maxAgents),
+    maxStoredAgents:
+      options.maxStoredAgents === undefined ? Infinity : positiveInteger("maxStoredAgents", options.maxStoredAgents, 0),
+    contextSize: positiveInteger("contextSize", options.contextSize, DEFAULTS.contextSize),
+    threads: positiveInteger("threads", options.threads, DEFAULTS.threads()),
+    maxTokens: positiveInteger("maxTokens", options.maxTokens, DEFAULTS.maxTokens),
+    mailboxCapacity: positiveInteger("mailboxCapacity", options.mailboxCapacity, DEFAULTS.mailboxCapacity),
+    maxMessageChars: positiveInteger("maxMessageChars", options.maxMessageChars, DEFAULTS.maxMessageChars),
+  };
+}
+
+/** Validates sampling settings; the error names the offending option. */
+export function validateSampling(sampling: unknown): SamplingOptions {
+  if (sampling === undefined) return { temperature: 0 };
+  if (typeof sampling !== "object" || sampling === null) throw new TypeError("sampling must be an object");
+  const { temperature = 0, topK, topP, seed, ...rest } = sampling as Record<string, unknown>;
+  const unknownKeys = Object.keys(rest);
+  if (unknownKeys.length > 0) throw new TypeError(`sampling has unknown option(s): ${unknownKeys.join(", ")}`);
+  if (typeof temperature !== "number" || !Number.isFinite(temperature) || temperature < 0 || temperature > 10) {
+    throw new RangeError(`sampling.temperature must be a number in [0, 10], got ${String(temperature)}`);
+  }
+  if (topK !== undefined && (typeof topK !== "number" || !Number.isInteger(topK) || topK < 0)) {
+    throw new RangeError(`sampling.topK must be an integer ≥ 0, got ${String(topK)}`);
+  }
+  if (topP !== undefined && (typeof topP !== "number" || !(topP > 0 && topP <= 1))) {
+    throw new RangeError(`sampling.topP must be a number in (0, 1], got ${String(topP)}`);
+  }
+  if (seed !== undefined && (typeof seed !== "number" || !Number.isSafeInteger(seed) || seed < 0)) {
+    throw new RangeError(`sampling.seed must be a non-negative integer, got ${String(seed)}`);
+  }
+  return {
+    temperature,
+    ...(topK !== undefined ? { topK: topK as number } : {}),
+    ...(topP !== undefined ? { topP: topP as number } : {}),
+    ...(seed !== undefined ? { seed: seed as number } : {}),
+  };
+}

@@ -1,0 +1,500 @@
+import { EventEmitter } from "eventemitter3";
+import pino, { type Logger } from "pino";
+import { conversation } from "../../actors/conversation.js";
+import { detectEngine } from "../engines/create-engine.js";
+import type { ChatMessage, ModelInfo } from "../engines/engine.js";
+import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
+import { DirectoryStore } from "../store/directory-store.js";
+import type { StateStore } from "../store/state-store.js";
+import { Supervisor } from "../supervisor/supervisor.js";
+import { RemoteEngine, type HostedEngine } from "../worker/remote-engine.js";
+import { Agent, type AgentInfo } from "./agent.js";
+import { validateAgentId } from "./agent-id.js";
+import { systemClock, type Clock } from "./clock.js";
+import type { RuntimeEvents, TurnResult, TurnTimings } from "./events.js";
+import { resolveOptions, validateSampling, type AgentRuntimeOptions, type ResolvedOptions, type SendOptions, type SpawnOptions } from "./options.js";
+import { Turn } from "./turn.js";
+import { memoryReport, type MemoryReport } from "./memory.js";
+
+const never = new AbortController().signal;
+
+/**
+ * The agent runtime: agents as actors with mailboxes, one generation worker that owns the model, a
+ * supervisor that keeps at most `maxAgents` resident and passivates the rest to the store.
+ */
+export class AgentRuntime extends EventEmitter<RuntimeEvents> {
+  readonly #options: ResolvedOptions;
+  readonly #store: StateStore;
+  readonly #log: Logger;
+  readonly #clock: Clock;
+  readonly #startEngine: () => Promise<HostedEngine>;
+  readonly #defaultBehaviour;
+  readonly #agents = new Map<string, Agent>();
+  readonly #supervisor: Supervisor<Agent>;
+  #engine: Promise<HostedEngine>;
+  #info: ModelInfo;
+  #turnCounter = 0;
+  #closed: Promise<void> | undefined;
+  #destroyed = false;
+
+  private constructor(init: {
+    options: ResolvedOptions;
+    store: StateStore;
+    log: Logger;
+    clock: Clock;
+    startEngine: () => Promise<HostedEngine>;
+    engine: HostedEngine;
+    behaviour: AgentRuntimeOptions["behaviour"];
+  }) {
+    super();
+    this.#options = init.options;
+    this.#store = init.store;
+    this.#log = init.log;
+    this.#clock = init.clock;
+    this.#startEngine = init.startEngine;
+    this.#defaultBehaviour = init.behaviour ?? conversation;
+    this.#engine = Promise.resolve(init.engine);
+    this.#info = init.engine.info;
+    this.#watch(init.engine);
+    this.#supervisor = new Supervisor<Agent>({
+      maxAgents: init.options.maxAgents,
+      passivate: (agent) => this.#passivate(agent),
+    });
+  }
+
+  /** Starts the generation worker, loads the model and reads every stored agent. */
+  static async create(options: AgentRuntimeOptions): Promise<AgentRuntime> {
+    options.signal?.throwIfAborted();
+    const resolved = resolveOptions(options);
+    if (!options.store && !options.stateDir) throw new TypeError("stateDir (or store) is required");
+    if (!options.model && !options.engineFactory) throw new TypeError("model is required");
+    const store = options.store ?? new DirectoryStore(options.stateDir!);
+    const log = options.logger ?? pino({ level: "silent" });
+    const clock = options.clock ?? systemClock;
+    const workerLog = log.child({ component: "worker" });
+    const startEngine =
+      options.engineFactory ??
+      (async () => {
+        const engine = options.engine ?? (await detectEngine(options.model!));
+        return RemoteEngine.start(
+          {
+            engine,
+            model: options.model!,
+            contextSize: resolved.contextSize,
+            sequences: resolved.maxAgents,
+            threads: resolved.threads,
+            ...(options.batchSize ? { batchSize: options.batchSize } : {}),
+            ...(options.modelCacheDir ? { modelCacheDir: options.modelCacheDir } : {}),
+          },
+          (record) => workerLog[record.level](record.data ?? {}, record.msg),
+          options.signal,
+        );
+      });
+    const engine = await startEngine();
+    const runtime = new AgentRuntime({ options: resolved, store, log, clock, startEngine, engine, behaviour: options.behaviour });
+    try {
+      await runtime.#restore();
+    } catch (error) {
+      await engine.dispose();
+      throw error;
+    }
+    return runtime;
+  }
+
+  /** The loaded model: engine, name, fingerprint, sizes. */
+  get model(): ModelInfo {
+    return this.#info;
+  }
+
+  get maxAgents(): number {
+    return this.#options.maxAgents;
+  }
+
+  /** Registers `listener` for `event`; returns the function that unsubscribes it. */
+  subscribe<E extends keyof RuntimeEvents>(event: E, listener: (...args: RuntimeEvents[E]) => void): () => void {
+    this.on(event, listener as never);
+    return () => this.off(event, listener as never);
+  }
+
+  async #restore(): Promise<void> {
+    for (const id of await this.#store.list()) {
+      const now = this.#clock.now();
+      const common = { behaviour: this.#defaultBehaviour, mailboxCapacity: this.#options.mailboxCapacity, log: this.#log.child({ agent: id }) };
+      try {
+        const record = await this.#store.read(id);
+        if (!record) continue;
+        this.#agents.set(
+          id,
+          new Agent({
+            ...common,
+            id,
+            role: record.role,
+            systemPrompt: record.systemPrompt,
+            sampling: record.sampling,
+            history: record.history,
+            status: { state: "passivated" },
+            kv: record.kv,
+            createdAt: record.createdAt,
+            lastUsed: record.updatedAt,
+          }),
+        );
+      } catch (error) {
+        const failure = isAgentRuntimeError(error)
+          ? error
+          : new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent ${id} could not be read`, { cause: error });
+        common.log.warn({ err: failure }, "agent record unreadable; agent marked failed");
+        this.#agents.set(
+          id,
+          new Agent({ ...common, id, role: "", systemPrompt: "", sampling: {}, history: [], status: { state: "failed", error: failure }, createdAt: now, lastUsed: now }),
+        );
+        this.emit("agent:error", { id, error: failure });
+      }
+    }
+  }
+
+  #assertOpen(): void {
+    if (this.#closed || this.#destroyed) throw new AgentRuntimeError("ERR_RUNTIME_CLOSED");
+  }
+
+  #require(id: string): Agent {
+    const agent = this.#agents.get(validateAgentId(id));
+    if (!agent) throw new AgentRuntimeError("ERR_AGENT_NOT_FOUND", `No agent with id ${JSON.stringify(id)}`, { details: { id } });
+    return agent;
+  }
+
+  /** Creates an agent, persists it, and evaluates its system prompt once. */
+  async spawn(spec: SpawnOptions, options: { signal?: AbortSignal } = {}): Promise<AgentInfo> {
+    this.#assertOpen();
+    options.signal?.throwIfAborted();
+    if (typeof spec !== "object" || spec === null) throw new TypeError("spawn options must be an object");
+    const id = validateAgentId(spec.id);
+    if (typeof spec.systemPrompt !== "string") throw new TypeError("systemPrompt must be a string");
+    if (spec.systemPrompt.length > this.#options.maxMessageChars) {
+      throw new AgentRuntimeError("ERR_MESSAGE_TOO_LARGE", `systemPrompt exceeds ${this.#options.maxMessageChars} characters`);
+    }
+    if (spec.role !== undefined && typeof spec.role !== "string") throw new TypeError("role must be a string");
+    const sampling = validateSampling(spec.sampling);
+    if (this.#agents.has(id)) throw new AgentRuntimeError("ERR_AGENT_EXISTS", `Agent ${id} already exists`, { details: { id } });
+    if (this.#agents.size >= this.#options.maxStoredAgents) {
+      throw new AgentRuntimeError("ERR_TOO_MANY_AGENTS", `The store holds ${this.#agents.size} agents, the limit`, {
+        details: { limit: this.#options.maxStoredAgents },
+      });
+    }
+    const now = this.#clock.now();
+    const agent = new Agent({
+      id,
+      role: spec.role ?? "assistant",
+      systemPrompt: spec.systemPrompt,
+      sampling,
+      behaviour: spec.behaviour ?? this.#defaultBehaviour,
+      history: [],
+      status: { state: "passivated" },
+      createdAt: now,
+      lastUsed: now,
+      mailboxCapacity: this.#options.mailboxCapacity,
+      log: this.#log.child({ agent: id }),
+    });
+    // Claimed synchronously, so a concurrent spawn of the same id fails with ERR_AGENT_EXISTS.
+    this.#agents.set(id, agent);
+    try {
+      await this.#store.write(agent.toRecord(now));
+      await agent.mailbox.post(() => this.#withResident(agent, options.signal, async () => {}));
+    } catch (error) {
+      this.#agents.delete(id);
+      this.#supervisor.release(agent);
+      const engine = await this.#engine.catch(() => undefined);
+      await engine?.closeSequence(id).catch(() => {});
+      await this.#store.remove(id).catch(() => {});
+      throw error;
+    }
+    agent.log.debug({ role: agent.role }, "spawned");
+    this.emit("agent:spawned", { id, role: agent.role });
+    return agent.info();
+  }
+
+  /**
+   * Sends `text` to agent `id`. Iterate the returned {@link Turn} for tokens, or await `turn.result`.
+   * A turn is *acknowledged* when `result` resolves (and `agent:turn-end` fires): its history is then
+   * durable in the store and survives a crash. A rejected turn leaves the history unchanged.
+   */
+  send(id: string, text: string, options: SendOptions = {}): Turn {
+    const turnId = ++this.#turnCounter;
+    return new Turn(async (push) => {
+      this.#assertOpen();
+      const { signal } = options;
+      signal?.throwIfAborted();
+      if (typeof text !== "string") throw new AgentRuntimeError("ERR_INVALID_MESSAGE", "The message must be a string");
+      if (text.trim().length === 0) throw new AgentRuntimeError("ERR_INVALID_MESSAGE", "The message is empty");
+      if (text.length > this.#options.maxMessageChars) {
+        throw new AgentRuntimeError("ERR_MESSAGE_TOO_LARGE", `The message has ${text.length} characters; the limit is ${this.#options.maxMessageChars}`, {
+          details: { length: text.length, limit: this.#options.maxMessageChars },
+        });
+      }
+      const maxTokens = options.maxTokens ?? this.#options.maxTokens;
+      if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new RangeError(`maxTokens must be a positive integer, got ${maxTokens}`);
+      const agent = this.#require(id);
+      const queuedAt = this.#clock.now();
+      return agent.mailbox.post(
+        () => this.#withResident(agent, signal, () => this.#turn(agent, text, turnId, maxTokens, signal, push, queuedAt)),
+        { id },
+      );
+    });
+  }
+
+  /** Sends `text` and resolves with the whole reply. */
+  ask(id: string, text: string, options: SendOptions = {}): Promise<TurnResult> {
+    return this.send(id, text, options).result;
+  }
+
+  /** Runs `work` with the agent pinned and resident (passivating another agent if needed). */
+  async #withResident<T>(agent: Agent, signal: AbortSignal | undefined, work: () => Promise<T>): Promise<T> {
+    if (agent.removed) throw new AgentRuntimeError("ERR_AGENT_REMOVED", undefined, { details: { id: agent.id } });
+    if (agent.status.state === "failed") throw agent.status.error;
+    signal?.throwIfAborted();
+    agent.pins++;
+    try {
+      if (await this.#supervisor.admit(agent, signal)) {
+        try {
+          await this.#load(agent, signal);
+        } catch (error) {
+          this.#supervisor.release(agent);
+          agent.status = { state: "passivated" };
+          const engine = await this.#engine.catch(() => undefined);
+          await engine?.closeSequence(agent.id).catch(() => {});
+          throw error;
+        }
+      }
+      return await work();
+    } finally {
+      agent.pins--;
+      agent.lastUsed = this.#clock.now();
+      this.#supervisor.notify();
+    }
+  }
+
+  /** Gives an admitted agent its cache: from its state file when valid, else by re-evaluating its history. */
+  async #load(agent: Agent, signal: AbortSignal | undefined): Promise<void> {
+    const engine = await this.#engine;
+    const started = this.#clock.now();
+    const wasStored = agent.kv !== undefined || agent.history.length > 0;
+    agent.status = { state: "rehydrating" };
+    await engine.openSequence(agent.id);
+    let source: "state" | "history" = "history";
+    let tokens = 0;
+    if (agent.kv) {
+      try {
+        if (agent.kv.fingerprint !== engine.info.fingerprint || agent.kv.engine !== engine.info.engine) {
+          throw new AgentRuntimeError("ERR_STATE_FOREIGN", `The saved cache of ${agent.id} was made by another model or engine`, {
+            details: { id: agent.id, fingerprint: agent.kv.fingerprint, expected: engine.info.fingerprint },
+          });
+        }
+        const path = await this.#store.openKv(agent.id, agent.kv);
+        tokens = (await engine.loadState(agent.id, path)).tokens;
+        source = "state";
+      } catch (error) {
+        if (isAgentRuntimeError(error, "ERR_WORKER_CRASHED")) throw error;
+        const reason = isAgentRuntimeError(error)
+          ? error
+          : new AgentRuntimeError("ERR_STATE_CORRUPT", `The engine refused the saved cache of ${agent.id}`, { cause: error });
+        agent.log.warn({ err: reason }, "saved cache refused; rebuilding from history");
+        this.emit("agent:error", { id: agent.id, error: reason });
+        agent.kv = undefined;
+        // A failed load may leave partial cells behind: start from an empty sequence.
+        await engine.closeSequence(agent.id);
+        await engine.openSequence(agent.id);
+      }
+    }
+    if (source === "history") {
+      tokens = (await engine.prefill(agent.id, this.#fullHistory(agent), signal ?? never)).cacheTokens;
+    }
+    agent.status = { state: "resident" };
+    if (wasStored) {
+      const ms = this.#clock.now() - started;
+      agent.log.debug({ tokens, ms, source }, "rehydrated");
+      this.emit("agent:rehydrated", { id: agent.id, tokens, ms, source });
+    }
+  }
+
+  #fullHistory(agent: Agent): ChatMessage[] {
+    return [{ role: "system", content: agent.systemPrompt }, ...agent.history];
+  }
+
+  async #turn(
+    agent: Agent,
+    text: string,
+    turnId: number,
+    maxTokens: number,
+    signal: AbortSignal | undefined,
+    push: (text: string) => void,
+    queuedAt: number,
+  ): Promise<TurnResult> {
+    const engine = await this.#engine;
+    const started = this.#clock.now();
+    this.emit("agent:turn-start", { id: agent.id, turnId, text });
+    const output = await engine.generate(agent.id, {
+      messages: agent.behaviour.prompt(agent, text),
+      maxTokens,
+      sampling: agent.sampling,
+      signal: signal ?? never,
+      onText: (chunk) => {
+        push(chunk);
+        this.emit("agent:token", { id: agent.id, turnId, text: chunk });
+      },
+    });
+    if (output.stopReason === "aborted") throw signal?.reason ?? new AgentRuntimeError("ERR_ABORTED");
+    const previous = agent.history;
+    agent.history = [...previous, ...agent.behaviour.record(agent, text, output.text)];
+    try {
+      await this.#store.write(agent.toRecord(this.#clock.now()));
+    } catch (error) {
+      // Not durable, so not acknowledged: the history stays as it was (the cache is rewound next turn).
+      agent.history = previous;
+      throw error;
+    }
+    const finished = this.#clock.now();
+    const timings: TurnTimings = {
+      promptTokens: output.promptTokens,
+      reusedTokens: output.reusedTokens,
+      evaluatedTokens: output.evaluatedTokens,
+      generatedTokens: output.generatedTokens,
+      cacheTokens: output.cacheTokens,
+      ttftMs: output.ttftMs,
+      queueMs: started - queuedAt,
+      tokensPerSecond: output.generatedTokens > 1 && output.decodeMs > 0 ? ((output.generatedTokens - 1) * 1000) / output.decodeMs : 0,
+      totalMs: finished - started,
+      stopReason: output.stopReason,
+    };
+    agent.lastTurn = timings;
+    const result: TurnResult = { id: agent.id, turnId, reply: output.text, timings };
+    agent.log.debug({ turnId, ...timings }, "turn end");
+    this.emit("agent:turn-end", result);
+    return result;
+  }
+
+  /** Saves an agent's cache, history and metadata to the store and frees its sequence. */
+  async #passivate(agent: Agent): Promise<void> {
+    const engine = await this.#engine;
+    const started = this.#clock.now();
+    agent.status = { state: "passivating" };
+    const staged = await this.#store.stageKv(agent.id);
+    const previousKv = agent.kv;
+    try {
+      const saved = await engine.saveState(agent.id, staged.path);
+      const committed = await staged.commit();
+      agent.kv = {
+        ...committed,
+        tokens: saved.tokens,
+        fingerprint: engine.info.fingerprint,
+        engine: engine.info.engine,
+        historyLength: agent.history.length,
+      };
+      await this.#store.write(agent.toRecord(this.#clock.now()));
+    } catch (error) {
+      await staged.discard();
+      agent.kv = previousKv;
+      agent.status = { state: "resident" };
+      const failure = isAgentRuntimeError(error)
+        ? error
+        : new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Passivating ${agent.id} failed: ${(error as Error).message}`, { cause: error });
+      agent.log.error({ err: failure }, "passivation failed; agent stays resident");
+      this.emit("agent:error", { id: agent.id, error: failure });
+      throw failure;
+    }
+    await engine.closeSequence(agent.id);
+    agent.status = { state: "passivated" };
+    const ms = this.#clock.now() - started;
+    agent.log.debug({ tokens: agent.kv.tokens, bytes: agent.kv.bytes, ms }, "passivated");
+    this.emit("agent:passivated", { id: agent.id, tokens: agent.kv.tokens, bytes: agent.kv.bytes, ms });
+  }
+
+  /** Passivates agent `id` now (after its queued messages). */
+  async passivate(id: string): Promise<void> {
+    this.#assertOpen();
+    const agent = this.#require(id);
+    await agent.mailbox.post(() => this.#supervisor.evict(agent));
+  }
+
+  get(id: string): AgentInfo {
+    return this.#require(id).info();
+  }
+
+  list(): AgentInfo[] {
+    return [...this.#agents.values()].map((agent) => agent.info());
+  }
+
+  /** Deletes the agent, its cache and its stored state. Waits for its running message to finish. */
+  async remove(id: string): Promise<void> {
+    this.#assertOpen();
+    const agent = this.#require(id);
+    agent.removed = true;
+    this.#agents.delete(agent.id);
+    agent.mailbox.rejectPending(new AgentRuntimeError("ERR_AGENT_REMOVED", undefined, { details: { id } }));
+    await agent.mailbox.drain();
+    this.#supervisor.release(agent);
+    const engine = await this.#engine.catch(() => undefined);
+    await engine?.closeSequence(agent.id).catch(() => {});
+    await this.#store.remove(agent.id);
+    this.emit("agent:removed", { id: agent.id });
+  }
+
+  /** Model bytes, per-agent cache tokens and bytes (memory and disk), and totals. */
+  async memory(): Promise<MemoryReport> {
+    const engine = await this.#engine;
+    const agents = [...this.#agents.values()];
+    const resident = new Set(this.#supervisor.residents.filter((agent) => agent.status.state === "resident").map((a) => a.id));
+    const stats = await engine.stats([...resident]);
+    const disk = await Promise.all(agents.map((agent) => this.#store.bytesOnDisk(agent.id)));
+    return memoryReport(engine.info, agents, resident, stats, disk);
+  }
+
+  /** Fault injection for tests: crash the generation worker as a native fault would. */
+  async crashWorkerForTesting(): Promise<void> {
+    await (await this.#engine).crash();
+  }
+
+  #watch(engine: HostedEngine): void {
+    engine.onCrash((error) => {
+      if (this.#closed || this.#destroyed) return;
+      const started = this.#clock.now();
+      this.#log.error({ err: error }, "generation worker crashed; restarting");
+      for (const agent of this.#supervisor.releaseAll()) agent.status = { state: "passivated" };
+      const failure = new AgentRuntimeError("ERR_WORKER_CRASHED", error.message, { cause: error });
+      this.emit("agent:error", { error: failure });
+      this.#engine = this.#startEngine().then((fresh) => {
+        this.#info = fresh.info;
+        this.#watch(fresh);
+        const ms = this.#clock.now() - started;
+        this.emit("worker:restarted", { reason: error.message, ms });
+        return fresh;
+      });
+      this.#engine.catch((restartError: unknown) => this.#log.error({ err: restartError }, "worker restart failed"));
+    });
+  }
+
+  /** Finishes queued messages, passivates every resident agent, stops the worker. Idempotent. */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      await Promise.all([...this.#agents.values()].map((agent) => agent.mailbox.drain()));
+      for (const agent of this.#supervisor.residents) {
+        await this.#supervisor.evict(agent).catch(() => {});
+      }
+      const engine = await this.#engine.catch(() => undefined);
+      await engine?.dispose();
+    })();
+    return this.#closed;
+  }
+
+  /** Stops now: rejects queued messages and stops the worker without saving caches. Idempotent. */
+  async destroy(): Promise<void> {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    const error = new AgentRuntimeError("ERR_RUNTIME_CLOSED");
+    for (const agent of this.#agents.values()) agent.mailbox.rejectPending(error);
+    const engine = await this.#engine.catch(() => undefined);
+    await engine?.dispose();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

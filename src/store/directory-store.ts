@@ -1,0 +1,213 @@
+import { createHash, randomBytes } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { mkdir, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
+import { join } from "node:path";
+import { pipeline } from "node:stream/promises";
+import { AgentRuntimeError } from "../errors.js";
+import { agentIdToKey, keyToAgentId, validateAgentId } from "../runtime/agent-id.js";
+import { fsyncPath, writeFileAtomic } from "./atomic-file.js";
+import { RECORD_FORMAT_VERSION, type AgentRecord, type KvDescriptor, type StagedKv, type StateStore } from "./state-store.js";
+
+const RECORD_FILE = "agent.json";
+/** A record file larger than this is refused before parsing (a hostile or runaway file). */
+export const MAX_RECORD_BYTES = 64 * 1024 * 1024;
+
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  await pipeline(createReadStream(path, { highWaterMark: 1024 * 1024 }), hash);
+  return hash.digest("hex");
+}
+
+function sha256Text(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+/** The record as stored: the body's JSON text and its checksum, so a flipped bit is caught. */
+interface RecordEnvelope {
+  format: "agentrt-agent";
+  sha256: string;
+  body: string;
+}
+
+/**
+ * Stores each agent in `<root>/agents/<encoded id>/`: `agent.json` (record, checksummed) and
+ * `kv-<sha>.bin` (engine KV state). The record is the commit point: a KV file is made durable and
+ * renamed into place first, then the record that names it; files no record names are swept.
+ */
+export class DirectoryStore implements StateStore {
+  readonly location: string;
+  readonly #agentsDir: string;
+
+  constructor(root: string) {
+    this.location = root;
+    this.#agentsDir = join(root, "agents");
+  }
+
+  #dir(id: string): string {
+    return join(this.#agentsDir, agentIdToKey(validateAgentId(id)));
+  }
+
+  async list(): Promise<string[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.#agentsDir);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
+      throw error;
+    }
+    const ids: string[] = [];
+    for (const name of names) {
+      try {
+        ids.push(validateAgentId(keyToAgentId(name)));
+      } catch {
+        // Not an agent folder (stray file, foreign name): ignored rather than fatal.
+      }
+    }
+    return ids.sort();
+  }
+
+  async read(id: string): Promise<AgentRecord | undefined> {
+    const path = join(this.#dir(id), RECORD_FILE);
+    let text: string;
+    try {
+      const info = await stat(path);
+      if (info.size > MAX_RECORD_BYTES) {
+        throw new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent record is ${info.size} bytes, over the ${MAX_RECORD_BYTES} limit`, {
+          details: { id, path },
+        });
+      }
+      text = await readFile(path, "utf8");
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw error;
+    }
+    return parseRecord(id, path, text);
+  }
+
+  async write(record: AgentRecord): Promise<void> {
+    const dir = this.#dir(record.id);
+    const body = JSON.stringify(record);
+    const envelope: RecordEnvelope = { format: "agentrt-agent", sha256: sha256Text(body), body };
+    try {
+      await mkdir(dir, { recursive: true });
+      await writeFileAtomic(join(dir, RECORD_FILE), JSON.stringify(envelope));
+    } catch (error) {
+      throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not write the record of ${record.id}: ${(error as Error).message}`, {
+        cause: error,
+        details: { id: record.id, errno: (error as NodeJS.ErrnoException).code },
+      });
+    }
+    await this.#sweep(dir, record.kv?.file);
+  }
+
+  /** Deletes KV and temp files the committed record does not name (left by earlier saves or crashes). */
+  async #sweep(dir: string, keep: string | undefined): Promise<void> {
+    const names = await readdir(dir).catch(() => [] as string[]);
+    for (const name of names) {
+      if (name === RECORD_FILE || name === keep) continue;
+      if (name.startsWith("kv-") || name.endsWith(".tmp")) await unlink(join(dir, name)).catch(() => {});
+    }
+  }
+
+  async stageKv(id: string): Promise<StagedKv> {
+    const dir = this.#dir(id);
+    await mkdir(dir, { recursive: true });
+    const path = join(dir, `kv-staging-${randomBytes(6).toString("hex")}.tmp`);
+    return {
+      path,
+      commit: async () => {
+        try {
+          await fsyncPath(path, "r+");
+          const sha256 = await sha256File(path);
+          const file = `kv-${sha256.slice(0, 16)}.bin`;
+          await rename(path, join(dir, file));
+          await fsyncPath(dir);
+          const { size } = await stat(join(dir, file));
+          return { file, bytes: size, sha256 };
+        } catch (error) {
+          await unlink(path).catch(() => {});
+          throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not commit the KV state of ${id}: ${(error as Error).message}`, {
+            cause: error,
+            details: { id, errno: (error as NodeJS.ErrnoException).code },
+          });
+        }
+      },
+      discard: async () => {
+        await unlink(path).catch(() => {});
+      },
+    };
+  }
+
+  async openKv(id: string, kv: KvDescriptor): Promise<string> {
+    if (!/^kv-[0-9a-f]{16}\.bin$/.test(kv.file)) {
+      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `Invalid KV file name in the record of ${id}`, { details: { id, file: kv.file } });
+    }
+    const path = join(this.#dir(id), kv.file);
+    let size: number;
+    try {
+      size = (await stat(path)).size;
+    } catch (error) {
+      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} is missing`, { cause: error, details: { id, path } });
+    }
+    if (size !== kv.bytes) {
+      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} is ${size} bytes, expected ${kv.bytes}`, {
+        details: { id, path, size, expected: kv.bytes },
+      });
+    }
+    const sha256 = await sha256File(path);
+    if (sha256 !== kv.sha256) {
+      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} fails its checksum`, { details: { id, path } });
+    }
+    return path;
+  }
+
+  async remove(id: string): Promise<void> {
+    await rm(this.#dir(id), { recursive: true, force: true });
+  }
+
+  async bytesOnDisk(id: string): Promise<number> {
+    const dir = this.#dir(id);
+    const names = await readdir(dir).catch(() => [] as string[]);
+    let total = 0;
+    for (const name of names) total += (await stat(join(dir, name)).catch(() => ({ size: 0 }))).size;
+    return total;
+  }
+}
+
+function parseRecord(id: string, path: string, text: string): AgentRecord {
+  const corrupt = (why: string, cause?: unknown): never => {
+    throw new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent record of ${id} is unreadable: ${why}`, {
+      cause,
+      details: { id, path },
+    });
+  };
+  let envelope: RecordEnvelope;
+  try {
+    envelope = JSON.parse(text) as RecordEnvelope;
+  } catch (error) {
+    return corrupt("not valid JSON", error);
+  }
+  if (envelope?.format !== "agentrt-agent" || typeof envelope.body !== "string") {
+    throw new AgentRuntimeError("ERR_STATE_FOREIGN", `${path} is not an agentrt agent record`, { details: { id, path } });
+  }
+  if (sha256Text(envelope.body) !== envelope.sha256) corrupt("checksum mismatch");
+  let record: AgentRecord;
+  try {
+    record = JSON.parse(envelope.body) as AgentRecord;
+  } catch (error) {
+    return corrupt("body is not valid JSON", error);
+  }
+  if (record.formatVersion !== RECORD_FORMAT_VERSION) {
+    throw new AgentRuntimeError("ERR_STATE_FOREIGN", `Agent record of ${id} has format ${String(record.formatVersion)}`, {
+      details: { id, path, formatVersion: record.formatVersion },
+    });
+  }
+  if (record.id !== id) corrupt(`it belongs to ${JSON.stringify(record.id)}`);
+  const messagesValid =
+    Array.isArray(record.history) &&
+    record.history.every((m) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
+  if (!messagesValid || typeof record.systemPrompt !== "string" || typeof record.role !== "string") {
+    corrupt("invalid fields");
+  }
+  return record;
+}
