@@ -135,6 +135,17 @@ export class LlamaCppEngine implements Engine {
     return contextText.tokenize(this.#model.tokenizer);
   }
 
+  /**
+   * The tokens of `messages` that every continuation shares: rendering them alone can end differently
+   * from how they render with a next message (templates close turns lazily), so the prefix common to
+   * two different continuations is what is safe to cache ahead of the next turn.
+   */
+  #stablePrefix(messages: readonly ChatMessage[]): Token[] {
+    const a = this.#render([...messages, { role: "user", content: "a" }], true);
+    const b = this.#render([...messages, { role: "user", content: "b" }], true);
+    return a.slice(0, commonPrefixLength(a, b));
+  }
+
   #assertFits(promptTokens: number, key: string): void {
     if (promptTokens >= this.info.contextSize) {
       throw new AgentRuntimeError(
@@ -148,7 +159,7 @@ export class LlamaCppEngine implements Engine {
   async prefill(key: string, messages: ChatMessage[], signal: AbortSignal): Promise<EvaluationCounts> {
     signal.throwIfAborted();
     const { sequence } = this.#slot(key);
-    const tokens = this.#render(messages, false);
+    const tokens = this.#stablePrefix(messages);
     this.#assertFits(tokens.length, key);
     const reused = commonPrefixLength(sequence.contextTokens, tokens);
     if (reused < sequence.nextTokenIndex) {
@@ -174,7 +185,7 @@ export class LlamaCppEngine implements Engine {
     const maxTokens = Math.max(0, Math.min(input.maxTokens, room));
     const started = performance.now();
     const inputBefore = sequence.tokenMeter.usedInputTokens;
-    let evaluatedTokens = -1;
+    const outputBefore = sequence.tokenMeter.usedOutputTokens;
     let firstTokenAt = 0;
     let generatedTokens = 0;
     const { temperature = 0, topK, topP, seed } = input.sampling;
@@ -185,20 +196,17 @@ export class LlamaCppEngine implements Engine {
       signal: input.signal,
       stopOnAbortSignal: true,
       onToken: (tokens) => {
-        if (evaluatedTokens < 0) {
-          // At the first generated token only the prompt has gone through the model.
-          evaluatedTokens = sequence.tokenMeter.usedInputTokens - inputBefore;
-          firstTokenAt = performance.now();
-        }
+        if (firstTokenAt === 0) firstTokenAt = performance.now();
         generatedTokens += tokens.length;
       },
       onTextChunk: (text) => input.onText(text),
     });
     const finished = performance.now();
-    if (evaluatedTokens < 0) {
-      evaluatedTokens = sequence.tokenMeter.usedInputTokens - inputBefore;
-      firstTokenAt = finished;
-    }
+    // The engine's own count over the turn, minus generated tokens fed back (the cache past the prompt).
+    const evaluatedTokens =
+      sequence.tokenMeter.usedInputTokens - inputBefore + sequence.tokenMeter.usedOutputTokens - outputBefore -
+      Math.max(0, sequence.nextTokenIndex - prompt.length);
+    if (firstTokenAt === 0) firstTokenAt = finished;
     const stopReason: StopReason =
       response.metadata.stopReason === "abort"
         ? "aborted"

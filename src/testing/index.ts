@@ -1,0 +1,3 @@
+// `agentrt/testing`: helpers for testing code built on agentrt without a model.
+export { FakeEngine } from "./fake-engine.js";
+export type { FakeEngineOptions } from "./fake-engine.js";
