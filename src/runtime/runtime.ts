@@ -5,6 +5,7 @@ import { detectEngine } from "../engines/create-engine.js";
 import type { ChatMessage, ModelInfo } from "../engines/engine.js";
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
 import { DirectoryStore } from "../store/directory-store.js";
+import { checkKvDescriptor } from "../store/kv-descriptor.js";
 import type { StateStore } from "../store/state-store.js";
 import { Supervisor } from "../supervisor/supervisor.js";
 import { RemoteEngine, type HostedEngine } from "../worker/remote-engine.js";
@@ -283,11 +284,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     let tokens = 0;
     if (agent.kv) {
       try {
-        if (agent.kv.fingerprint !== engine.info.fingerprint || agent.kv.engine !== engine.info.engine) {
-          throw new AgentRuntimeError("ERR_STATE_FOREIGN", `The saved cache of ${agent.id} was made by another model or engine`, {
-            details: { id: agent.id, fingerprint: agent.kv.fingerprint, expected: engine.info.fingerprint },
-          });
-        }
+        checkKvDescriptor(agent.id, agent.kv, engine.info);
         const path = await this.#store.openKv(agent.id, agent.kv);
         tokens = (await engine.loadState(agent.id, path)).tokens;
         source = "state";

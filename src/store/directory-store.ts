@@ -1,10 +1,11 @@
 import { createHash, randomBytes } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { createReadStream, type Dirent } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { AgentRuntimeError } from "../errors.js";
 import { agentIdToKey, keyToAgentId, validateAgentId } from "../runtime/agent-id.js";
+import { validateSampling } from "../runtime/options.js";
 import { fsyncPath, writeFileAtomic } from "./atomic-file.js";
 import { RECORD_FORMAT_VERSION, type AgentRecord, type KvDescriptor, type StagedKv, type StateStore } from "./state-store.js";
 
@@ -48,17 +49,19 @@ export class DirectoryStore implements StateStore {
   }
 
   async list(): Promise<string[]> {
-    let names: string[];
+    let entries: Dirent[];
     try {
-      names = await readdir(this.#agentsDir);
+      entries = await readdir(this.#agentsDir, { withFileTypes: true });
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
       throw error;
     }
     const ids: string[] = [];
-    for (const name of names) {
+    for (const entry of entries) {
+      // Agents are folders; a stray file whose name happens to be a valid id is not an agent.
+      if (!entry.isDirectory()) continue;
       try {
-        ids.push(validateAgentId(keyToAgentId(name)));
+        ids.push(validateAgentId(keyToAgentId(entry.name)));
       } catch {
         // Not an agent folder (stray file, foreign name): ignored rather than fatal.
       }
@@ -71,6 +74,10 @@ export class DirectoryStore implements StateStore {
     let text: string;
     try {
       const info = await stat(path);
+      // Checked before opening: opening a FIFO blocks, reading a device never ends.
+      if (!info.isFile()) {
+        throw new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent record of ${id} is not a regular file`, { details: { id, path } });
+      }
       if (info.size > MAX_RECORD_BYTES) {
         throw new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent record is ${info.size} bytes, over the ${MAX_RECORD_BYTES} limit`, {
           details: { id, path },
@@ -145,9 +152,14 @@ export class DirectoryStore implements StateStore {
     const path = join(this.#dir(id), kv.file);
     let size: number;
     try {
-      size = (await stat(path)).size;
+      const info = await stat(path);
+      if (!info.isFile()) throw new Error("not a regular file");
+      size = info.size;
     } catch (error) {
-      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} is missing`, { cause: error, details: { id, path } });
+      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} is missing or not a regular file`, {
+        cause: error,
+        details: { id, path },
+      });
     }
     if (size !== kv.bytes) {
       throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} is ${size} bytes, expected ${kv.bytes}`, {
@@ -197,6 +209,7 @@ function parseRecord(id: string, path: string, text: string): AgentRecord {
   } catch (error) {
     return corrupt("body is not valid JSON", error);
   }
+  if (typeof record !== "object" || record === null || Array.isArray(record)) corrupt("body is not an object");
   if (record.formatVersion !== RECORD_FORMAT_VERSION) {
     throw new AgentRuntimeError("ERR_STATE_FOREIGN", `Agent record of ${id} has format ${String(record.formatVersion)}`, {
       details: { id, path, formatVersion: record.formatVersion },
@@ -208,6 +221,13 @@ function parseRecord(id: string, path: string, text: string): AgentRecord {
     record.history.every((m) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
   if (!messagesValid || typeof record.systemPrompt !== "string" || typeof record.role !== "string") {
     corrupt("invalid fields");
+  }
+  if (!Number.isFinite(record.createdAt) || !Number.isFinite(record.updatedAt)) corrupt("invalid timestamps");
+  try {
+    // The engine must never see sampling settings a spawn would have refused.
+    record.sampling = validateSampling(record.sampling);
+  } catch (error) {
+    corrupt(`invalid sampling: ${(error as Error).message}`, error);
   }
   return record;
 }
