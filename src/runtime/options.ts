@@ -128,3 +128,19 @@ export function validateSampling(sampling: unknown): SamplingOptions {
     ...(seed !== undefined ? { seed: seed as number } : {}),
   };
 }
+
+/** Checks an optional `signal` option: an AbortSignal or nothing. */
+export function validateSignal(signal: unknown): AbortSignal | undefined {
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw new TypeError("signal must be an AbortSignal");
+  return signal;
+}
+
+/** Checks a custom behaviour's shape at spawn, so a malformed one fails there rather than mid-turn. */
+export function validateBehaviour(behaviour: unknown): AgentBehaviour | undefined {
+  if (behaviour === undefined) return undefined;
+  const b = behaviour as Partial<AgentBehaviour> | null;
+  if (typeof b !== "object" || b === null || typeof b.name !== "string" || typeof b.prompt !== "function" || typeof b.record !== "function") {
+    throw new TypeError("behaviour must be an object with a name and prompt() and record() functions");
+  }
+  return b as AgentBehaviour;
+}

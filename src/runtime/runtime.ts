@@ -13,7 +13,16 @@ import { Agent, type AgentInfo } from "./agent.js";
 import { validateAgentId } from "./agent-id.js";
 import { systemClock, type Clock } from "./clock.js";
 import type { RuntimeEvents, TurnResult, TurnTimings } from "./events.js";
-import { resolveOptions, validateSampling, type AgentRuntimeOptions, type ResolvedOptions, type SendOptions, type SpawnOptions } from "./options.js";
+import {
+  resolveOptions,
+  validateBehaviour,
+  validateSampling,
+  validateSignal,
+  type AgentRuntimeOptions,
+  type ResolvedOptions,
+  type SendOptions,
+  type SpawnOptions,
+} from "./options.js";
 import { Turn } from "./turn.js";
 import { memoryReport, type MemoryReport } from "./memory.js";
 
@@ -31,6 +40,8 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
   readonly #startEngine: () => Promise<HostedEngine>;
   readonly #defaultBehaviour;
   readonly #agents = new Map<string, Agent>();
+  /** Ids whose removal is still deleting files: the id cannot be spawned again until it is done. */
+  readonly #removing = new Map<string, Promise<void>>();
   readonly #supervisor: Supervisor<Agent>;
   #engine: Promise<HostedEngine>;
   #info: ModelInfo;
@@ -166,7 +177,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
   /** Creates an agent, persists it, and evaluates its system prompt once. */
   async spawn(spec: SpawnOptions, options: { signal?: AbortSignal } = {}): Promise<AgentInfo> {
     this.#assertOpen();
-    options.signal?.throwIfAborted();
+    validateSignal(options?.signal)?.throwIfAborted();
     if (typeof spec !== "object" || spec === null) throw new TypeError("spawn options must be an object");
     const id = validateAgentId(spec.id);
     if (typeof spec.systemPrompt !== "string") throw new TypeError("systemPrompt must be a string");
@@ -174,8 +185,16 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
       throw new AgentRuntimeError("ERR_MESSAGE_TOO_LARGE", `systemPrompt exceeds ${this.#options.maxMessageChars} characters`);
     }
     if (spec.role !== undefined && typeof spec.role !== "string") throw new TypeError("role must be a string");
+    if (spec.role !== undefined && spec.role.length > this.#options.maxMessageChars) {
+      throw new AgentRuntimeError("ERR_MESSAGE_TOO_LARGE", `role exceeds ${this.#options.maxMessageChars} characters`);
+    }
+    const behaviour = validateBehaviour(spec.behaviour) ?? this.#defaultBehaviour;
     const sampling = validateSampling(spec.sampling);
-    if (this.#agents.has(id)) throw new AgentRuntimeError("ERR_AGENT_EXISTS", `Agent ${id} already exists`, { details: { id } });
+    if (this.#agents.has(id) || this.#removing.has(id)) {
+      throw new AgentRuntimeError("ERR_AGENT_EXISTS", `Agent ${id} already exists${this.#removing.has(id) ? " (its removal is in progress)" : ""}`, {
+        details: { id },
+      });
+    }
     if (this.#agents.size >= this.#options.maxStoredAgents) {
       throw new AgentRuntimeError("ERR_TOO_MANY_AGENTS", `The store holds ${this.#agents.size} agents, the limit`, {
         details: { limit: this.#options.maxStoredAgents },
@@ -187,7 +206,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
       role: spec.role ?? "assistant",
       systemPrompt: spec.systemPrompt,
       sampling,
-      behaviour: spec.behaviour ?? this.#defaultBehaviour,
+      behaviour,
       history: [],
       status: { state: "passivated" },
       createdAt: now,
@@ -198,14 +217,14 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     // Claimed synchronously, so a concurrent spawn of the same id fails with ERR_AGENT_EXISTS.
     this.#agents.set(id, agent);
     try {
-      await this.#store.write(agent.toRecord(now));
-      await agent.mailbox.post(() => this.#withResident(agent, options.signal, async () => {}));
+      // The record is written from the mailbox, so a remove() of this agent waits for it instead of racing it.
+      await agent.mailbox.post(async () => {
+        await this.#store.write(agent.toRecord(now));
+        await this.#withResident(agent, options.signal, async () => {});
+      });
     } catch (error) {
-      this.#agents.delete(id);
-      this.#supervisor.release(agent);
-      const engine = await this.#engine.catch(() => undefined);
-      await engine?.closeSequence(id).catch(() => {});
-      await this.#store.remove(id).catch(() => {});
+      // Unless a remove() already took it over, undo the spawn (and never touch a later agent of this id).
+      if (this.#agents.get(id) === agent) await this.#forget(agent).catch(() => {});
       throw error;
     }
     agent.log.debug({ role: agent.role }, "spawned");
@@ -222,7 +241,8 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     const turnId = ++this.#turnCounter;
     return new Turn(async (push) => {
       this.#assertOpen();
-      const { signal } = options;
+      if (typeof options !== "object" || options === null) throw new TypeError("send options must be an object");
+      const signal = validateSignal(options.signal);
       signal?.throwIfAborted();
       if (typeof text !== "string") throw new AgentRuntimeError("ERR_INVALID_MESSAGE", "The message must be a string");
       if (text.trim().length === 0) throw new AgentRuntimeError("ERR_INVALID_MESSAGE", "The message is empty");
@@ -419,19 +439,43 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     return [...this.#agents.values()].map((agent) => agent.info());
   }
 
-  /** Deletes the agent, its cache and its stored state. Waits for its running message to finish. */
+  /**
+   * Deletes the agent, its cache and its stored state. Waits for its running message (and a passivation
+   * in progress) to finish; until it resolves, the id cannot be spawned again.
+   */
   async remove(id: string): Promise<void> {
     this.#assertOpen();
     const agent = this.#require(id);
+    await this.#forget(agent);
+    this.emit("agent:removed", { id: agent.id });
+  }
+
+  /** Takes `agent` out of the runtime: queued work rejected, running work and passivation awaited, files deleted. */
+  #forget(agent: Agent): Promise<void> {
     agent.removed = true;
     this.#agents.delete(agent.id);
-    agent.mailbox.rejectPending(new AgentRuntimeError("ERR_AGENT_REMOVED", undefined, { details: { id } }));
-    await agent.mailbox.drain();
-    this.#supervisor.release(agent);
-    const engine = await this.#engine.catch(() => undefined);
-    await engine?.closeSequence(agent.id).catch(() => {});
-    await this.#store.remove(agent.id);
-    this.emit("agent:removed", { id: agent.id });
+    const forgetting = (async () => {
+      agent.mailbox.rejectPending(new AgentRuntimeError("ERR_AGENT_REMOVED", undefined, { details: { id: agent.id } }));
+      await agent.mailbox.drain();
+      // Pinned for good: no passivation starts now, and one already saving it is awaited. Otherwise
+      // its record write would land after the files are deleted and bring the agent back on restart.
+      agent.pins++;
+      await this.#supervisor.settled(agent);
+      const engine = await this.#engine.catch(() => undefined);
+      await engine?.closeSequence(agent.id).catch(() => {});
+      this.#supervisor.release(agent);
+      try {
+        await this.#store.remove(agent.id);
+      } catch (error) {
+        throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not delete the stored state of ${agent.id}: ${(error as Error).message}`, {
+          cause: error,
+          details: { id: agent.id, errno: (error as NodeJS.ErrnoException).code },
+        });
+      }
+    })();
+    this.#removing.set(agent.id, forgetting);
+    void forgetting.catch(() => {}).finally(() => this.#removing.delete(agent.id));
+    return forgetting;
   }
 
   /** Model bytes, per-agent cache tokens and bytes (memory and disk), and totals. */
@@ -472,6 +516,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
   close(): Promise<void> {
     this.#closed ??= (async () => {
       await Promise.all([...this.#agents.values()].map((agent) => agent.mailbox.drain()));
+      await Promise.allSettled(this.#removing.values());
       for (const agent of this.#supervisor.residents) {
         await this.#supervisor.evict(agent).catch(() => {});
       }

@@ -98,6 +98,13 @@ export class Supervisor<A extends Supervised> {
     if (this.#residents.has(agent)) await this.#evict(agent);
   }
 
+  /** Resolves once no passivation of `agent` is running; pin it first so that none starts after. */
+  async settled(agent: A): Promise<void> {
+    for (let eviction = this.#evicting.get(agent); eviction; eviction = this.#evicting.get(agent)) {
+      await eviction.catch(() => {});
+    }
+  }
+
   /** Forgets `agent` as resident without saving it (removal, or its sequence was lost). */
   release(agent: A): void {
     if (this.#residents.delete(agent)) this.notify();

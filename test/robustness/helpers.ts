@@ -11,8 +11,12 @@ import {
   DirectoryStore,
   ERROR_CODES,
   isAgentRuntimeError,
+  type AgentRecord,
   type AgentRuntimeOptions,
   type ErrorCode,
+  type KvDescriptor,
+  type StagedKv,
+  type StateStore,
   type RuntimeEvents,
 } from "../../src/index.js";
 import { FakeEngine, type FakeEngineOptions } from "../../src/testing/index.js";
@@ -147,4 +151,74 @@ export async function mountTmpfs(sizeKiB: number): Promise<{ path: string; remou
 export async function ensureDir(path: string): Promise<string> {
   await mkdir(path, { recursive: true });
   return path;
+}
+
+/** Hooks a {@link HookedStore} awaits before each operation; throw from one to inject a fault. */
+export interface StoreHooks {
+  beforeWrite?(record: AgentRecord): Promise<void> | void;
+  beforeStage?(id: string): Promise<void> | void;
+  beforeCommit?(id: string, path: string): Promise<void> | void;
+  beforeRemove?(id: string): Promise<void> | void;
+}
+
+/** A StateStore that delegates to another and runs hooks first: the seam for holds and injected faults. */
+export class HookedStore implements StateStore {
+  readonly location: string;
+  hooks: StoreHooks;
+
+  constructor(readonly inner: StateStore, hooks: StoreHooks = {}) {
+    this.location = inner.location;
+    this.hooks = hooks;
+  }
+
+  list(): Promise<string[]> {
+    return this.inner.list();
+  }
+
+  read(id: string): Promise<AgentRecord | undefined> {
+    return this.inner.read(id);
+  }
+
+  async write(record: AgentRecord): Promise<void> {
+    await this.hooks.beforeWrite?.(record);
+    return this.inner.write(record);
+  }
+
+  async stageKv(id: string): Promise<StagedKv> {
+    await this.hooks.beforeStage?.(id);
+    const staged = await this.inner.stageKv(id);
+    return {
+      path: staged.path,
+      commit: async () => {
+        try {
+          await this.hooks.beforeCommit?.(id, staged.path);
+        } catch (error) {
+          await staged.discard();
+          throw error;
+        }
+        return staged.commit();
+      },
+      discard: () => staged.discard(),
+    };
+  }
+
+  openKv(id: string, kv: KvDescriptor): Promise<string> {
+    return this.inner.openKv(id, kv);
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.hooks.beforeRemove?.(id);
+    return this.inner.remove(id);
+  }
+
+  bytesOnDisk(id: string): Promise<number> {
+    return this.inner.bytesOnDisk(id);
+  }
+}
+
+/** A promise with its resolve function, for holding an operation until the test lets it go. */
+export function gate(): { promise: Promise<void>; open(): void } {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => (open = resolve));
+  return { promise, open };
 }
