@@ -57,8 +57,9 @@ export class FakeEngine implements HostedEngine {
     };
   }
 
-  static render(messages: readonly ChatMessage[]): number[] {
-    const text = messages.map((message) => `<${message.role}>${message.content}</${message.role}>`).join("");
+  /** Renders like a chat template; `openResponse` ends with an open assistant tag, as engines do. */
+  static render(messages: readonly ChatMessage[], openResponse = false): number[] {
+    const text = messages.map((message) => `<${message.role}>${message.content}</${message.role}>`).join("") + (openResponse ? "<assistant>" : "");
     return [...text].map((char) => char.codePointAt(0)!);
   }
 
@@ -117,7 +118,7 @@ export class FakeEngine implements HostedEngine {
     input.signal.throwIfAborted();
     const started = performance.now();
     await this.#options.beforeGenerate?.(key, input.messages);
-    const prompt = FakeEngine.render(input.messages);
+    const prompt = FakeEngine.render(input.messages, true);
     const counts = this.#evaluate(key, prompt);
     const reply = FakeEngine.reply(prompt).slice(0, input.maxTokens);
     let text = "";
