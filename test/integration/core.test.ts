@@ -130,6 +130,33 @@ describe.each(ENGINES)("core on the real model (%s)", (engine: EngineName) => {
     expect(memory.totals.memoryBytes).toBe(memory.model.bytes + memory.totals.cacheBytes);
   });
 
+  it("cancels a turn mid-generation through the worker; the history is unchanged and the agent answers next", async () => {
+    const { runtime } = await start();
+    await runtime.spawn(ROLES[0]!);
+    const controller = new AbortController();
+    const turn = runtime.send("tech", "Tell me a long story", { maxTokens: 400, signal: controller.signal });
+    let chunks = 0;
+    await expect(
+      (async () => {
+        for await (const _ of turn) if (++chunks === 2) controller.abort(new Error("user cancelled"));
+      })(),
+    ).rejects.toThrow("user cancelled");
+    await expect(turn.result).rejects.toThrow("user cancelled");
+    expect(runtime.get("tech").turns).toBe(0);
+    const next = await runtime.ask("tech", "Once upon a time");
+    expect(next.reply.length).toBeGreaterThan(0);
+  });
+
+  it("refuses a message that cannot fit the context with ERR_CONTEXT_FULL and keeps the history", async () => {
+    const { runtime } = await start();
+    await runtime.spawn(ROLES[0]!);
+    await runtime.ask("tech", "Once upon a time");
+    const huge = "The robot counted every star in the sky. ".repeat(200);
+    await expect(runtime.ask("tech", huge)).rejects.toMatchObject({ code: "ERR_CONTEXT_FULL" });
+    expect(runtime.get("tech").turns).toBe(1);
+    expect((await runtime.ask("tech", "Tell me more")).reply.length).toBeGreaterThan(0);
+  });
+
   describe("rehydration is exact", () => {
     const script = ["Once upon a time", "Tell me about the stars", "What did the robot dream?"];
     let reference: TurnResult;
