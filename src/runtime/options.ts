@@ -33,6 +33,12 @@ export interface AgentRuntimeOptions {
   maxMessageChars?: number;
   /** Where `hf:` models are downloaded. Default: node-llama-cpp's models folder. */
   modelCacheDir?: string;
+  /** Agents spawned with the same system prompt start from its saved KV state. Default true. */
+  sharedPrefixes?: boolean;
+  /** System prompts shorter than this many tokens are evaluated rather than cached. Default 32. */
+  sharedPrefixMinTokens?: number;
+  /** Where shared prompt states are kept. Default `<stateDir>/prefixes`. */
+  prefixCacheDir?: string;
   /** Default behaviour of spawned agents. Default: `conversation`. */
   behaviour?: AgentBehaviour;
   /** pino logger; silent by default. */

@@ -14,6 +14,8 @@ import { systemClock, type Clock } from "./clock.js";
 import type { RuntimeEvents, TurnResult, TurnTimings } from "./events.js";
 import { resolveOptions, validateSampling, type AgentRuntimeOptions, type ResolvedOptions, type SendOptions, type SpawnOptions } from "./options.js";
 import { Turn } from "./turn.js";
+import { PrefixCache } from "./prefix-cache.js";
+import { join } from "node:path";
 import { memoryReport, type MemoryReport } from "./memory.js";
 
 const never = new AbortController().signal;
@@ -31,6 +33,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
   readonly #defaultBehaviour;
   readonly #agents = new Map<string, Agent>();
   readonly #supervisor: Supervisor<Agent>;
+  readonly #prefixes: PrefixCache | undefined;
   #engine: Promise<HostedEngine>;
   #info: ModelInfo;
   #turnCounter = 0;
@@ -45,6 +48,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     startEngine: () => Promise<HostedEngine>;
     engine: HostedEngine;
     behaviour: AgentRuntimeOptions["behaviour"];
+    prefixes: PrefixCache | undefined;
   }) {
     super();
     this.#options = init.options;
@@ -53,6 +57,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     this.#clock = init.clock;
     this.#startEngine = init.startEngine;
     this.#defaultBehaviour = init.behaviour ?? conversation;
+    this.#prefixes = init.prefixes;
     this.#engine = Promise.resolve(init.engine);
     this.#info = init.engine.info;
     this.#watch(init.engine);
@@ -91,7 +96,9 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
         );
       });
     const engine = await startEngine();
-    const runtime = new AgentRuntime({ options: resolved, store, log, clock, startEngine, engine, behaviour: options.behaviour });
+    const prefixDir = options.prefixCacheDir ?? (options.stateDir ? join(options.stateDir, "prefixes") : undefined);
+    const prefixes = options.sharedPrefixes === false || !prefixDir ? undefined : new PrefixCache(prefixDir, options.sharedPrefixMinTokens ?? 32);
+    const runtime = new AgentRuntime({ options: resolved, store, log, clock, startEngine, engine, behaviour: options.behaviour, prefixes });
     try {
       await runtime.#restore();
     } catch (error) {
@@ -208,7 +215,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
       throw error;
     }
     agent.log.debug({ role: agent.role }, "spawned");
-    this.emit("agent:spawned", { id, role: agent.role });
+    this.emit("agent:spawned", { id, role: agent.role, ...agent.lastLoad });
     return agent.info();
   }
 
@@ -305,7 +312,12 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
       }
     }
     if (source === "history") {
-      tokens = (await engine.prefill(agent.id, this.#fullHistory(agent), signal ?? never)).cacheTokens;
+      // Agents sharing a system prompt start from its saved state rather than evaluating it again.
+      const shared = (await this.#prefixes?.load(engine, agent.id, agent.systemPrompt)) ?? 0;
+      const counts = await engine.prefill(agent.id, this.#fullHistory(agent), signal ?? never);
+      tokens = counts.cacheTokens;
+      agent.lastLoad = { sharedPrefixTokens: shared, evaluatedTokens: counts.evaluatedTokens };
+      if (shared === 0 && agent.history.length === 0) await this.#prefixes?.remember(engine, agent.id, agent.systemPrompt, tokens);
     }
     agent.status = { state: "resident" };
     if (wasStored) {

@@ -130,6 +130,22 @@ describe.each(ENGINES)("core on the real model (%s)", (engine: EngineName) => {
     expect(memory.totals.memoryBytes).toBe(memory.model.bytes + memory.totals.cacheBytes);
   });
 
+  it("agents with the same system prompt start from its saved state instead of evaluating it again", async () => {
+    const systemPrompt = "You are one of many support agents for a robot company. Be kind, brief and precise in every answer.";
+    const { runtime, stateDir } = await start({ maxAgents: 3 });
+    const spawned = collect(runtime, "agent:spawned");
+    await runtime.spawn({ id: "first", systemPrompt });
+    await runtime.spawn({ id: "second", systemPrompt });
+    expect(spawned[0]).toMatchObject({ sharedPrefixTokens: 0 });
+    expect(spawned[0]!.evaluatedTokens).toBeGreaterThan(32);
+    expect(spawned[1]).toMatchObject({ sharedPrefixTokens: spawned[0]!.evaluatedTokens, evaluatedTokens: 0 });
+    expect((await readdir(join(stateDir, "prefixes"))).filter((name) => name.endsWith(".bin"))).toHaveLength(1);
+    // Starting from the shared state changes nothing in what the agent says.
+    const a = await runtime.ask("first", "Where is my robot?");
+    const b = await runtime.ask("second", "Where is my robot?");
+    expect(b.reply).toBe(a.reply);
+  });
+
   it("cancels a turn mid-generation through the worker; the history is unchanged and the agent answers next", async () => {
     const { runtime } = await start();
     await runtime.spawn(ROLES[0]!);
