@@ -38,6 +38,11 @@ export interface EngineLoadOptions {
   threads: number;
   /** Batch size for prompt evaluation. */
   batchSize?: number;
+  /**
+   * Whether turns of different agents may be evaluated together in one batch (llama.cpp). When false,
+   * the worker runs one request at a time. Default true.
+   */
+  batching?: boolean;
   /** Where `hf:` downloads are cached. */
   modelCacheDir?: string;
 }

@@ -25,6 +25,8 @@ export interface AgentRuntimeOptions {
   threads?: number;
   /** Prompt evaluation batch size. Default min(512, contextSize). */
   batchSize?: number;
+  /** Evaluate waiting turns of several agents together in one batch (llama.cpp). Default true. */
+  batching?: boolean;
   /** Default reply length limit per turn, in tokens. Default 256. */
   maxTokens?: number;
   /** Messages that may wait in one agent's mailbox. Default 64. */

@@ -89,6 +89,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
             sequences: resolved.maxAgents,
             threads: resolved.threads,
             ...(options.batchSize ? { batchSize: options.batchSize } : {}),
+            ...(options.batching === false ? { batching: false } : {}),
             ...(options.modelCacheDir ? { modelCacheDir: options.modelCacheDir } : {}),
           },
           (record) => workerLog[record.level](record.data ?? {}, record.msg),

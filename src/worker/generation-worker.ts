@@ -20,6 +20,8 @@ if (!parentPort) throw new Error("generation-worker must run in a worker thread"
 const port = parentPort;
 
 let engine: Engine | undefined;
+/** Run requests one at a time: engines that cannot interleave, or batching turned off. */
+let serialize = false;
 /** Serializes engine calls for engines that cannot interleave work (MLX). */
 let serial: Promise<unknown> = Promise.resolve();
 const cancellations = new Map<number, AbortController>();
@@ -46,6 +48,7 @@ async function handle(request: Exclude<WorkerRequest, { type: "cancel" }>, signa
       const started = performance.now();
       log("info", "loading model", { model: request.options.model, engine: request.options.engine });
       engine = await createEngine(request.options, (level, msg) => log(level, msg));
+      serialize = !engine.concurrent || request.options.batching === false;
       log("info", "model loaded", { ms: Math.round(performance.now() - started), modelBytes: engine.info.modelBytes });
       return engine.info;
     }
@@ -98,7 +101,7 @@ port.on("message", (request: WorkerRequest) => {
   const controller = new AbortController();
   cancellations.set(request.id, controller);
   const run = () => handle(request, controller.signal);
-  const task = engine && !engine.concurrent && request.type !== "stats" ? (serial = serial.then(run, run)) : run();
+  const task = serialize && request.type !== "stats" && request.type !== "crash" ? (serial = serial.then(run, run)) : run();
   if (request.type !== "crash") {
     inFlight.add(task);
     void task.finally(() => inFlight.delete(task)).catch(() => {});
