@@ -14,12 +14,14 @@ import type { HfConfig } from "./hfSource.js";
 /**
  * Used when a folder has no chat template: the same text node-llama-cpp's GeneralChatWrapper renders (what the
  * llama.cpp engine uses for template-less models), for conversations of leading system messages then turns.
+ * Newlines right after a block tag are written as expressions: Jinja chat templates run with trim_blocks, which
+ * drops the first newline after a `{% … %}` tag.
  */
 export const GENERIC_CHAT_TEMPLATE =
   "{{ bos_token }}{% for message in messages %}" +
   "{% if message['role'] == 'system' %}{% if not loop.first %}### System\n{% endif %}{{ message['content'] }}\n\n" +
   "{% elif message['role'] == 'user' %}### Human\n{{ message['content'] }}\n\n" +
-  "{% elif message['role'] == 'assistant' %}### Assistant\n{{ message['content'] }}{% if not loop.last %}\n\n{% endif %}" +
+  "{% elif message['role'] == 'assistant' %}### Assistant\n{{ message['content'] }}{% if not loop.last %}{{ '\n\n' }}{% endif %}" +
   "{% endif %}{% endfor %}" +
   "{% if add_generation_prompt or (messages | length > 0 and messages[-1]['role'] == 'system') %}### Assistant\n{% endif %}";
 

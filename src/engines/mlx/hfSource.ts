@@ -107,6 +107,10 @@ export async function loadHfWeights(mx: Mx, folder: string, raw: HfConfig): Prom
 /** mlx-lm's config: {"quantization": {"group_size", "bits", "<layer path>": false | {group_size, bits}}}. */
 function quantizationLookup(q: Record<string, unknown> | undefined): QuantizationLookup {
   if (!q) return () => undefined;
+  const mode = q["mode"] ?? "affine";
+  if (mode !== "affine") {
+    throw new AgentRuntimeError("ERR_MODEL_INVALID", `quantization mode "${String(mode)}" is not supported (affine only)`);
+  }
   const groupSize = Number(q["group_size"] ?? 64);
   const bits = Number(q["bits"] ?? 4);
   return (prefix) => {
