@@ -43,6 +43,7 @@ export class MlxEngine implements Engine {
   private readonly chat: ChatFrontend;
   private readonly config: ModelConfig;
   private readonly sequences = new Map<string, SequenceCache>();
+  private readonly replies = new Map<string, number[]>();
   private disposed = false;
 
   constructor(private readonly parts: MlxEngineParts) {
@@ -67,6 +68,7 @@ export class MlxEngine implements Engine {
   async closeSequence(key: string): Promise<void> {
     this.sequences.get(key)?.clear();
     this.sequences.delete(key);
+    this.replies.delete(key);
   }
 
   async prefill(key: string, messages: ChatMessage[], signal: AbortSignal): Promise<EvaluationCounts> {
@@ -93,6 +95,8 @@ export class MlxEngine implements Engine {
     let firstAt = 0;
     let generated = 0;
     let logits = evaluation.logits;
+    const reply: number[] = [];
+    this.replies.set(key, reply);
     if (evaluation.aborted || !logits) stopReason = "aborted";
     else if (input.maxTokens <= 0) stopReason = "maxTokens";
     else {
@@ -108,6 +112,7 @@ export class MlxEngine implements Engine {
             break;
           }
           generated++;
+          reply.push(token);
           if (stream.push(token)) {
             stopReason = "eos";
             break;
@@ -164,6 +169,25 @@ export class MlxEngine implements Engine {
     seq.layers.forEach((layer, i) => layer.setState(loaded.keys[i]!, loaded.values[i]!));
     seq.tokens = loaded.tokens ? [...loaded.tokens] : new Array<number | undefined>(loaded.length).fill(undefined);
     return { tokens: seq.length };
+  }
+
+  /** Diagnostics beyond the Engine interface (tests, tools): the token ids the sequence's cache holds. */
+  cachedTokens(key: string): readonly (number | undefined)[] {
+    return [...this.sequence(key).tokens];
+  }
+
+  /** Diagnostics: the reply tokens of the sequence's last `generate` (stop token excluded). */
+  lastReplyTokens(key: string): readonly number[] {
+    return [...(this.replies.get(key) ?? [])];
+  }
+
+  /** Diagnostics: next-token logits after `tokens`, computed in a scratch cache (no agent's cache is touched). */
+  logitsAfter(tokens: readonly number[]): number[] {
+    this.checkOpen();
+    const scratch = new SequenceCache(this.mx, this.config.layers);
+    const logits = this.model.forward(tokens, scratch);
+    this.mx.eval(logits);
+    return logits.tolist() as number[];
   }
 
   stats(key: string): SequenceStats {
