@@ -47,7 +47,8 @@ export function loadMlx(threads: number): Promise<Mx> {
   return loading;
 }
 
-function unavailable(error: unknown): AgentRuntimeError {
+/** Maps a failure to import the binding to ERR_ENGINE_UNAVAILABLE, naming the Debian packages when a library is missing. */
+export function unavailable(error: unknown): AgentRuntimeError {
   const code = (error as { code?: unknown }).code;
   const message = error instanceof Error ? error.message : String(error);
   if (code === "ERR_DLOPEN_FAILED" || /cannot open shared object|dlopen/i.test(message)) {
