@@ -1,0 +1,120 @@
+/**
+ * The GGUF → mlx-community converter and the folder loader: the float folder (HF names, q/k un-permuted,
+ * half-split RoPE, tokenizer.json + Jinja template) must reproduce the GGUF's greedy output exactly; quantized
+ * copies load through mx.quantizedMatmul and stay within a stated logit tolerance.
+ *
+ * Group size: the model's linear inputs are 64 (hidden) and 172 (FFN). 64 divides 64 but not 172 (172 = 4·43, and
+ * MLX's group sizes are 32/64/128), so — as mlx-lm's quantize predicate does — layers whose input is 172 wide
+ * (mlp.down_proj) stay float32 and every other linear layer plus the embedding is quantized with group 64.
+ */
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { convertGgufToMlx, quantizeTensor } from "../../../src/engines/mlx/convert.js";
+import type { MlxEngine } from "../../../src/engines/mlx/index.js";
+import { loadMlx, type Mx, type MxArray } from "../../../src/engines/mlx/mlx.js";
+import { readSafetensorsHeader, writeSafetensors } from "../../../src/engines/mlx/safetensors.js";
+import { MODEL, openEngine, PROMPTS, reply, requireModel } from "./helpers.js";
+
+/** Max |Δlogit| against the float model over the whole vocabulary (measured: ≤ 0.87 at 4 bits, ≤ 0.08 at 8 bits,
+ * logits spanning ~12). */
+const TOLERANCE = { 4: 1.5, 8: 0.2 } as const;
+
+describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
+  let dir: string;
+  let gguf: MlxEngine;
+  let float: MlxEngine;
+  let mx: Mx;
+
+  beforeAll(async () => {
+    requireModel();
+    mx = await loadMlx(1);
+    dir = await mkdtemp(join(tmpdir(), "agentrt-mlx-convert-"));
+    await convertGgufToMlx(MODEL, join(dir, "f32"));
+    gguf = await openEngine(MODEL);
+    float = await openEngine(join(dir, "f32"));
+  });
+
+  afterAll(async () => {
+    await gguf?.dispose();
+    await float?.dispose();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("writes an mlx-community folder with HF tensor names and config", async () => {
+    const config = JSON.parse(await readFile(join(dir, "f32", "config.json"), "utf8"));
+    expect(config).toMatchObject({ model_type: "llama", hidden_size: 64, num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 4, intermediate_size: 172, vocab_size: 512 });
+    const header = await readSafetensorsHeader(join(dir, "f32", "model.safetensors"));
+    expect(header.tensors.get("model.layers.0.self_attn.q_proj.weight")).toMatchObject({ dtype: "F32", shape: [64, 64] });
+    expect(header.tensors.get("model.layers.3.mlp.down_proj.weight")).toMatchObject({ dtype: "F32", shape: [64, 172] });
+    expect(header.tensors.has("model.embed_tokens.weight")).toBe(true);
+    const tokenizerConfig = JSON.parse(await readFile(join(dir, "f32", "tokenizer_config.json"), "utf8"));
+    expect(tokenizerConfig.chat_template).toContain("### Human");
+    expect(float.info.chatFormat).toBe("jinja:LlamaTokenizerFast");
+  });
+
+  it.each(PROMPTS.map((p, i) => [i, p] as const))("prompt %i: float folder renders the same tokens and gives exactly the GGUF's greedy output", async (i, messages) => {
+    await gguf.openSequence(`g${i}`);
+    await float.openSequence(`f${i}`);
+    const a = await reply(gguf, `g${i}`, messages, 32);
+    const b = await reply(float, `f${i}`, messages, 32);
+    expect(b.promptTokens).toBe(a.promptTokens);
+    expect(float.cachedTokens(`f${i}`).slice(0, b.promptTokens)).toEqual(gguf.cachedTokens(`g${i}`).slice(0, a.promptTokens));
+    expect(float.lastReplyTokens(`f${i}`)).toEqual(gguf.lastReplyTokens(`g${i}`));
+    expect(b.text).toBe(a.text);
+    expect(b.stopReason).toBe(a.stopReason);
+    await gguf.closeSequence(`g${i}`);
+    await float.closeSequence(`f${i}`);
+  });
+
+  it("the JavaScript quantizer matches MLX's dequantize", async () => {
+    const w = mx.array(Array.from({ length: 8 }, (_, r) => Array.from({ length: 128 }, (_, c) => Math.sin(r * 131 + c * 0.37) * (1 + r))), mx.float32);
+    for (const bits of [4, 8]) {
+      const tensors = quantizeTensor(mx, "w", w, 64, bits);
+      const file = join(dir, `q${bits}.safetensors`);
+      await writeSafetensors(file, tensors);
+      const loaded = mx.load(file) as Record<string, MxArray>;
+      expect(loaded["w.weight"]!.shape).toEqual([8, (128 * bits) / 32]);
+      const back = mx.dequantize(loaded["w.weight"]!, loaded["w.scales"]!, loaded["w.biases"]!, 64, bits);
+      const maxScale = mx.max(loaded["w.scales"]!).item() as number;
+      const error = mx.max(mx.abs(mx.subtract(back, w))).item() as number;
+      // Round-to-nearest: every weight within half a quantization step (plus float slack).
+      expect(error).toBeLessThanOrEqual(maxScale / 2 + 1e-5);
+    }
+  });
+
+  it.each([4, 8] as const)("%i-bit copy (group 64) loads and its logits stay within tolerance", async (bits) => {
+    const result = await convertGgufToMlx(MODEL, join(dir, `q${bits}`), { quantize: { bits, groupSize: 64 } });
+    expect(result.floatLayers).toEqual([0, 1, 2, 3].map((i) => `model.layers.${i}.mlp.down_proj`));
+    expect(result.quantizedLayers).toContain("model.embed_tokens");
+    expect(result.quantizedLayers).toContain("model.layers.0.self_attn.q_proj");
+    const config = JSON.parse(await readFile(join(dir, `q${bits}`, "config.json"), "utf8"));
+    expect(config.quantization).toMatchObject({ group_size: 64, bits });
+    const header = await readSafetensorsHeader(join(dir, `q${bits}`, "model.safetensors"));
+    expect(header.tensors.get("model.layers.0.self_attn.q_proj.weight")).toMatchObject({ dtype: "U32", shape: [64, (64 * bits) / 32] });
+    expect(header.tensors.get("model.layers.0.self_attn.q_proj.scales")).toMatchObject({ dtype: "F32", shape: [64, 1] });
+
+    const quantized = await openEngine(join(dir, `q${bits}`));
+    try {
+      expect(quantized.info.modelBytes).toBeLessThan(float.info.modelBytes / 2);
+      for (const [i, messages] of PROMPTS.entries()) {
+        await float.openSequence("t");
+        await reply(float, "t", messages, 1);
+        const tokens = float.cachedTokens("t") as number[];
+        await float.closeSequence("t");
+        const reference = float.logitsAfter(tokens);
+        const logits = quantized.logitsAfter(tokens);
+        const maxDiff = Math.max(...reference.map((v, j) => Math.abs(v - logits[j]!)));
+        console.log(`${bits}-bit, prompt ${i}: max |Δlogit| ${maxDiff.toFixed(4)}`);
+        expect(maxDiff).toBeLessThan(TOLERANCE[bits]);
+        expect(logits.indexOf(Math.max(...logits))).toBe(reference.indexOf(Math.max(...reference)));
+      }
+      await quantized.openSequence("q");
+      const out = await reply(quantized, "q", PROMPTS[0]!, 16);
+      expect(out.generatedTokens).toBeGreaterThan(0);
+    } finally {
+      await quantized.dispose();
+    }
+  });
+});
