@@ -23,6 +23,7 @@ import type { LlamaModel } from "./model.js";
 import { loadPromptCache, savePromptCache } from "./promptCache.js";
 import { Sampler } from "./sampler.js";
 import { TextStream } from "./textStream.js";
+import { reclaimMajor, reclaimMinor } from "./reclaim.js";
 import { stat } from "node:fs/promises";
 
 export interface MlxEngineParts {
@@ -69,6 +70,7 @@ export class MlxEngine implements Engine {
     this.sequences.get(key)?.clear();
     this.sequences.delete(key);
     this.replies.delete(key);
+    reclaimMajor();
   }
 
   async prefill(key: string, messages: ChatMessage[], signal: AbortSignal): Promise<EvaluationCounts> {
@@ -216,8 +218,13 @@ export class MlxEngine implements Engine {
   ): Promise<{ reused: number; evaluated: number; logits: MxArray | undefined; aborted: boolean }> {
     let common = 0;
     const cached = seq.tokens;
-    // Unknown (undefined) cached tokens come from an mlx-lm file without token ids: trusted to match.
-    while (common < cached.length && common < tokens.length && (cached[common] === undefined || cached[common] === tokens[common])) common++;
+    // Unknown (undefined) cached tokens come from an mlx-lm file without token ids. Like mlx-lm, which evaluates a
+    // new prompt after a loaded prompt cache, we trust them to match, but only when the prompt extends the whole
+    // cache; a shorter prompt cannot be its continuation, so the cache is dropped.
+    const opaque = cached.some((t) => t === undefined);
+    if (!opaque || tokens.length >= cached.length) {
+      while (common < cached.length && common < tokens.length && (cached[common] === undefined || cached[common] === tokens[common])) common++;
+    }
     if (needLogits && common === tokens.length) common = Math.max(0, common - 1);
     seq.trimTo(common);
     for (let i = 0; i < common; i++) seq.tokens[i] = tokens[i];
@@ -240,6 +247,8 @@ export class MlxEngine implements Engine {
 
   /** One forward call, evaluated right away so the lazy graph never spans more than one step. */
   private step(tokens: readonly number[], seq: SequenceCache): MxArray {
+    // Collect last step's dead views first so MLX can write the cache in place (see reclaim.ts).
+    reclaimMinor();
     const logits = this.model.forward(tokens, seq);
     this.mx.eval(logits, ...seq.arrays());
     seq.tokens.push(...tokens);
