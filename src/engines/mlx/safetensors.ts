@@ -101,7 +101,9 @@ export async function readSafetensorsHeader(filePath: string): Promise<Safetenso
 }
 
 function checkMetadata(filePath: string, value: unknown): Record<string, string> {
-  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+  // MLX writes `"__metadata__": null` when given no metadata.
+  if (value === null) return {};
+  if (typeof value !== "object" || Array.isArray(value)) {
     throw new SafetensorsFormatError(`${filePath}: __metadata__ is not an object`);
   }
   const out: Record<string, string> = {};

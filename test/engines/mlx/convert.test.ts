@@ -7,7 +7,7 @@
  * MLX's group sizes are 32/64/128), so — as mlx-lm's quantize predicate does — layers whose input is 172 wide
  * (mlp.down_proj) stay float32 and every other linear layer plus the embedding is quantized with group 64.
  */
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -66,6 +66,35 @@ describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
     expect(b.stopReason).toBe(a.stopReason);
     await gguf.closeSequence(`g${i}`);
     await float.closeSequence(`f${i}`);
+  });
+
+  it("upcasts float16/bfloat16 weights at load (MLX's CPU matmul would abort the process) and refuses integer floats", async () => {
+    const f32 = mx.load(join(dir, "f32", "model.safetensors")) as Record<string, MxArray>;
+    for (const [name, dtype] of [["f16", mx.float16], ["bf16", mx.bfloat16]] as const) {
+      const folder = join(dir, name);
+      await mkdir(folder);
+      for (const file of ["config.json", "tokenizer.json", "tokenizer_config.json"]) await copyFile(join(dir, "f32", file), join(folder, file));
+      mx.saveSafetensors(join(folder, "model.safetensors"), Object.fromEntries(Object.entries(f32).map(([k, v]) => [k, v.astype(dtype)])));
+      const engine = await openEngine(folder);
+      try {
+        await float.openSequence("h");
+        await reply(float, "h", PROMPTS[0]!, 1);
+        const tokens = float.cachedTokens("h") as number[];
+        await float.closeSequence("h");
+        const reference = float.logitsAfter(tokens);
+        const logits = engine.logitsAfter(tokens);
+        const maxDiff = Math.max(...reference.map((v, j) => Math.abs(v - logits[j]!)));
+        console.log(`${name}: max |Δlogit| ${maxDiff.toFixed(4)}`);
+        expect(maxDiff).toBeLessThan(0.5);
+      } finally {
+        await engine.dispose();
+      }
+    }
+    const bad = join(dir, "int-weights");
+    await mkdir(bad);
+    for (const file of ["config.json", "tokenizer.json", "tokenizer_config.json"]) await copyFile(join(dir, "f32", file), join(bad, file));
+    mx.saveSafetensors(join(bad, "model.safetensors"), { ...f32, "model.norm.weight": f32["model.norm.weight"]!.astype(mx.int32) });
+    await expect(openEngine(bad)).rejects.toMatchObject({ code: "ERR_MODEL_INVALID" });
   });
 
   it("the JavaScript quantizer matches MLX's dequantize", async () => {
