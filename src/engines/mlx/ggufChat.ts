@@ -16,9 +16,17 @@ export async function loadGgufChat(filePath: string): Promise<ChatFrontend> {
   try {
     // getLlama returns a new instance per call: this one is ours alone, and dispose() releases it.
     llama = await llamaCpp.getLlama({ gpu: false, build: "never" });
+  } catch (error) {
+    throw new AgentRuntimeError(
+      "ERR_ENGINE_UNAVAILABLE",
+      `The MLX engine reads GGUF vocabularies with node-llama-cpp, whose prebuilt binary did not load: ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+  try {
     model = await llama.loadModel({ modelPath: filePath, vocabOnly: true });
   } catch (error) {
-    await llama?.dispose();
+    await llama.dispose();
     throw new AgentRuntimeError("ERR_MODEL_INVALID", `node-llama-cpp could not read the vocabulary of ${filePath}: ${(error as Error).message}`, {
       cause: error,
     });

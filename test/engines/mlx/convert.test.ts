@@ -7,7 +7,7 @@
  * MLX's group sizes are 32/64/128), so — as mlx-lm's quantize predicate does — layers whose input is 172 wide
  * (mlp.down_proj) stay float32 and every other linear layer plus the embedding is quantized with group 64.
  */
-import { copyFile, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -95,6 +95,55 @@ describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
     for (const file of ["config.json", "tokenizer.json", "tokenizer_config.json"]) await copyFile(join(dir, "f32", file), join(bad, file));
     mx.saveSafetensors(join(bad, "model.safetensors"), { ...f32, "model.norm.weight": f32["model.norm.weight"]!.astype(mx.int32) });
     await expect(openEngine(bad)).rejects.toMatchObject({ code: "ERR_MODEL_INVALID" });
+  });
+
+  it("loads Qwen2-style q/k/v biases and tied embeddings", async () => {
+    const f32 = mx.load(join(dir, "f32", "model.safetensors")) as Record<string, MxArray>;
+    const config = JSON.parse(await readFile(join(dir, "f32", "config.json"), "utf8"));
+    const copyFolder = async (name: string, tensors: Record<string, MxArray>, patch: Record<string, unknown>) => {
+      const folder = join(dir, name);
+      await mkdir(folder);
+      for (const file of ["tokenizer.json", "tokenizer_config.json"]) await copyFile(join(dir, "f32", file), join(folder, file));
+      await writeFile(join(folder, "config.json"), JSON.stringify({ ...config, ...patch }));
+      mx.saveSafetensors(join(folder, "model.safetensors"), tensors);
+      return folder;
+    };
+    await float.openSequence("b");
+    await reply(float, "b", PROMPTS[1]!, 1);
+    const tokens = float.cachedTokens("b") as number[];
+    await float.closeSequence("b");
+    const reference = float.logitsAfter(tokens);
+
+    // Zero biases on q/k/v under model_type qwen2 must not change the logits.
+    const withBiases = { ...f32 };
+    for (let i = 0; i < 4; i++) for (const p of ["q", "k", "v"]) withBiases[`model.layers.${i}.self_attn.${p}_proj.bias`] = mx.zeros([64], mx.float32);
+    const qwen = await openEngine(await copyFolder("qwen2", withBiases, { model_type: "qwen2", architectures: ["Qwen2ForCausalLM"] }));
+    try {
+      const logits = qwen.logitsAfter(tokens);
+      expect(Math.max(...reference.map((v, j) => Math.abs(v - logits[j]!)))).toBeLessThan(1e-4);
+    } finally {
+      await qwen.dispose();
+    }
+
+    // Tied: the output projection is the embedding table, and an lm_head in the file is ignored (mlx-lm's
+    // sanitize). This llama2.c-born model stores the same table twice, so tied logits equal the reference; a zeroed
+    // lm_head proves the file's head was not used.
+    const head = f32["lm_head.weight"]!;
+    expect(mx.max(mx.abs(mx.subtract(head, f32["model.embed_tokens.weight"]!))).item()).toBe(0);
+    const tiedEngine = await openEngine(await copyFolder("tied", { ...f32, "lm_head.weight": mx.zeros([512, 64], mx.float32) }, { tie_word_embeddings: true }));
+    try {
+      const logits = tiedEngine.logitsAfter(tokens);
+      expect(Math.max(...reference.map((v, j) => Math.abs(v - logits[j]!)))).toBeLessThan(1e-4);
+    } finally {
+      await tiedEngine.dispose();
+    }
+    // Untied with a zeroed head: every logit is 0.
+    const untied = await openEngine(await copyFolder("untied", { ...f32, "lm_head.weight": mx.zeros([512, 64], mx.float32) }, { tie_word_embeddings: false }));
+    try {
+      expect(untied.logitsAfter(tokens).every((v) => v === 0)).toBe(true);
+    } finally {
+      await untied.dispose();
+    }
   });
 
   it("the JavaScript quantizer matches MLX's dequantize", async () => {
