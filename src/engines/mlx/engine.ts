@@ -154,7 +154,7 @@ export class MlxEngine implements Engine {
   async saveState(key: string, filePath: string): Promise<SavedState> {
     const seq = this.sequence(key);
     try {
-      savePromptCache(this.mx, filePath, seq, this.config, this.info.name);
+      await savePromptCache(this.mx, filePath, seq, this.config, this.info.name);
     } catch (error) {
       throw new AgentRuntimeError("ERR_ENGINE_FAILED", `Could not write the KV state to ${filePath}: ${(error as Error).message}`, {
         cause: error,
@@ -168,7 +168,7 @@ export class MlxEngine implements Engine {
     const seq = this.sequence(key);
     const loaded = await loadPromptCache(this.mx, filePath, this.config, this.chat.vocabSize || this.config.vocabSize, this.info.contextSize);
     seq.clear();
-    seq.layers.forEach((layer, i) => layer.setState(loaded.keys[i]!, loaded.values[i]!));
+    if (loaded.length > 0) seq.layers.forEach((layer, i) => layer.setState(loaded.keys[i]!, loaded.values[i]!));
     seq.tokens = loaded.tokens ? [...loaded.tokens] : new Array<number | undefined>(loaded.length).fill(undefined);
     return { tokens: seq.length };
   }

@@ -17,7 +17,7 @@ import { AgentRuntimeError } from "../../errors.js";
 import { loadArrays, type Mx, type MxArray } from "./mlx.js";
 import type { ModelConfig } from "./config.js";
 import { SequenceCache } from "./kvCache.js";
-import { readSafetensorsHeader, SafetensorsFormatError } from "./safetensors.js";
+import { readSafetensorsHeader, SafetensorsFormatError, writeSafetensors } from "./safetensors.js";
 
 export const TOKENS_KEY = "agentrt_tokens";
 export const FORMAT_KEY = "agentrt_format";
@@ -48,18 +48,19 @@ export function saveTensorsAndMetadata(
   return { arrays, metadata };
 }
 
-export function savePromptCache(mx: Mx, filePath: string, cache: SequenceCache, config: ModelConfig, modelName: string): void {
-  if (cache.tokens.some((t) => t === undefined)) {
-    // A cache adopted from an mlx-lm file whose tokens were never confirmed by a prompt: save without token ids.
-    const { arrays, metadata } = saveTensorsAndMetadata(mx, cache, config, { model: modelName });
-    mx.saveSafetensors(filePath, arrays, metadata);
+export async function savePromptCache(mx: Mx, filePath: string, cache: SequenceCache, config: ModelConfig, modelName: string): Promise<void> {
+  // A cache adopted from an mlx-lm file whose tokens were never confirmed by a prompt is saved without token ids.
+  const opaque = cache.tokens.some((t) => t === undefined);
+  const user: Record<string, string> = opaque
+    ? { model: modelName }
+    : { model: modelName, [FORMAT_KEY]: FORMAT_VERSION, [TOKENS_KEY]: JSON.stringify(cache.tokens) };
+  const { arrays, metadata } = saveTensorsAndMetadata(mx, cache, config, user);
+  if (cache.length === 0) {
+    // MLX refuses to serialize empty arrays (as mlx-lm cannot save a KVCache that never saw a token): an empty
+    // cache is written as the same metadata with no tensors, which loadPromptCache reads back as empty.
+    await writeSafetensors(filePath, [], metadata);
     return;
   }
-  const { arrays, metadata } = saveTensorsAndMetadata(mx, cache, config, {
-    model: modelName,
-    [FORMAT_KEY]: FORMAT_VERSION,
-    [TOKENS_KEY]: JSON.stringify(cache.tokens),
-  });
   mx.saveSafetensors(filePath, arrays, metadata);
 }
 
@@ -101,6 +102,13 @@ export async function loadPromptCache(
     if (!PLAIN_CLASSES.has(cls)) throw corrupt(`layer ${i} is a ${cls}; only KVCache prompt caches can be loaded`);
   }
   if (countLayers(metadata) !== layers) throw corrupt(`metadata names ${countLayers(metadata)} cache layers, the model has ${layers}`);
+  if (tensors.size === 0) {
+    // An empty cache (see savePromptCache); its token list must be empty too.
+    const raw = metadata[`1.${TOKENS_KEY}`];
+    if (raw !== undefined && raw !== "[]") throw corrupt("holds no tensors but lists cached tokens");
+    const keys = Array.from({ length: layers }, () => mx.zeros([1, config.kvHeads, 0, config.headDim], mx.float32));
+    return { keys, values: keys.map(() => mx.zeros([1, config.kvHeads, 0, config.headDim], mx.float32)), tokens: [], length: 0 };
+  }
   if (tensors.size !== 2 * layers) throw corrupt(`holds ${tensors.size} tensors, expected ${2 * layers} for ${layers} layers`);
   let length: number | undefined;
   for (let i = 0; i < layers; i++) {

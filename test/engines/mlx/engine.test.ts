@@ -154,6 +154,20 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     await engine.closeSequence(b);
   });
 
+  it("saves and loads an empty cache", async () => {
+    const a = await open();
+    const b = await open();
+    const file = join(dir, "empty.safetensors");
+    expect(await engine.saveState(a, file)).toMatchObject({ tokens: 0 });
+    await reply(engine, b, turn1, 4);
+    expect(await engine.loadState(b, file)).toEqual({ tokens: 0 });
+    expect(engine.stats(b)).toEqual({ tokens: 0, bytes: 0 });
+    const out = await reply(engine, b, turn1, 4);
+    expect(out.reusedTokens).toBe(0);
+    await engine.closeSequence(a);
+    await engine.closeSequence(b);
+  });
+
   it("writes mlx-lm's prompt-cache layout (keys, metadata, shapes)", async () => {
     const a = await open();
     await reply(engine, a, turn1, 6);
