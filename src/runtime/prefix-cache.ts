@@ -7,6 +7,7 @@ import { fsyncPath, writeFileAtomic } from "../store/atomic-file.js";
 import { sha256File } from "../store/directory-store.js";
 
 interface PrefixEntry {
+  extension: string;
   fingerprint: string;
   sha256: string;
   bytes: number;
@@ -38,7 +39,7 @@ export class PrefixCache {
     if (known) return known;
     try {
       const entry = JSON.parse(await readFile(join(this.#dir, `${key}.json`), "utf8")) as PrefixEntry;
-      const path = join(this.#dir, `${key}.bin`);
+      const path = join(this.#dir, `${key}${entry.extension}`);
       if (entry.fingerprint !== fingerprint || (await stat(path)).size !== entry.bytes) return undefined;
       if ((await sha256File(path)) !== entry.sha256) return undefined;
       this.#verified.set(key, entry);
@@ -55,7 +56,7 @@ export class PrefixCache {
     const entry = await this.#entry(key, engine.info.fingerprint);
     if (!entry) return 0;
     try {
-      return (await engine.loadState(sequenceKey, join(this.#dir, `${key}.bin`))).tokens;
+      return (await engine.loadState(sequenceKey, join(this.#dir, `${key}${entry.extension}`))).tokens;
     } catch {
       this.#verified.delete(key);
       return 0;
@@ -68,12 +69,13 @@ export class PrefixCache {
     const key = this.#key(engine.info.fingerprint, systemPrompt);
     if (this.#verified.has(key)) return;
     await mkdir(this.#dir, { recursive: true });
-    const temp = join(this.#dir, `${key}.${randomBytes(6).toString("hex")}.tmp`);
+    const extension = engine.info.stateFileExtension;
+    const temp = join(this.#dir, `${key}.${randomBytes(6).toString("hex")}.tmp${extension}`);
     try {
       const saved = await engine.saveState(sequenceKey, temp);
       await fsyncPath(temp, "r+");
-      const entry: PrefixEntry = { fingerprint: engine.info.fingerprint, sha256: await sha256File(temp), bytes: saved.bytes, tokens: saved.tokens };
-      await rename(temp, join(this.#dir, `${key}.bin`));
+      const entry: PrefixEntry = { extension, fingerprint: engine.info.fingerprint, sha256: await sha256File(temp), bytes: saved.bytes, tokens: saved.tokens };
+      await rename(temp, join(this.#dir, `${key}${extension}`));
       await writeFileAtomic(join(this.#dir, `${key}.json`), JSON.stringify(entry));
       this.#verified.set(key, entry);
     } catch {

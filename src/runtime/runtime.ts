@@ -389,7 +389,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     const engine = await this.#engine;
     const started = this.#clock.now();
     agent.status = { state: "passivating" };
-    const staged = await this.#store.stageKv(agent.id);
+    const staged = await this.#store.stageKv(agent.id, engine.info.stateFileExtension);
     const previousKv = agent.kv;
     try {
       const saved = await engine.saveState(agent.id, staged.path);

@@ -53,6 +53,7 @@ export class FakeEngine implements HostedEngine {
       contextSize: options.contextSize ?? 4096,
       kvBytesPerToken: KV_BYTES_PER_TOKEN,
       chatFormat: "fake",
+      stateFileExtension: ".json",
       threads: 1,
     };
   }
@@ -161,7 +162,7 @@ export class FakeEngine implements HostedEngine {
     return Object.fromEntries(
       keys.map((key) => {
         const tokens = this.#caches.get(key)?.length ?? 0;
-        return [key, { tokens, bytes: tokens * KV_BYTES_PER_TOKEN }];
+        return [key, { tokens, bytes: tokens * KV_BYTES_PER_TOKEN, allocatedBytes: this.#caches.has(key) ? this.info.contextSize * KV_BYTES_PER_TOKEN : 0 }];
       }),
     );
   }

@@ -13,7 +13,7 @@ if (!existsSync(MODEL_PATH)) {
 }
 
 /** Engines every real-model capability test runs on. */
-export const ENGINES: EngineName[] = ["llama.cpp"];
+export const ENGINES: EngineName[] = ["llama.cpp", "mlx"];
 
 /** Settings that keep real-model tests fast and deterministic on 2 cores. */
 export const FAST = { contextSize: 1024, threads: 1, maxTokens: 12 } as const;

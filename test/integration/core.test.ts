@@ -107,7 +107,7 @@ describe.each(ENGINES)("core on the real model (%s)", (engine: EngineName) => {
     const files = (await readdir(dir)).sort();
     expect(files).toHaveLength(2);
     expect(files[0]).toBe("agent.json");
-    expect(files[1]).toMatch(/^kv-[0-9a-f]{16}\.bin$/);
+    expect(files[1]).toBe(`kv-${files[1]!.slice(3, 19)}${runtime.model.stateFileExtension}`);
     const memory = await runtime.memory();
     const kvPerToken = memory.model.kvBytesPerToken;
     for (const row of memory.agents) {
@@ -127,7 +127,10 @@ describe.each(ENGINES)("core on the real model (%s)", (engine: EngineName) => {
     expect(coord.savedTokens).toBe(passivated[0]!.tokens);
     expect(memory.totals.residentAgents).toBe(3);
     expect(memory.totals.cacheBytes).toBe(memory.agents.reduce((sum, a) => sum + a.cacheBytes, 0));
-    expect(memory.totals.memoryBytes).toBe(memory.model.bytes + memory.totals.cacheBytes);
+    expect(memory.totals.memoryBytes).toBe(memory.model.bytes + memory.totals.cacheAllocatedBytes);
+    for (const row of memory.agents.filter((a) => a.status === "resident")) {
+      expect(row.cacheAllocatedBytes, `${row.id} reserves at least what it holds`).toBeGreaterThanOrEqual(row.cacheBytes);
+    }
   });
 
   it("agents with the same system prompt start from its saved state instead of evaluating it again", async () => {
@@ -139,7 +142,7 @@ describe.each(ENGINES)("core on the real model (%s)", (engine: EngineName) => {
     expect(spawned[0]).toMatchObject({ sharedPrefixTokens: 0 });
     expect(spawned[0]!.evaluatedTokens).toBeGreaterThan(32);
     expect(spawned[1]).toMatchObject({ sharedPrefixTokens: spawned[0]!.evaluatedTokens, evaluatedTokens: 0 });
-    expect((await readdir(join(stateDir, "prefixes"))).filter((name) => name.endsWith(".bin"))).toHaveLength(1);
+    expect((await readdir(join(stateDir, "prefixes"))).filter((name) => name.endsWith(runtime.model.stateFileExtension))).toHaveLength(1);
     // Starting from the shared state changes nothing in what the agent says.
     const a = await runtime.ask("first", "Where is my robot?");
     const b = await runtime.ask("second", "Where is my robot?");

@@ -194,7 +194,7 @@ export class MlxEngine implements Engine {
 
   stats(key: string): SequenceStats {
     const seq = this.sequence(key);
-    return { tokens: seq.length, bytes: seq.nbytes };
+    return { tokens: seq.length, bytes: seq.length * this.info.kvBytesPerToken, allocatedBytes: seq.nbytes };
   }
 
   async dispose(): Promise<void> {

@@ -80,6 +80,7 @@ export async function createMlxEngine(options: EngineLoadOptions): Promise<Engin
       contextSize: options.contextSize,
       kvBytesPerToken: config.layers * 2 * config.kvHeads * config.headDim * 4,
       chatFormat: chat.formatName,
+      stateFileExtension: ".safetensors",
       threads: Number(process.env["OPENBLAS_NUM_THREADS"] ?? options.threads) || options.threads,
     };
     return new MlxEngine({

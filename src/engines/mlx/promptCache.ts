@@ -1,3 +1,4 @@
+import { rename } from "node:fs/promises";
 /**
  * Saving and loading a sequence's KV cache in mlx-lm's prompt-cache layout, so files interoperate with
  * `mlx_lm.models.cache.save_prompt_cache` / `load_prompt_cache` (read from mlx-lm's mlx_lm/models/cache.py):
@@ -61,7 +62,14 @@ export async function savePromptCache(mx: Mx, filePath: string, cache: SequenceC
     await writeSafetensors(filePath, [], metadata);
     return;
   }
-  mx.saveSafetensors(filePath, arrays, metadata);
+  if (filePath.endsWith(".safetensors")) {
+    mx.saveSafetensors(filePath, arrays, metadata);
+    return;
+  }
+  // MLX appends ".safetensors" to any other name; the caller chose the name (a staging file), so keep it.
+  const withSuffix = `${filePath}.safetensors`;
+  mx.saveSafetensors(withSuffix, arrays, metadata);
+  await rename(withSuffix, filePath);
 }
 
 export interface LoadedPromptCache {
