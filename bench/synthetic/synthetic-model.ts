@@ -94,7 +94,7 @@ export interface SyntheticModelParams extends ModelShape {
 }
 
 /** Bumped whenever the bytes written for the same parameters change. */
-export const GENERATOR_VERSION = 1;
+export const GENERATOR_VERSION = 2;
 
 function validateShape(p: SyntheticModelParams): void {
   const ints: Array<keyof ModelShape> = ["hiddenSize", "layers", "heads", "kvHeads", "ffnSize", "vocabSize", "contextLength"];

@@ -192,20 +192,19 @@ export function buildBpeVocab(vocabSize: number, seed = 1234): BpeVocab {
   }
   const learnedMerges = merges.length;
 
-  // Pad with synthetic merges: left = any token, right = a token that does not start a new word,
-  // so every token still looks like something a byte-level BPE could have learned.
+  // Pad with synthetic merges: left = any token, right = a byte token or learned token that does not start
+  // a new word, so every token still looks like something a byte-level BPE could have learned, and the
+  // average token length grows slowly (at most 16 characters).
   const rand = mulberry32(seed);
-  const space = "Ġ";
   const firstMergeable = SPECIAL_TOKENS.length;
+  const rights = tokens.slice(firstMergeable).filter((t) => !t.startsWith("Ġ"));
   let attempts = 0;
   while (tokens.length < vocabSize) {
-    if (++attempts > vocabSize * 50) throw new Error("could not pad the vocabulary");
-    const span = tokens.length - firstMergeable;
-    const left = tokens[firstMergeable + (rand() % span)] as string;
-    const right = tokens[firstMergeable + (rand() % span)] as string;
-    if (right.startsWith(space)) continue;
+    if (++attempts > vocabSize * 100) throw new Error("could not pad the vocabulary");
+    const left = tokens[firstMergeable + (rand() % (tokens.length - firstMergeable))] as string;
+    const right = rights[rand() % rights.length] as string;
     const merged = left + right;
-    if (merged.length > 12 || index.has(merged)) continue;
+    if (merged.length > 16 || index.has(merged)) continue;
     add(merged, TokenType.NORMAL);
     merges.push(`${left} ${right}`);
   }
