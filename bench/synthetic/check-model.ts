@@ -94,6 +94,20 @@ async function main(): Promise<void> {
       `round trip ${roundTrip === "Hello world" ? "ok" : "FAILED"}; chat wrapper ${wrapper?.wrapperName ?? "none"}\n`,
   );
 
+  {
+    const context = await model.createContext({ contextSize: 512, threads: 1 });
+    const sequence = context.getSequence();
+    let finite = true;
+    const picked: Token[] = [];
+    for await (const out of sequence.evaluateWithMetadata(hello, { probabilities: true })) {
+      for (const p of out.probabilities.values()) if (!Number.isFinite(p)) finite = false;
+      picked.push(out.token);
+      if (picked.length >= 5) break;
+    }
+    process.stderr.write(`generated 5 tokens ${JSON.stringify(model.detokenize(picked))}; probabilities finite: ${finite}\n`);
+    await context.dispose();
+  }
+
   for (const threads of values.threads.split(",").map(Number)) {
     t0 = performance.now();
     const r = await measureSpeed(model, {

@@ -30,7 +30,16 @@ const BYTES_PER_BLOCK: Record<number, [elements: number, bytes: number]> = {
 };
 
 function tinyParams(type: WeightType, architecture: "llama" | "qwen2" = "llama"): SyntheticModelParams {
-  return presetParams("tiny", type, { layers: 2, hiddenSize: 64, heads: 4, kvHeads: 2, ffnSize: 128, vocabSize: 1000, architecture });
+  return presetParams("tiny", type, {
+    layers: 2,
+    hiddenSize: 64,
+    heads: 4,
+    kvHeads: 2,
+    ffnSize: 128,
+    vocabSize: 1000,
+    architecture,
+    preTokenizer: architecture === "qwen2" ? "qwen2" : "smollm",
+  });
 }
 
 let dir: string;
@@ -196,6 +205,7 @@ describe.each(cases)("synthetic %s %s model", (type, architecture) => {
     });
     const tok = m.tokenizer as { ggml: Record<string, unknown>; chat_template: string };
     expect(tok.ggml.model).toBe("gpt2");
+    expect(tok.ggml.pre).toBe(params.preTokenizer);
     expect(tok.chat_template).toContain("<|im_start|>");
     expect(model.trainContextSize).toBe(params.contextLength);
   });
