@@ -2,9 +2,9 @@
  * Random-weight GGUF models with the shapes of real small models, for benchmarks where speed depends on
  * the shape (prefill, decode, KV state I/O) and not on the weights.
  */
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
-import { dirname, join, resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { GgmlType, GgufValueType, GgufWriter, type TensorFiller, type WriteProgress } from "./gguf-writer.js";
 import { CHATML_TEMPLATE, buildBpeVocab } from "./tokenizer.js";
@@ -330,7 +330,7 @@ export async function generateSyntheticModel(
   }
   await mkdir(dirname(path), { recursive: true });
   await rm(sidecarPath(path), { force: true });
-  const tmp = `${path}.partial-${process.pid}`;
+  const tmp = `${path}.partial-${process.pid}-${randomUUID().slice(0, 8)}`;
   try {
     const bytes = await built.writer.write(tmp, options.onProgress ? { onProgress: options.onProgress } : {});
     await rename(tmp, path);
@@ -380,7 +380,16 @@ export async function ensureSyntheticModel(
   dir: string = DEFAULT_MODELS_DIR,
   overrides: ShapeOverrides = {},
 ): Promise<string> {
-  const path = join(dir, defaultFileName(preset, type, overrides));
-  await generateSyntheticModel(path, presetParams(preset, type, overrides));
-  return path;
+  const path = resolve(dir, defaultFileName(preset, type, overrides));
+  // Calls for the same file in one process share one generation.
+  let pending = inFlight.get(path);
+  if (pending === undefined) {
+    pending = generateSyntheticModel(path, presetParams(preset, type, overrides))
+      .then(() => path)
+      .finally(() => inFlight.delete(path));
+    inFlight.set(path, pending);
+  }
+  return pending;
 }
+
+const inFlight = new Map<string, Promise<string>>();

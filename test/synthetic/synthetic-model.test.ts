@@ -249,7 +249,11 @@ describe.each(cases)("synthetic %s %s model", (type, architecture) => {
 describe("ensureSyntheticModel", () => {
   it("generates once and reuses the file while the parameters match", async () => {
     const overrides = { layers: 1, vocabSize: 600 };
-    const path = await ensureSyntheticModel("tiny", "q8_0", dir, overrides);
+    const [path, again] = await Promise.all([
+      ensureSyntheticModel("tiny", "q8_0", dir, overrides),
+      ensureSyntheticModel("tiny", "q8_0", dir, overrides),
+    ]);
+    expect(again).toBe(path);
     const first = await stat(path);
     const side = JSON.parse(await readFile(sidecarPath(path), "utf8")) as { params: SyntheticModelParams; bytes: number };
     expect(side.params.layers).toBe(1);
