@@ -38,6 +38,11 @@ export interface EngineLoadOptions {
   threads: number;
   /** Batch size for prompt evaluation. */
   batchSize?: number;
+  /**
+   * Whether turns of different agents may be evaluated together in one batch (llama.cpp). When false,
+   * the worker runs one request at a time. Default true.
+   */
+  batching?: boolean;
   /** Where `hf:` downloads are cached. */
   modelCacheDir?: string;
 }
@@ -56,6 +61,8 @@ export interface ModelInfo {
   contextSize: number;
   /** KV cache bytes one token costs in memory. */
   kvBytesPerToken: number;
+  /** Extension of the engine's state files (".bin" for llama.cpp, ".safetensors" for MLX, which picks its reader by it). */
+  stateFileExtension: string;
   /** Name of the chat formatting in use (a template name, or "generic" for models without one). */
   chatFormat: string;
   threads: number;
@@ -103,8 +110,10 @@ export interface SavedState {
 
 export interface SequenceStats {
   tokens: number;
-  /** KV bytes in memory for this sequence. */
+  /** KV bytes holding this sequence's tokens (tokens × kvBytesPerToken). */
   bytes: number;
+  /** KV bytes reserved for the sequence (llama.cpp preallocates the context; MLX grows in steps). */
+  allocatedBytes: number;
 }
 
 export interface Engine {

@@ -51,6 +51,8 @@ export class Agent {
   pins = 0;
   lastUsed: number;
   lastTurn: TurnTimings | undefined;
+  /** How the last load from history went: tokens served by the shared prompt cache, tokens evaluated. */
+  lastLoad = { sharedPrefixTokens: 0, evaluatedTokens: 0 };
   /** Set once removed: queued work must not bring it back. */
   removed = false;
 

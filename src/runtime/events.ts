@@ -31,7 +31,16 @@ export interface TurnResult {
 
 /** Runtime events. Names are namespaced; every payload names its agent. */
 export interface RuntimeEvents {
-  "agent:spawned": [event: { id: string; role: string }];
+  "agent:spawned": [
+    event: {
+      id: string;
+      role: string;
+      /** System prompt tokens loaded from the shared prompt cache instead of evaluated. */
+      sharedPrefixTokens: number;
+      /** Tokens evaluated to prepare the agent. */
+      evaluatedTokens: number;
+    },
+  ];
   "agent:turn-start": [event: { id: string; turnId: number; text: string }];
   "agent:token": [event: { id: string; turnId: number; text: string }];
   "agent:turn-end": [event: TurnResult];

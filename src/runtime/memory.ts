@@ -6,8 +6,10 @@ export interface AgentMemory {
   status: "resident" | "passivated" | "passivating" | "rehydrating" | "failed";
   /** Tokens held in the KV cache in memory (0 when not resident). */
   cacheTokens: number;
-  /** KV cache bytes in memory (0 when not resident). */
+  /** KV cache bytes holding its tokens (cacheTokens × kvBytesPerToken; 0 when not resident). */
   cacheBytes: number;
+  /** KV bytes the engine reserves for the agent (0 when not resident). */
+  cacheAllocatedBytes: number;
   /** Tokens in the saved cache on disk, if any. */
   savedTokens: number;
   /** Bytes the agent occupies in the store (record + cache file). */
@@ -22,8 +24,9 @@ export interface MemoryReport {
     passivatedAgents: number;
     cacheTokens: number;
     cacheBytes: number;
+    cacheAllocatedBytes: number;
     diskBytes: number;
-    /** Model bytes + cache bytes in memory. */
+    /** Model bytes + KV bytes reserved in memory. */
     memoryBytes: number;
   };
 }
@@ -42,12 +45,14 @@ export function memoryReport(
       status: agent.status.state,
       cacheTokens: live?.tokens ?? 0,
       cacheBytes: live?.bytes ?? 0,
+      cacheAllocatedBytes: live?.allocatedBytes ?? 0,
       savedTokens: agent.kv?.tokens ?? 0,
       diskBytes: disk[index] ?? 0,
     };
   });
   const sum = (pick: (row: AgentMemory) => number) => rows.reduce((total, row) => total + pick(row), 0);
   const cacheBytes = sum((row) => row.cacheBytes);
+  const cacheAllocatedBytes = sum((row) => row.cacheAllocatedBytes);
   return {
     model: {
       name: info.name,
@@ -62,8 +67,9 @@ export function memoryReport(
       passivatedAgents: rows.filter((row) => row.status === "passivated").length,
       cacheTokens: sum((row) => row.cacheTokens),
       cacheBytes,
+      cacheAllocatedBytes,
       diskBytes: sum((row) => row.diskBytes),
-      memoryBytes: info.modelBytes + cacheBytes,
+      memoryBytes: info.modelBytes + cacheAllocatedBytes,
     },
   };
 }

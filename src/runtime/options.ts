@@ -25,6 +25,8 @@ export interface AgentRuntimeOptions {
   threads?: number;
   /** Prompt evaluation batch size. Default min(512, contextSize). */
   batchSize?: number;
+  /** Evaluate waiting turns of several agents together in one batch (llama.cpp). Default true. */
+  batching?: boolean;
   /** Default reply length limit per turn, in tokens. Default 256. */
   maxTokens?: number;
   /** Messages that may wait in one agent's mailbox. Default 64. */
@@ -33,6 +35,12 @@ export interface AgentRuntimeOptions {
   maxMessageChars?: number;
   /** Where `hf:` models are downloaded. Default: node-llama-cpp's models folder. */
   modelCacheDir?: string;
+  /** Agents spawned with the same system prompt start from its saved KV state. Default true. */
+  sharedPrefixes?: boolean;
+  /** System prompts shorter than this many tokens are evaluated rather than cached. Default 32. */
+  sharedPrefixMinTokens?: number;
+  /** Where shared prompt states are kept. Default `<stateDir>/prefixes`. */
+  prefixCacheDir?: string;
   /** Default behaviour of spawned agents. Default: `conversation`. */
   behaviour?: AgentBehaviour;
   /** pino logger; silent by default. */

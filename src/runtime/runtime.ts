@@ -24,6 +24,8 @@ import {
   type SpawnOptions,
 } from "./options.js";
 import { Turn } from "./turn.js";
+import { PrefixCache } from "./prefix-cache.js";
+import { join } from "node:path";
 import { memoryReport, type MemoryReport } from "./memory.js";
 
 const never = new AbortController().signal;
@@ -43,6 +45,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
   /** Ids whose removal is still deleting files: the id cannot be spawned again until it is done. */
   readonly #removing = new Map<string, Promise<void>>();
   readonly #supervisor: Supervisor<Agent>;
+  readonly #prefixes: PrefixCache | undefined;
   #engine: Promise<HostedEngine>;
   #info: ModelInfo;
   #turnCounter = 0;
@@ -57,6 +60,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     startEngine: () => Promise<HostedEngine>;
     engine: HostedEngine;
     behaviour: AgentRuntimeOptions["behaviour"];
+    prefixes: PrefixCache | undefined;
   }) {
     super();
     this.#options = init.options;
@@ -65,6 +69,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     this.#clock = init.clock;
     this.#startEngine = init.startEngine;
     this.#defaultBehaviour = init.behaviour ?? conversation;
+    this.#prefixes = init.prefixes;
     this.#engine = Promise.resolve(init.engine);
     this.#info = init.engine.info;
     this.#watch(init.engine);
@@ -96,6 +101,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
             sequences: resolved.maxAgents,
             threads: resolved.threads,
             ...(options.batchSize ? { batchSize: options.batchSize } : {}),
+            ...(options.batching === false ? { batching: false } : {}),
             ...(options.modelCacheDir ? { modelCacheDir: options.modelCacheDir } : {}),
           },
           (record) => workerLog[record.level](record.data ?? {}, record.msg),
@@ -103,7 +109,9 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
         );
       });
     const engine = await startEngine();
-    const runtime = new AgentRuntime({ options: resolved, store, log, clock, startEngine, engine, behaviour: options.behaviour });
+    const prefixDir = options.prefixCacheDir ?? (options.stateDir ? join(options.stateDir, "prefixes") : undefined);
+    const prefixes = options.sharedPrefixes === false || !prefixDir ? undefined : new PrefixCache(prefixDir, options.sharedPrefixMinTokens ?? 32);
+    const runtime = new AgentRuntime({ options: resolved, store, log, clock, startEngine, engine, behaviour: options.behaviour, prefixes });
     try {
       await runtime.#restore();
     } catch (error) {
@@ -228,7 +236,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
       throw error;
     }
     agent.log.debug({ role: agent.role }, "spawned");
-    this.emit("agent:spawned", { id, role: agent.role });
+    this.emit("agent:spawned", { id, role: agent.role, ...agent.lastLoad });
     return agent.info();
   }
 
@@ -322,7 +330,12 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
       }
     }
     if (source === "history") {
-      tokens = (await engine.prefill(agent.id, this.#fullHistory(agent), signal ?? never)).cacheTokens;
+      // Agents sharing a system prompt start from its saved state rather than evaluating it again.
+      const shared = (await this.#prefixes?.load(engine, agent.id, agent.systemPrompt)) ?? 0;
+      const counts = await engine.prefill(agent.id, this.#fullHistory(agent), signal ?? never);
+      tokens = counts.cacheTokens;
+      agent.lastLoad = { sharedPrefixTokens: shared, evaluatedTokens: counts.evaluatedTokens };
+      if (shared === 0 && agent.history.length === 0) await this.#prefixes?.remember(engine, agent.id, agent.systemPrompt, tokens);
     }
     agent.status = { state: "resident" };
     if (wasStored) {
@@ -393,7 +406,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     const engine = await this.#engine;
     const started = this.#clock.now();
     agent.status = { state: "passivating" };
-    const staged = await this.#store.stageKv(agent.id);
+    const staged = await this.#store.stageKv(agent.id, engine.info.stateFileExtension);
     const previousKv = agent.kv;
     try {
       const saved = await engine.saveState(agent.id, staged.path);

@@ -112,21 +112,23 @@ export class DirectoryStore implements StateStore {
     const names = await readdir(dir).catch(() => [] as string[]);
     for (const name of names) {
       if (name === RECORD_FILE || name === keep) continue;
-      if (name.startsWith("kv-") || name.endsWith(".tmp")) await unlink(join(dir, name)).catch(() => {});
+      if (name.startsWith("kv-") || name.startsWith("staging-") || name.includes(".tmp")) await unlink(join(dir, name)).catch(() => {});
     }
   }
 
-  async stageKv(id: string): Promise<StagedKv> {
+  async stageKv(id: string, extension = ".bin"): Promise<StagedKv> {
+    if (!/^\.[a-z0-9]{1,16}$/.test(extension)) throw new RangeError(`Invalid state file extension: ${extension}`);
     const dir = this.#dir(id);
     await mkdir(dir, { recursive: true });
-    const path = join(dir, `kv-staging-${randomBytes(6).toString("hex")}.tmp`);
+    // The staging name already carries the final extension: some engines pick their reader or writer by it.
+    const path = join(dir, `staging-${randomBytes(6).toString("hex")}.tmp${extension}`);
     return {
       path,
       commit: async () => {
         try {
           await fsyncPath(path, "r+");
           const sha256 = await sha256File(path);
-          const file = `kv-${sha256.slice(0, 16)}.bin`;
+          const file = `kv-${sha256.slice(0, 16)}${extension}`;
           await rename(path, join(dir, file));
           await fsyncPath(dir);
           const { size } = await stat(join(dir, file));
@@ -146,7 +148,7 @@ export class DirectoryStore implements StateStore {
   }
 
   async openKv(id: string, kv: KvDescriptor): Promise<string> {
-    if (!/^kv-[0-9a-f]{16}\.bin$/.test(kv.file)) {
+    if (!/^kv-[0-9a-f]{16}\.[a-z0-9]{1,16}$/.test(kv.file)) {
       throw new AgentRuntimeError("ERR_STATE_CORRUPT", `Invalid KV file name in the record of ${id}`, { details: { id, file: kv.file } });
     }
     const path = join(this.#dir(id), kv.file);

@@ -53,8 +53,8 @@ export interface StateStore {
   read(id: string): Promise<AgentRecord | undefined>;
   /** Replaces the agent's record atomically (all or nothing, durable when it resolves). */
   write(record: AgentRecord): Promise<void>;
-  /** Reserves a local path for a new KV file of `id`. */
-  stageKv(id: string): Promise<StagedKv>;
+  /** Reserves a local path for a new KV file of `id`; `extension` (".bin", ".safetensors") names its format. */
+  stageKv(id: string, extension?: string): Promise<StagedKv>;
   /** A local path to the verified KV file; throws ERR_STATE_CORRUPT when missing or its checksum differs. */
   openKv(id: string, kv: KvDescriptor): Promise<string>;
   /** Deletes everything stored for the agent. */

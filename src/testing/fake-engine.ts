@@ -53,12 +53,14 @@ export class FakeEngine implements HostedEngine {
       contextSize: options.contextSize ?? 4096,
       kvBytesPerToken: KV_BYTES_PER_TOKEN,
       chatFormat: "fake",
+      stateFileExtension: ".json",
       threads: 1,
     };
   }
 
-  static render(messages: readonly ChatMessage[]): number[] {
-    const text = messages.map((message) => `<${message.role}>${message.content}</${message.role}>`).join("");
+  /** Renders like a chat template; `openResponse` ends with an open assistant tag, as engines do. */
+  static render(messages: readonly ChatMessage[], openResponse = false): number[] {
+    const text = messages.map((message) => `<${message.role}>${message.content}</${message.role}>`).join("") + (openResponse ? "<assistant>" : "");
     return [...text].map((char) => char.codePointAt(0)!);
   }
 
@@ -117,7 +119,7 @@ export class FakeEngine implements HostedEngine {
     input.signal.throwIfAborted();
     const started = performance.now();
     await this.#options.beforeGenerate?.(key, input.messages);
-    const prompt = FakeEngine.render(input.messages);
+    const prompt = FakeEngine.render(input.messages, true);
     const counts = this.#evaluate(key, prompt);
     const reply = FakeEngine.reply(prompt).slice(0, input.maxTokens);
     let text = "";
@@ -160,7 +162,7 @@ export class FakeEngine implements HostedEngine {
     return Object.fromEntries(
       keys.map((key) => {
         const tokens = this.#caches.get(key)?.length ?? 0;
-        return [key, { tokens, bytes: tokens * KV_BYTES_PER_TOKEN }];
+        return [key, { tokens, bytes: tokens * KV_BYTES_PER_TOKEN, allocatedBytes: this.#caches.has(key) ? this.info.contextSize * KV_BYTES_PER_TOKEN : 0 }];
       }),
     );
   }

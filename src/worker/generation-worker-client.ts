@@ -75,6 +75,11 @@ export class GenerationWorker extends EventEmitter<GenerationWorkerEvents> {
   ): Promise<GenerationWorker> {
     signal?.throwIfAborted();
     const entry = workerEntry();
+    if (options.engine === "mlx" && process.env.OPENBLAS_NUM_THREADS === undefined) {
+      // OpenBLAS (under MLX) reads its thread count from the process environment once, when loaded; a
+      // worker's env option never reaches native code, so it is set here, process-wide, before the load.
+      process.env.OPENBLAS_NUM_THREADS = String(options.threads);
+    }
     const worker = new Worker(entry.url, { workerData: entry.workerData, stdout: false, stderr: false });
     const client = new GenerationWorker(worker);
     if (onLog) client.on("log", onLog);

@@ -20,12 +20,17 @@ if (!parentPort) throw new Error("generation-worker must run in a worker thread"
 const port = parentPort;
 
 let engine: Engine | undefined;
+/** Run requests one at a time: engines that cannot interleave, or batching turned off. */
+let serialize = false;
 /** Serializes engine calls for engines that cannot interleave work (MLX). */
 let serial: Promise<unknown> = Promise.resolve();
 const cancellations = new Map<number, AbortController>();
+const inFlight = new Set<Promise<unknown>>();
+/** Once set, nothing more is answered: pending requests end as the exit rejects them. */
+let crashing = false;
 
 function post(message: WorkerMessage): void {
-  port.postMessage(message);
+  if (!crashing) port.postMessage(message);
 }
 
 function log(level: LogLevel, msg: string, data?: Record<string, unknown>): void {
@@ -43,6 +48,7 @@ async function handle(request: Exclude<WorkerRequest, { type: "cancel" }>, signa
       const started = performance.now();
       log("info", "loading model", { model: request.options.model, engine: request.options.engine });
       engine = await createEngine(request.options, (level, msg) => log(level, msg));
+      serialize = !engine.concurrent || request.options.batching === false;
       log("info", "model loaded", { ms: Math.round(performance.now() - started), modelBytes: engine.info.modelBytes });
       return engine.info;
     }
@@ -70,8 +76,14 @@ async function handle(request: Exclude<WorkerRequest, { type: "cancel" }>, signa
       const current = requireEngine();
       return Object.fromEntries(request.keys.map((key) => [key, current.stats(key)]));
     }
-    case "crash":
+    case "crash": {
+      crashing = true;
+      // Simulates the thread dying. Native evaluations still running while a worker exits make the
+      // addon throw during teardown, which terminates the whole process, so stop them first.
+      for (const [id, controller] of cancellations) if (id !== request.id) controller.abort(new AgentRuntimeError("ERR_WORKER_CRASHED"));
+      await Promise.race([Promise.allSettled(inFlight), new Promise((resolve) => setTimeout(resolve, 2000))]);
       process.exit(request.exitCode);
+    }
     case "shutdown":
       await engine?.dispose();
       engine = undefined;
@@ -89,7 +101,11 @@ port.on("message", (request: WorkerRequest) => {
   const controller = new AbortController();
   cancellations.set(request.id, controller);
   const run = () => handle(request, controller.signal);
-  const task = engine && !engine.concurrent && request.type !== "stats" ? (serial = serial.then(run, run)) : run();
+  const task = serialize && request.type !== "stats" && request.type !== "crash" ? (serial = serial.then(run, run)) : run();
+  if (request.type !== "crash") {
+    inFlight.add(task);
+    void task.finally(() => inFlight.delete(task)).catch(() => {});
+  }
   task.then(
     (result) => post({ type: "result", id: request.id, result }),
     (error: unknown) => post({ type: "error", id: request.id, error: serializeError(error) }),

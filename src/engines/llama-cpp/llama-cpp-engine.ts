@@ -100,6 +100,7 @@ export class LlamaCppEngine implements Engine {
       contextSize: context.contextSize,
       kvBytesPerToken: kvBytesPerToken(metadata, architecture, context.kvCacheKeyType, context.kvCacheValueType),
       chatFormat: hasTemplate ? chatWrapper.wrapperName : "generic",
+      stateFileExtension: ".bin",
       threads: options.threads,
     };
     return new LlamaCppEngine(llama, model, context, chatWrapper, info);
@@ -244,7 +245,7 @@ export class LlamaCppEngine implements Engine {
   stats(key: string): SequenceStats {
     const slot = this.#slots.get(key);
     const tokens = slot ? slot.sequence.nextTokenIndex : 0;
-    return { tokens, bytes: tokens * this.info.kvBytesPerToken };
+    return { tokens, bytes: tokens * this.info.kvBytesPerToken, allocatedBytes: slot ? this.info.contextSize * this.info.kvBytesPerToken : 0 };
   }
 
   async dispose(): Promise<void> {

@@ -1,0 +1,41 @@
+#!/usr/bin/env node
+import { AgentRuntimeError } from "../src/errors.js";
+
+const USAGE = `usage: agentrt <command> [options]
+
+commands:
+  demo     the three-agent scenario on the default model
+  serve    serve agents over HTTP
+
+common options:
+  --model <path|hf:uri|folder>   model (default $AGENTRT_MODEL or ../shared/models/aidreams260K.gguf)
+  --engine llama.cpp|mlx         engine (default: from the model)
+  --state-dir <dir>              agent state folder
+  --threads <n>                  engine threads (default: available cores)
+  --context-size <n>             tokens per agent
+  --max-agents <n>               resident agents
+  -v, --verbose                  debug logs on stderr
+`;
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case "demo": {
+      const { demoCommand } = await import("../src/cli/demo.js");
+      return demoCommand(rest);
+    }
+    case "serve": {
+      const { serveCommand } = await import("../src/server/cli-serve.js");
+      return serveCommand(rest);
+    }
+    default:
+      process.stdout.write(USAGE);
+      if (command !== undefined && command !== "help" && command !== "--help") process.exitCode = 2;
+  }
+}
+
+main(process.argv.slice(2)).catch((error: unknown) => {
+  const code = error instanceof AgentRuntimeError ? ` [${error.code}]` : "";
+  process.stderr.write(`agentrt: ${(error as Error).message ?? String(error)}${code}\n`);
+  process.exitCode = 1;
+});

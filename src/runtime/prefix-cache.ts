@@ -1,0 +1,86 @@
+import { createHash } from "node:crypto";
+import { mkdir, readFile, rename, stat, unlink } from "node:fs/promises";
+import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import type { HostedEngine } from "../worker/remote-engine.js";
+import { fsyncPath, writeFileAtomic } from "../store/atomic-file.js";
+import { sha256File } from "../store/directory-store.js";
+
+interface PrefixEntry {
+  extension: string;
+  fingerprint: string;
+  sha256: string;
+  bytes: number;
+  tokens: number;
+}
+
+/**
+ * Saved KV states of system prompts, shared by every agent spawned with the same prompt on the same
+ * model: a new agent loads the state instead of evaluating the prompt again. Derived data (a cache),
+ * so it lives in a local folder beside the state, not in the state store.
+ */
+export class PrefixCache {
+  readonly #dir: string;
+  readonly #minTokens: number;
+  /** Entries whose file checksum was verified by this process (the files are immutable once written). */
+  readonly #verified = new Map<string, PrefixEntry>();
+
+  constructor(dir: string, minTokens: number) {
+    this.#dir = dir;
+    this.#minTokens = minTokens;
+  }
+
+  #key(fingerprint: string, systemPrompt: string): string {
+    return createHash("sha256").update(fingerprint).update("\0").update(systemPrompt).digest("hex").slice(0, 32);
+  }
+
+  async #entry(key: string, fingerprint: string): Promise<PrefixEntry | undefined> {
+    const known = this.#verified.get(key);
+    if (known) return known;
+    try {
+      const entry = JSON.parse(await readFile(join(this.#dir, `${key}.json`), "utf8")) as PrefixEntry;
+      const path = join(this.#dir, `${key}${entry.extension}`);
+      if (entry.fingerprint !== fingerprint || (await stat(path)).size !== entry.bytes) return undefined;
+      if ((await sha256File(path)) !== entry.sha256) return undefined;
+      this.#verified.set(key, entry);
+      return entry;
+    } catch {
+      // Missing or unreadable: the prompt is evaluated as usual (and the entry rewritten).
+      return undefined;
+    }
+  }
+
+  /** Loads the saved state of `systemPrompt` into sequence `sequenceKey`; resolves its token count, or 0. */
+  async load(engine: HostedEngine, sequenceKey: string, systemPrompt: string): Promise<number> {
+    const key = this.#key(engine.info.fingerprint, systemPrompt);
+    const entry = await this.#entry(key, engine.info.fingerprint);
+    if (!entry) return 0;
+    try {
+      return (await engine.loadState(sequenceKey, join(this.#dir, `${key}${entry.extension}`))).tokens;
+    } catch {
+      this.#verified.delete(key);
+      return 0;
+    }
+  }
+
+  /** Saves sequence `sequenceKey`, which holds exactly the system prompt, for later agents. */
+  async remember(engine: HostedEngine, sequenceKey: string, systemPrompt: string, tokens: number): Promise<void> {
+    if (tokens < this.#minTokens) return;
+    const key = this.#key(engine.info.fingerprint, systemPrompt);
+    if (this.#verified.has(key)) return;
+    await mkdir(this.#dir, { recursive: true });
+    const extension = engine.info.stateFileExtension;
+    const temp = join(this.#dir, `${key}.${randomBytes(6).toString("hex")}.tmp${extension}`);
+    try {
+      const saved = await engine.saveState(sequenceKey, temp);
+      await fsyncPath(temp, "r+");
+      const entry: PrefixEntry = { extension, fingerprint: engine.info.fingerprint, sha256: await sha256File(temp), bytes: saved.bytes, tokens: saved.tokens };
+      await rename(temp, join(this.#dir, `${key}${extension}`));
+      await writeFileAtomic(join(this.#dir, `${key}.json`), JSON.stringify(entry));
+      this.#verified.set(key, entry);
+    } catch {
+      // A cache that cannot be written only costs speed.
+      await unlink(temp).catch(() => {});
+    }
+  }
+}

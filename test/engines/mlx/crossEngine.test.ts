@@ -1,0 +1,86 @@
+/**
+ * Cross-engine agreement: greedy decoding with the MLX engine and with raw node-llama-cpp on the same GGUF and
+ * the same rendered prompt tokens must give the same tokens (or the split must sit on a near-tie in the logits).
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { getLlama, GeneralChatWrapper, type Llama, type LlamaModel, type ChatHistoryItem } from "node-llama-cpp";
+import type { ChatMessage } from "../../../src/engines/engine.js";
+import type { MlxEngine } from "../../../src/engines/mlx/index.js";
+import { openEngine, PROMPTS, reply, requireModel } from "./helpers.js";
+
+const TOKENS = 32;
+
+describe("MLX vs node-llama-cpp, greedy", { timeout: 120_000 }, () => {
+  let llama: Llama;
+  let model: LlamaModel;
+  let engine: MlxEngine;
+
+  beforeAll(async () => {
+    const path = requireModel();
+    llama = await getLlama({ gpu: false, build: "never" });
+    model = await llama.loadModel({ modelPath: path });
+    engine = await openEngine(path, 512);
+  });
+
+  afterAll(async () => {
+    await engine?.dispose();
+    await model?.dispose();
+  });
+
+  /** What the llama.cpp engine does: history → GeneralChatWrapper (no template in this GGUF) → tokens. */
+  function render(messages: ChatMessage[]): number[] {
+    const history: ChatHistoryItem[] = messages.map((m): ChatHistoryItem =>
+      m.role === "user" ? { type: "user", text: m.content } : m.role === "system" ? { type: "system", text: m.content } : { type: "model", response: [m.content] },
+    );
+    if (messages.at(-1)?.role === "user") history.push({ type: "model", response: [] });
+    return new GeneralChatWrapper().generateContextState({ chatHistory: history }).contextText.tokenize(model.tokenizer).map(Number);
+  }
+
+  async function llamaCppGreedy(tokens: number[], count: number): Promise<number[]> {
+    const context = await model.createContext({ contextSize: 512, sequences: 1, threads: 2 });
+    try {
+      const out: number[] = [];
+      for await (const token of context.getSequence().evaluate(tokens as never, { temperature: 0 })) {
+        out.push(Number(token));
+        if (out.length >= count) break;
+      }
+      return out;
+    } finally {
+      await context.dispose();
+    }
+  }
+
+  it.each(PROMPTS.map((p, i) => [i, p] as const))("prompt %i: same rendered tokens and same greedy tokens", async (i, messages) => {
+    const tokens = render(messages);
+    const key = `p${i}`;
+    await engine.openSequence(key);
+    const mlx = await reply(engine, key, messages, TOKENS);
+    // The MLX engine renders exactly the llama.cpp engine's prompt.
+    expect(engine.cachedTokens(key).slice(0, tokens.length)).toEqual(tokens);
+    expect(mlx.promptTokens).toBe(tokens.length);
+
+    // MLX may stop early on an end-of-generation token or stop text; compare over what both produced.
+    const mlxTokens = [...engine.lastReplyTokens(key)];
+    const reference = await llamaCppGreedy(tokens, TOKENS);
+    let same = 0;
+    while (same < mlxTokens.length && same < reference.length && mlxTokens[same] === reference[same]) same++;
+    const compared = Math.min(mlxTokens.length, reference.length);
+    console.log(`prompt ${i}: ${same}/${compared} greedy tokens agree (MLX stop: ${mlx.stopReason}, ${mlxTokens.length} tokens)`);
+    if (same < compared) {
+      // A split is only acceptable on a near-tie: the two candidates' MLX logits must be within 1e-3.
+      const logits = engine.logitsAfter([...tokens, ...reference.slice(0, same)]);
+      const gap = Math.abs(logits[mlxTokens[same]!]! - logits[reference[same]!]!);
+      console.log(`prompt ${i}: split at ${same}; logit gap ${gap}`);
+      expect(gap).toBeLessThan(1e-3);
+    } else {
+      expect(same).toBe(compared);
+    }
+    // At least 20 tokens are compared unless MLX stopped on an end token that llama.cpp also produced.
+    if (mlx.stopReason === "eos" && mlxTokens.length < 20) {
+      expect(reference.slice(0, mlxTokens.length)).toEqual(mlxTokens);
+    } else {
+      expect(compared).toBeGreaterThanOrEqual(20);
+    }
+    await engine.closeSequence(key);
+  });
+});
