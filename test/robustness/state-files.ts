@@ -13,7 +13,7 @@ export function recordPath(stateDir: string, id: string): string {
 
 export async function kvPath(stateDir: string, id: string): Promise<string> {
   const dir = agentDir(stateDir, id);
-  const name = (await readdir(dir)).find((file) => /^kv-[0-9a-f]{16}\.bin$/.test(file));
+  const name = (await readdir(dir)).find((file) => /^kv-[0-9a-f]{16}\.[a-z0-9]+$/.test(file));
   if (!name) throw new Error(`${id} has no KV file in ${dir}`);
   return join(dir, name);
 }
