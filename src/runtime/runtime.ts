@@ -6,7 +6,7 @@ import type { ChatMessage, ModelInfo } from "../engines/engine.js";
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
 import { DirectoryStore } from "../store/directory-store.js";
 import { checkKvDescriptor } from "../store/kv-descriptor.js";
-import type { StateStore } from "../store/state-store.js";
+import type { StagedKv, StateStore } from "../store/state-store.js";
 import { Supervisor } from "../supervisor/supervisor.js";
 import { RemoteEngine, type HostedEngine } from "../worker/remote-engine.js";
 import { Agent, type AgentInfo } from "./agent.js";
@@ -29,6 +29,16 @@ import { join } from "node:path";
 import { memoryReport, type MemoryReport } from "./memory.js";
 
 const never = new AbortController().signal;
+
+/** A failed save as ERR_STATE_WRITE_FAILED, keeping the errno (custom stores and engines throw plain errors). */
+function writeFailure(error: unknown, message: string, id: string): AgentRuntimeError {
+  if (isAgentRuntimeError(error, "ERR_STATE_WRITE_FAILED")) return error;
+  const errno = (error as NodeJS.ErrnoException | undefined)?.code;
+  return new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `${message}: ${(error as Error | undefined)?.message ?? String(error)}`, {
+    cause: error,
+    details: { id, ...(typeof errno === "string" ? { errno } : {}) },
+  });
+}
 
 /**
  * The agent runtime: agents as actors with mailboxes, one generation worker that owns the model, a
@@ -379,7 +389,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     } catch (error) {
       // Not durable, so not acknowledged: the history stays as it was (the cache is rewound next turn).
       agent.history = previous;
-      throw error;
+      throw writeFailure(error, `Saving the turn of ${agent.id} failed`, agent.id);
     }
     const finished = this.#clock.now();
     const timings: TurnTimings = {
@@ -406,11 +416,18 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     const engine = await this.#engine;
     const started = this.#clock.now();
     agent.status = { state: "passivating" };
-    const staged = await this.#store.stageKv(agent.id, engine.info.stateFileExtension);
     const previousKv = agent.kv;
+    let staged: StagedKv | undefined;
     try {
+      staged = await this.#store.stageKv(agent.id, engine.info.stateFileExtension);
       const saved = await engine.saveState(agent.id, staged.path);
       const committed = await staged.commit();
+      // On a full disk llama.cpp can lose its last buffered block without an error: check what landed.
+      if (committed.bytes !== saved.bytes) {
+        throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `The saved cache of ${agent.id} has ${committed.bytes} bytes; the engine wrote ${saved.bytes}`, {
+          details: { id: agent.id, bytes: committed.bytes, expected: saved.bytes },
+        });
+      }
       agent.kv = {
         ...committed,
         tokens: saved.tokens,
@@ -420,13 +437,13 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
       };
       await this.#store.write(agent.toRecord(this.#clock.now()));
     } catch (error) {
-      await staged.discard();
+      await staged?.discard();
       agent.kv = previousKv;
-      agent.status = { state: "resident" };
-      const failure = isAgentRuntimeError(error)
-        ? error
-        : new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Passivating ${agent.id} failed: ${(error as Error).message}`, { cause: error });
-      agent.log.error({ err: failure }, "passivation failed; agent stays resident");
+      // A worker crash already released every resident: this agent's cache died with the worker.
+      const crashed = isAgentRuntimeError(error, "ERR_WORKER_CRASHED");
+      agent.status = crashed ? { state: "passivated" } : { state: "resident" };
+      const failure = crashed ? error : writeFailure(error, `Passivating ${agent.id} failed`, agent.id);
+      agent.log.error({ err: failure }, crashed ? "worker crashed during passivation" : "passivation failed; agent stays resident");
       this.emit("agent:error", { id: agent.id, error: failure });
       throw failure;
     }

@@ -130,7 +130,8 @@ export function rssMiB(): number {
  * container). Returns undefined when it cannot mount; callers then inject the fault instead.
  */
 export async function mountTmpfs(sizeKiB: number): Promise<{ path: string; remount(options: string): void; unmount(): Promise<void> } | undefined> {
-  if (process.platform !== "linux" || process.getuid?.() !== 0) return undefined;
+  // AGENTRT_NO_MOUNT=1 forces the injected path (to test it on a machine that can mount).
+  if (process.platform !== "linux" || process.getuid?.() !== 0 || process.env.AGENTRT_NO_MOUNT === "1") return undefined;
   const path = await tempDir("tmpfs");
   try {
     execFileSync("mount", ["-t", "tmpfs", "-o", `size=${sizeKiB}k`, "tmpfs", path], { stdio: "pipe" });
@@ -157,6 +158,7 @@ export async function ensureDir(path: string): Promise<string> {
 export interface StoreHooks {
   beforeWrite?(record: AgentRecord): Promise<void> | void;
   beforeStage?(id: string): Promise<void> | void;
+  beforeOpenKv?(id: string): Promise<void> | void;
   beforeCommit?(id: string, path: string): Promise<void> | void;
   beforeRemove?(id: string): Promise<void> | void;
 }
@@ -184,9 +186,9 @@ export class HookedStore implements StateStore {
     return this.inner.write(record);
   }
 
-  async stageKv(id: string): Promise<StagedKv> {
+  async stageKv(id: string, extension?: string): Promise<StagedKv> {
     await this.hooks.beforeStage?.(id);
-    const staged = await this.inner.stageKv(id);
+    const staged = await this.inner.stageKv(id, extension);
     return {
       path: staged.path,
       commit: async () => {
@@ -202,7 +204,8 @@ export class HookedStore implements StateStore {
     };
   }
 
-  openKv(id: string, kv: KvDescriptor): Promise<string> {
+  async openKv(id: string, kv: KvDescriptor): Promise<string> {
+    await this.hooks.beforeOpenKv?.(id);
     return this.inner.openKv(id, kv);
   }
 
@@ -221,4 +224,17 @@ export function gate(): { promise: Promise<void>; open(): void } {
   let open!: () => void;
   const promise = new Promise<void>((resolve) => (open = resolve));
   return { promise, open };
+}
+
+/** An error like the ones node:fs raises, with its errno code. */
+export function fsError(code: "ENOSPC" | "EROFS" | "EACCES" | "EIO" | "EDQUOT", syscall = "write"): NodeJS.ErrnoException {
+  const error: NodeJS.ErrnoException = new Error(`${code}: injected fault, ${syscall}`);
+  error.code = code;
+  error.syscall = syscall;
+  return error;
+}
+
+/** A real-model runtime with the fast settings. */
+export async function realRuntime(stateDir: string, options: Partial<AgentRuntimeOptions> = {}): Promise<AgentRuntime> {
+  return AgentRuntime.create({ ...REAL, stateDir, maxAgents: 1, ...options });
 }
