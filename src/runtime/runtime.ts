@@ -2,7 +2,7 @@ import { EventEmitter } from "eventemitter3";
 import pino, { type Logger } from "pino";
 import { conversation } from "../../actors/conversation.js";
 import { detectEngine } from "../engines/create-engine.js";
-import type { ChatMessage, ModelInfo } from "../engines/engine.js";
+import type { ChatMessage, GenerateOutput, ModelInfo } from "../engines/engine.js";
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
 import { DirectoryStore } from "../store/directory-store.js";
 import { checkKvDescriptor } from "../store/kv-descriptor.js";
@@ -296,10 +296,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
         try {
           await this.#load(agent, signal);
         } catch (error) {
-          this.#supervisor.release(agent);
-          agent.status = { state: "passivated" };
-          const engine = await this.#engine.catch(() => undefined);
-          await engine?.closeSequence(agent.id).catch(() => {});
+          await this.#unload(agent);
           throw error;
         }
       }
@@ -309,6 +306,15 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
       agent.lastUsed = this.#clock.now();
       this.#supervisor.notify();
     }
+  }
+
+  /** Frees an admitted agent's sequence without saving it (a failed load, a broken cache). */
+  async #unload(agent: Agent): Promise<void> {
+    const engine = await this.#engine.catch(() => undefined);
+    // Closed before the slot is released: the next admission may open a sequence at once.
+    await engine?.closeSequence(agent.id).catch(() => {});
+    this.#supervisor.release(agent);
+    agent.status = { state: "passivated" };
   }
 
   /** Gives an admitted agent its cache: from its state file when valid, else by re-evaluating its history. */
@@ -371,16 +377,33 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     const engine = await this.#engine;
     const started = this.#clock.now();
     this.emit("agent:turn-start", { id: agent.id, turnId, text });
-    const output = await engine.generate(agent.id, {
-      messages: agent.behaviour.prompt(agent, text),
-      maxTokens,
-      sampling: agent.sampling,
-      signal: signal ?? never,
-      onText: (chunk) => {
-        push(chunk);
-        this.emit("agent:token", { id: agent.id, turnId, text: chunk });
-      },
-    });
+    let output: GenerateOutput;
+    try {
+      output = await engine.generate(agent.id, {
+        messages: agent.behaviour.prompt(agent, text),
+        maxTokens,
+        sampling: agent.sampling,
+        signal: signal ?? never,
+        onText: (chunk) => {
+          push(chunk);
+          this.emit("agent:token", { id: agent.id, turnId, text: chunk });
+        },
+      });
+    } catch (error) {
+      // Refusals (context full, abort, crash) leave the cache usable or already gone; anything else may
+      // have left the sequence broken (a saved cache that loads but cannot be evaluated, measured):
+      // drop it and its saved copy, so that the next turn rebuilds it from the history.
+      if (signal?.aborted || (isAgentRuntimeError(error) && error.code !== "ERR_ENGINE_FAILED")) throw error;
+      const failure = new AgentRuntimeError("ERR_ENGINE_FAILED", `The engine failed on a turn of ${agent.id}: ${(error as Error)?.message}`, {
+        cause: error,
+        details: { id: agent.id },
+      });
+      agent.log.error({ err: failure }, "engine failed mid-turn; the cache is dropped and rebuilt from history next turn");
+      this.emit("agent:error", { id: agent.id, error: failure });
+      agent.kv = undefined;
+      await this.#unload(agent);
+      throw failure;
+    }
     if (output.stopReason === "aborted") throw signal?.reason ?? new AgentRuntimeError("ERR_ABORTED");
     const previous = agent.history;
     agent.history = [...previous, ...agent.behaviour.record(agent, text, output.text)];

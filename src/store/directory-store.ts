@@ -179,12 +179,10 @@ export class DirectoryStore implements StateStore {
     const dir = this.#dir(id);
     // The record goes first and durably: a crash part-way then leaves a folder without a record (not an
     // agent, swept by the next spawn of the id), never a record whose cache file is already deleted.
-    try {
-      await unlink(join(dir, RECORD_FILE));
-      await fsyncPath(dir);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
-    }
+    await rm(join(dir, RECORD_FILE), { recursive: true, force: true });
+    await fsyncPath(dir).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== "ENOENT") throw error;
+    });
     await rm(dir, { recursive: true, force: true });
   }
 
