@@ -15,7 +15,7 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-export async function soak(options: Omit<SoakOptions, "stateDir">, stateDir: string) {
+async function soak(options: Omit<SoakOptions, "stateDir">, stateDir: string) {
   const { figures, failures } = await runSoak({ ...options, stateDir, log: (line) => console.log(`[soak] ${line}`) });
   console.log(`[figures] soak: ${JSON.stringify(figures)}`);
   expect(failures).toEqual([]);
@@ -28,13 +28,13 @@ export async function soak(options: Omit<SoakOptions, "stateDir">, stateDir: str
   return figures;
 }
 
-it("fake engine: 400 agents, maxAgents 8, 4000 messages from 16 senders: none lost or reordered", async () => {
+it("fake engine: 300 agents, maxAgents 8, 1500 messages from 16 senders: none lost or reordered", async () => {
   const figures = await soak(
     {
       engine: "fake",
-      agents: envInt("AGENTRT_SHORT_SOAK_AGENTS", 400),
+      agents: envInt("AGENTRT_SHORT_SOAK_AGENTS", 300),
       maxAgents: 8,
-      messages: envInt("AGENTRT_SHORT_SOAK_MESSAGES", 4000),
+      messages: envInt("AGENTRT_SHORT_SOAK_MESSAGES", 1500),
       senders: 16,
       turnsPerAgent: 12,
     },
