@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, type Dirent } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { AgentRuntimeError } from "../errors.js";
 import { agentIdToKey, keyToAgentId, validateAgentId } from "../runtime/agent-id.js";
@@ -96,7 +96,7 @@ export class DirectoryStore implements StateStore {
     const body = JSON.stringify(record);
     const envelope: RecordEnvelope = { format: "agentrt-agent", sha256: sha256Text(body), body };
     try {
-      await mkdir(dir, { recursive: true });
+      await this.#ensureDir(dir);
       await writeFileAtomic(join(dir, RECORD_FILE), JSON.stringify(envelope));
     } catch (error) {
       throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not write the record of ${record.id}: ${(error as Error).message}`, {
@@ -105,6 +105,19 @@ export class DirectoryStore implements StateStore {
       });
     }
     await this.#sweep(dir, record.kv?.file);
+  }
+
+  /**
+   * Creates an agent's folder; when it is new, fsyncs the folders above it too, so that the folder
+   * (and the record about to be written into it) survives a power loss, not only a process crash.
+   */
+  async #ensureDir(dir: string): Promise<void> {
+    const created = await mkdir(dir, { recursive: true });
+    if (created === undefined) return;
+    for (let parent = dirname(dir); ; parent = dirname(parent)) {
+      await fsyncPath(parent);
+      if (parent === dirname(created) || parent === dirname(parent)) break;
+    }
   }
 
   /** Deletes KV and temp files the committed record does not name (left by earlier saves or crashes). */
