@@ -34,13 +34,21 @@ export class PrefixCache {
     return createHash("sha256").update(fingerprint).update("\0").update(systemPrompt).digest("hex").slice(0, 32);
   }
 
+  /** The state file's path. Not `<key><extension>`: with a ".json" engine that is the entry file itself. */
+  #statePath(key: string, extension: string): string {
+    return join(this.#dir, `${key}.state${extension}`);
+  }
+
   async #entry(key: string, fingerprint: string): Promise<PrefixEntry | undefined> {
     const known = this.#verified.get(key);
     if (known) return known;
     try {
       const entry = JSON.parse(await readFile(join(this.#dir, `${key}.json`), "utf8")) as PrefixEntry;
-      const path = join(this.#dir, `${key}${entry.extension}`);
-      if (entry.fingerprint !== fingerprint || (await stat(path)).size !== entry.bytes) return undefined;
+      // The extension becomes part of a path: anything but a plain one could point outside this folder.
+      if (typeof entry.extension !== "string" || !/^\.[a-z0-9]{1,16}$/.test(entry.extension)) return undefined;
+      const path = this.#statePath(key, entry.extension);
+      const info = await stat(path);
+      if (entry.fingerprint !== fingerprint || !info.isFile() || info.size !== entry.bytes) return undefined;
       if ((await sha256File(path)) !== entry.sha256) return undefined;
       this.#verified.set(key, entry);
       return entry;
@@ -56,7 +64,7 @@ export class PrefixCache {
     const entry = await this.#entry(key, engine.info.fingerprint);
     if (!entry) return 0;
     try {
-      return (await engine.loadState(sequenceKey, join(this.#dir, `${key}${entry.extension}`))).tokens;
+      return (await engine.loadState(sequenceKey, this.#statePath(key, entry.extension))).tokens;
     } catch {
       this.#verified.delete(key);
       return 0;
@@ -75,7 +83,7 @@ export class PrefixCache {
       const saved = await engine.saveState(sequenceKey, temp);
       await fsyncPath(temp, "r+");
       const entry: PrefixEntry = { extension, fingerprint: engine.info.fingerprint, sha256: await sha256File(temp), bytes: saved.bytes, tokens: saved.tokens };
-      await rename(temp, join(this.#dir, `${key}${extension}`));
+      await rename(temp, this.#statePath(key, extension));
       await writeFileAtomic(join(this.#dir, `${key}.json`), JSON.stringify(entry));
       this.#verified.set(key, entry);
     } catch {

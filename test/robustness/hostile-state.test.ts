@@ -4,7 +4,7 @@
  * file is dropped and the agent rebuilt from its (valid) history.
  */
 import { execFileSync } from "node:child_process";
-import { copyFile, mkdir, readFile, rm, truncate, unlink, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, readdir, readFile, rm, truncate, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentRuntime, DirectoryStore, isAgentRuntimeError, type AgentRuntimeOptions, type KvDescriptor } from "../../src/index.js";
@@ -366,5 +366,56 @@ describe("damaged KV files", () => {
     expect(result.reply).toMatch(/^r/);
     expect(errors.map((e) => e.error.code)).toEqual(["ERR_STATE_CORRUPT"]);
     expect(runtime.get("victim").turns).toBe(3);
+  });
+});
+
+describe("shared prefix states (stateDir/prefixes)", () => {
+  const prompt = "You are one of many identical support agents; be brief and kind.";
+
+  async function prefixFiles(stateDir: string) {
+    const dir = join(stateDir, "prefixes");
+    const names = await readdir(dir);
+    const entry = names.find((name) => /^[0-9a-f]{32}\.json$/.test(name));
+    const state = names.find((name) => name !== entry && !name.includes(".tmp"));
+    if (!entry || !state) throw new Error(`no prefix entry and state in ${JSON.stringify(names)}`);
+    return { entry: join(dir, entry), state: join(dir, state) };
+  }
+
+  it("a second agent with the same system prompt starts from the saved prefix (also on the fake engine)", async () => {
+    const stateDir = join(root, `state-${++counter}`);
+    const { runtime } = await start(stateDir);
+    const spawned = collect(runtime, "agent:spawned");
+    await runtime.spawn({ id: "first", systemPrompt: prompt });
+    await runtime.spawn({ id: "second", systemPrompt: prompt });
+    expect(spawned.map((e) => e.sharedPrefixTokens)).toEqual([0, prompt.length + "<system></system>".length]);
+  });
+
+  it.each([
+    ["bit-flipped state", async (files: { entry: string; state: string }) => writeFile(files.state, flipBit(await readFile(files.state), 40))],
+    ["truncated state", async (files: { entry: string; state: string }) => writeFile(files.state, (await readFile(files.state)).subarray(0, 10))],
+    ["entry that is not JSON", async (files: { entry: string; state: string }) => writeFile(files.entry, "{ nope")],
+    [
+      "entry pointing outside the folder (checksum and size vouched for)",
+      async (files: { entry: string; state: string }) => {
+        const target = join(files.entry, "../../agents/first/agent.json");
+        const bytes = await readFile(target);
+        const entry = JSON.parse(await readFile(files.entry, "utf8")) as Record<string, unknown>;
+        await writeFile(files.entry, JSON.stringify({ ...entry, extension: "/../../agents/first/agent.json", bytes: bytes.length, sha256: sha256(bytes) }));
+      },
+    ],
+  ])("%s: ignored before the engine sees it; the prompt is evaluated as usual", async (_kind, damage) => {
+    const stateDir = join(root, `state-${++counter}`);
+    {
+      const { runtime } = await start(stateDir);
+      await runtime.spawn({ id: "first", systemPrompt: prompt });
+      await runtime.close();
+    }
+    await damage(await prefixFiles(stateDir));
+    const { runtime, engine } = await start(stateDir);
+    const spawned = collect(runtime, "agent:spawned");
+    await runtime.spawn({ id: "next", systemPrompt: prompt });
+    expect(spawned[0]!.sharedPrefixTokens).toBe(0);
+    expect(engine().loads).not.toContain("next");
+    expect((await runtime.ask("next", "hello")).reply).toMatch(/^r[0-9a-f]{8}$/);
   });
 });
