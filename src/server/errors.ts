@@ -90,6 +90,10 @@ export function toErrorBody(error: unknown): ErrorBody {
   if (error instanceof HttpError) {
     return { status: STATUS_BY_CODE[error.code], code: error.code, message: error.message, param: error.param };
   }
+  // Before TypeError/RangeError: some of fastify's own errors extend them.
+  const fastifyCode = (error as FastifyError | undefined)?.code;
+  const mapped = fastifyCode ? FASTIFY_CODES[fastifyCode] : undefined;
+  if (mapped) return { status: STATUS_BY_CODE[mapped], code: mapped, message: (error as Error).message };
   // Option validation in the runtime throws TypeError/RangeError naming the option.
   if (error instanceof TypeError || error instanceof RangeError) {
     return { status: 400, code: "ERR_INVALID_ARGUMENT", message: error.message };
@@ -97,9 +101,6 @@ export function toErrorBody(error: unknown): ErrorBody {
   if (error instanceof Error && error.name === "AbortError") {
     return { status: 499, code: "ERR_ABORTED", message: error.message };
   }
-  const fastifyCode = (error as FastifyError | undefined)?.code;
-  const mapped = fastifyCode ? FASTIFY_CODES[fastifyCode] : undefined;
-  if (mapped) return { status: STATUS_BY_CODE[mapped], code: mapped, message: (error as Error).message };
   if (error instanceof SyntaxError) return { status: 400, code: "ERR_INVALID_JSON", message: error.message };
   const status = (error as FastifyError | undefined)?.statusCode;
   if (typeof status === "number" && status >= 400 && status < 500) {
