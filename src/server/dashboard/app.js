@@ -112,7 +112,7 @@ function renderAgents() {
       el("td", { class: "cell-bar" }, bar, el("div", { class: "label" }, label)),
       el("td", {}, formatBytes(m.diskBytes)),
       el("td", {}, String(agent.turns)),
-      el("td", { class: "small muted" }, last),
+      el("td", { class: "last small muted" }, last),
     );
     row.addEventListener("click", () => select(agent.id));
     return row;
@@ -152,8 +152,11 @@ function describe(type, data) {
     case "agent:spawned": return `${data.id} (${data.role})`;
     case "agent:turn-start": return `${data.id} ← ${data.text}`;
     case "agent:token": return `${data.id} ${JSON.stringify(data.text)}`;
-    case "agent:turn-end":
-      return `${data.id} → ${data.reply.slice(0, 60)}… (${data.timings.evaluatedTokens} evaluated, ${data.timings.reusedTokens} reused, ${data.timings.stopReason})`;
+    case "agent:turn-end": {
+      const reply = data.reply.trim().replace(/\s+/g, " ");
+      return `${data.id} → ${reply.length > 60 ? `${reply.slice(0, 60)}…` : reply} ` +
+        `(${data.timings.evaluatedTokens} evaluated, ${data.timings.reusedTokens} reused, ${data.timings.stopReason})`;
+    }
     case "agent:passivated": return `${data.id}: ${data.tokens} tokens → ${formatBytes(data.bytes)} on disk in ${data.ms.toFixed(1)} ms`;
     case "agent:rehydrated": return `${data.id}: ${data.tokens} tokens from ${data.source} in ${data.ms.toFixed(1)} ms`;
     case "agent:removed": return data.id;
@@ -220,12 +223,16 @@ async function sendMessage(event) {
     }
     await readEvents(response, ({ event, data }) => {
       const payload = JSON.parse(data);
-      if (event === "token") reply.append(payload.text);
+      if (event === "token") {
+        reply.append(payload.text);
+        reply.scrollTop = reply.scrollHeight;
+      }
       else if (event === "done") {
         const t = payload.timings;
         reply.append(el("span", { class: "meta" },
           `${t.generatedTokens} tokens · TTFT ${t.ttftMs.toFixed(1)} ms · ${t.tokensPerSecond.toFixed(0)} tok/s · ` +
           `${t.evaluatedTokens} evaluated, ${t.reusedTokens} reused from cache · ${t.stopReason}`));
+        reply.scrollTop = reply.scrollHeight;
         $("message-status").textContent = "done";
       } else if (event === "error") throw new Error(`${payload.error.code}: ${payload.error.message}`);
     });
