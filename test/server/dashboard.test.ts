@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium, type BrowserContext } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { json, serveReal, type Served } from "./helpers.js";
+import { json, serveFake, serveReal, type Served } from "./helpers.js";
 
 const CHROMIUM = "/usr/bin/chromium";
 const hasChromium = existsSync(CHROMIUM);
@@ -68,11 +68,13 @@ describe.skipIf(!hasChromium)("dashboard in headless chromium", () => {
     await page.waitForSelector("#agents tr >> text=support/42");
     await page.waitForSelector("#live.on");
 
-    const rows = await page.$$eval("#agents tr", (trs) => trs.map((tr) => (tr as HTMLElement).innerText));
-    expect(rows).toHaveLength(3);
-    const states = Object.fromEntries(
-      await page.$$eval("#agents tr", (trs) => trs.map((tr) => [tr.querySelector("td.id")!.firstChild!.textContent, tr.querySelector(".chip")!.textContent])),
-    );
+    const rows = page.locator("#agents tr");
+    expect(await rows.count()).toBe(3);
+    const states: Record<string, string> = {};
+    for (const row of await rows.all()) {
+      const id = (await row.locator("td.id").innerText()).split("\n")[0]!.trim();
+      states[id] = await row.locator(".chip").innerText();
+    }
     // tech spoke last, so support/42 was the least recently used when biz arrived.
     expect(states).toEqual({ tech: "resident", "support/42": "passivated", biz: "resident" });
     expect(await page.textContent("#totals-text")).toMatch(/2 resident, 1 on disk/);
@@ -86,13 +88,30 @@ describe.skipIf(!hasChromium)("dashboard in headless chromium", () => {
     expect(reply).toMatch(/tokens · TTFT/);
     await page.waitForSelector("#events li >> text=agent:rehydrated");
     await page.waitForSelector("#events li >> text=agent:turn-end");
-    await page.waitForFunction(() =>
-      [...document.querySelectorAll("#agents tr")].some((tr) => tr.textContent?.startsWith("support/42") && tr.querySelector(".chip")?.textContent === "resident"),
-    );
+    await page.locator("#agents tr", { hasText: "support/42" }).locator(".chip", { hasText: "resident" }).waitFor();
 
     const path = join(shots, "dashboard.png");
     await page.screenshot({ path, fullPage: true });
     console.log(`dashboard screenshot: ${path}`);
     expect(errors, "no errors in the page").toEqual([]);
+  });
+
+  it("asks for the bearer token when auth is on, then works with it", async () => {
+    const secured = await serveFake({ server: { token: "s3cret" } });
+    try {
+      await json(`${secured.url}/agents`, { json: { id: "a", systemPrompt: "s" }, headers: { authorization: "Bearer s3cret" } });
+      const page = await browser.newPage();
+      await page.goto(secured.url);
+      await page.locator("#token-form").waitFor({ state: "visible" });
+      expect(await page.locator("#agents tr").count()).toBe(0);
+      await page.fill("#token", "s3cret");
+      await page.click("#token-form button");
+      await page.locator("#agents tr", { hasText: "a" }).waitFor();
+      await page.locator("#live.on").waitFor();
+      expect(await page.locator("#token-form").isVisible()).toBe(false);
+      await page.close();
+    } finally {
+      await secured.close();
+    }
   });
 });

@@ -96,7 +96,7 @@ describe("limits and errors: each refusal is a coded JSON error with its status,
       body: JSON.stringify({ text: "five" }),
     });
     expect(streamed.status).toBe(429);
-    expect((await streamed.json()).error.code).toBe("ERR_MAILBOX_FULL");
+    expect(((await streamed.json()) as { error: { code: string } }).error.code).toBe("ERR_MAILBOX_FULL");
     releaseHeld!();
     const answers = await Promise.all([running, ...queued]);
     expect(answers.map((answer) => answer.status)).toEqual([200, 200, 200]);
