@@ -20,7 +20,7 @@ export function registerMetrics(app: FastifyInstance, runtime: AgentRuntime, opt
   const agents = new Gauge({ name: "agentrt_agents", help: "Agents by state (resident in memory, passivated on disk, …)", labelNames: ["state"], registers });
   const busy = new Gauge({ name: "agentrt_agents_busy", help: "Agents running a message now", registers });
   const queue = new Gauge({ name: "agentrt_queue_depth", help: "Messages waiting in agents' mailboxes (not counting running ones)", registers });
-  const kvBytes = new Gauge({ name: "agentrt_kv_bytes", help: "KV cache bytes: in memory (resident agents) and on disk (store)", labelNames: ["where"], registers });
+  const kvBytes = new Gauge({ name: "agentrt_kv_bytes", help: "Bytes of agent state: KV caches in memory (resident agents), and saved caches plus records on disk", labelNames: ["where"], registers });
   const cacheTokens = new Gauge({ name: "agentrt_kv_tokens", help: "Tokens held in resident agents' KV caches", registers });
   const modelBytes = new Gauge({ name: "agentrt_model_bytes", help: "Bytes of model weights", registers });
   const passivations = new Counter({ name: "agentrt_passivations_total", help: "Agents saved to disk and evicted from memory", registers });
