@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance } from "fastify";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import type { Logger } from "pino";
 import type { EventStream } from "../runtime/event-stream.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
@@ -39,10 +39,11 @@ export interface ServerOptions {
 export async function createServer(runtime: AgentRuntime, options: ServerOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
     bodyLimit: options.bodyLimit ?? 1024 * 1024,
-    ...(options.logger ? { loggerInstance: options.logger } : { logger: false }),
+    // pino's Logger type is stricter than the FastifyBaseLogger fastify is typed with (same object).
+    ...(options.logger ? { loggerInstance: options.logger as FastifyBaseLogger } : { logger: false }),
     // Fastify closes idle keep-alive sockets on close; open event streams are ended in preClose.
     forceCloseConnections: "idle",
-  }) as unknown as FastifyInstance;
+  });
   const sse = { heartbeatMs: options.heartbeatMs ?? 15_000 };
   const streams = new Set<EventStream>();
 

@@ -150,8 +150,9 @@ describe("OpenAI-compatible chat completions on the real model: extend and diver
     }
     const turn2 = lastTurn();
     expect(turn2.reply).toBe(text);
-    // The earlier conversation (system prompt, u1, a1) came from the cache: only u2 was evaluated.
-    expect(turn2.timings.reusedTokens, JSON.stringify({ turn1, turn2: turn2.timings })).toBeGreaterThanOrEqual(turn1.promptTokens);
+    // The earlier conversation (system prompt, u1, a1) came from the cache: only u2 was evaluated. (The
+    // reply's last token or two may tokenize differently as text, hence the small allowance.)
+    expect(turn2.timings.reusedTokens, JSON.stringify({ turn1, turn2: turn2.timings })).toBeGreaterThanOrEqual(turn1.cacheTokens - 2);
     expect(turn2.timings.evaluatedTokens).toBeLessThan(turn2.timings.promptTokens - turn1.promptTokens);
     expect(usage?.prompt_tokens_details?.cached_tokens).toBe(turn2.timings.reusedTokens);
     expect(served.runtime.get("dreamer").historyLength).toBe(4);
