@@ -1,7 +1,6 @@
 import OpenAI from "openai";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { TurnResult } from "../../src/index.js";
-import { FakeEngine } from "../../src/testing/index.js";
 import { json, serveFake, serveReal, type Served } from "./helpers.js";
 
 const SYSTEM = "You are a dreamer.";
@@ -27,7 +26,9 @@ describe("OpenAI-compatible chat completions (fake engine, official openai clien
         { role: "user", content: "hello" },
       ],
     });
-    const expected = FakeEngine.reply(FakeEngine.render([{ role: "system", content: SYSTEM }, { role: "user", content: "hello" }]));
+    // The fake model's reply depends only on the prompt: an agent with the same prompt says the same.
+    await served.runtime.spawn({ id: "reference", systemPrompt: SYSTEM });
+    const expected = (await served.runtime.ask("reference", "hello")).reply;
     expect(completion.object).toBe("chat.completion");
     expect(completion.model).toBe("agent:support/42");
     expect(completion.choices[0]!.message).toMatchObject({ role: "assistant", content: expected });
@@ -53,7 +54,8 @@ describe("OpenAI-compatible chat completions (fake engine, official openai clien
       finish = chunk.choices[0]?.finish_reason ?? finish;
       usage = chunk.usage ?? usage;
     }
-    expect(text).toBe(FakeEngine.reply(FakeEngine.render([{ role: "system", content: SYSTEM }, { role: "user", content: "hello" }])));
+    await served.runtime.spawn({ id: "reference", systemPrompt: SYSTEM });
+    expect(text).toBe((await served.runtime.ask("reference", "hello")).reply);
     expect(finish).toBe("stop");
     expect(usage?.completion_tokens).toBe(text.length);
   });
