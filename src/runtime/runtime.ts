@@ -12,6 +12,7 @@ import { Agent, type AgentInfo } from "./agent.js";
 import { validateAgentId } from "./agent-id.js";
 import { systemClock, type Clock } from "./clock.js";
 import type { RuntimeEvents, TurnResult, TurnTimings } from "./events.js";
+import { EventStream, type EventStreamOptions } from "./event-stream.js";
 import { resolveOptions, validateSampling, type AgentRuntimeOptions, type ResolvedOptions, type SendOptions, type SpawnOptions } from "./options.js";
 import { Turn } from "./turn.js";
 import { PrefixCache } from "./prefix-cache.js";
@@ -122,6 +123,15 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
   subscribe<E extends keyof RuntimeEvents>(event: E, listener: (...args: RuntimeEvents[E]) => void): () => void {
     this.on(event, listener as never);
     return () => this.off(event, listener as never);
+  }
+
+  /**
+   * Runtime events as an async iterable, filtered by agent and type, with a bounded buffer: a consumer
+   * that falls `bufferSize` events behind gets a final `stream:dropped` event instead of slowing the runtime.
+   */
+  events(options: EventStreamOptions = {}): EventStream {
+    this.#assertOpen();
+    return new EventStream(this, options, this.#clock);
   }
 
   async #restore(): Promise<void> {
@@ -244,6 +254,65 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
       const queuedAt = this.#clock.now();
       return agent.mailbox.post(
         () => this.#withResident(agent, signal, () => this.#turn(agent, text, turnId, maxTokens, signal, push, queuedAt)),
+        { id },
+      );
+    });
+  }
+
+  /**
+   * Sends a whole conversation, as stateless (OpenAI-style) clients do: `messages` are user and assistant
+   * messages ending with the new user message. Inside the agent's mailbox, when the earlier messages
+   * differ from the agent's history they replace it (the engine then rewinds the cache to the common
+   * token prefix instead of starting over); when they are equal this is `send`. The new history is
+   * persisted with the turn; a rejected turn leaves the old history in place.
+   */
+  sendConversation(id: string, messages: readonly ChatMessage[], options: SendOptions = {}): Turn {
+    const turnId = ++this.#turnCounter;
+    return new Turn(async (push) => {
+      this.#assertOpen();
+      const { signal } = options;
+      signal?.throwIfAborted();
+      if (!Array.isArray(messages) || messages.length === 0) {
+        throw new AgentRuntimeError("ERR_INVALID_MESSAGE", "The conversation must be a non-empty array of messages");
+      }
+      const limit = this.#options.maxMessageChars;
+      messages.forEach((message, index) => {
+        const last = index === messages.length - 1;
+        if (typeof message !== "object" || message === null || typeof message.content !== "string") {
+          throw new AgentRuntimeError("ERR_INVALID_MESSAGE", `Message ${index} must have text content`);
+        }
+        if (last ? message.role !== "user" : message.role !== "user" && message.role !== "assistant") {
+          throw new AgentRuntimeError("ERR_INVALID_MESSAGE", last
+            ? "The last message must be a user message"
+            : `Message ${index} has role ${JSON.stringify(message.role)}; earlier messages must be user or assistant`);
+        }
+        if (message.content.length > limit) {
+          throw new AgentRuntimeError("ERR_MESSAGE_TOO_LARGE", `Message ${index} has ${message.content.length} characters; the limit is ${limit}`, {
+            details: { index, length: message.content.length, limit },
+          });
+        }
+      });
+      const text = messages.at(-1)!.content;
+      if (text.trim().length === 0) throw new AgentRuntimeError("ERR_INVALID_MESSAGE", "The message is empty");
+      const earlier = messages.slice(0, -1).map(({ role, content }) => ({ role, content }));
+      const maxTokens = options.maxTokens ?? this.#options.maxTokens;
+      if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new RangeError(`maxTokens must be a positive integer, got ${maxTokens}`);
+      const agent = this.#require(id);
+      const queuedAt = this.#clock.now();
+      return agent.mailbox.post(
+        () =>
+          this.#withResident(agent, signal, async () => {
+            const kept = agent.history;
+            const same = kept.length === earlier.length && kept.every((m, i) => m.role === earlier[i]!.role && m.content === earlier[i]!.content);
+            if (same) return this.#turn(agent, text, turnId, maxTokens, signal, push, queuedAt);
+            agent.history = earlier;
+            try {
+              return await this.#turn(agent, text, turnId, maxTokens, signal, push, queuedAt);
+            } catch (error) {
+              agent.history = kept;
+              throw error;
+            }
+          }),
         { id },
       );
     });
