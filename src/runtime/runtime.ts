@@ -419,6 +419,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
       sampling: agent.sampling,
       signal: signal ?? never,
       onText: (chunk) => {
+        if (chunk.length === 0) return;
         push(chunk);
         this.emit("agent:token", { id: agent.id, turnId, text: chunk });
       },
