@@ -87,8 +87,8 @@ function renderTotals() {
   $("bar-model").style.width = `${(100 * model.bytes) / capacity}%`;
   $("bar-kv").style.width = `${(100 * totals.cacheBytes) / capacity}%`;
   $("totals-text").textContent =
-    `memory ${formatBytes(totals.memoryBytes)}: model ${formatBytes(model.bytes)} + KV ${formatBytes(totals.cacheBytes)} ` +
-    `(${totals.cacheTokens} tokens) · ${totals.residentAgents} resident, ${totals.passivatedAgents} on disk (${formatBytes(totals.diskBytes)})`;
+    `memory ${formatBytes(totals.memoryBytes)}: model ${formatBytes(model.bytes)} + KV reserved ${formatBytes(totals.cacheAllocatedBytes ?? totals.cacheBytes)} ` +
+    `(${formatBytes(totals.cacheBytes)} held by ${totals.cacheTokens} tokens) · ${totals.residentAgents} resident, ${totals.passivatedAgents} on disk (${formatBytes(totals.diskBytes)})`;
   $("model").textContent = `${model.name} · ${model.engine} · ${model.contextSize} tokens/agent`;
 }
 
