@@ -4,6 +4,8 @@ export type { AgentRuntimeOptions, SpawnOptions, SendOptions } from "./runtime/o
 export { Turn } from "./runtime/turn.js";
 export type { AgentInfo, AgentStatus } from "./runtime/agent.js";
 export type { RuntimeEvents, RuntimeEventName, TurnResult, TurnTimings } from "./runtime/events.js";
+export { EventStream, RUNTIME_EVENT_NAMES } from "./runtime/event-stream.js";
+export type { EventStreamOptions, RuntimeEvent, StreamEvent, StreamDroppedEvent } from "./runtime/event-stream.js";
 export type { MemoryReport, AgentMemory } from "./runtime/memory.js";
 export type { Clock } from "./runtime/clock.js";
 export { validateAgentId } from "./runtime/agent-id.js";

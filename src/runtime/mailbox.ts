@@ -1,8 +1,9 @@
 import { AgentRuntimeError } from "../errors.js";
 
 interface Letter {
-  run(): Promise<void>;
-  reject(error: Error): void;
+  task(): Promise<unknown>;
+  resolve(value: unknown): void;
+  reject(error: unknown): void;
 }
 
 /**
@@ -38,10 +39,7 @@ export class Mailbox {
       );
     }
     return new Promise<T>((resolve, reject) => {
-      this.#queue.push({
-        run: () => task().then(resolve, reject),
-        reject,
-      });
+      this.#queue.push({ task, resolve: resolve as (value: unknown) => void, reject });
       this.#pump();
     });
   }
@@ -54,10 +52,16 @@ export class Mailbox {
       return;
     }
     this.#running = true;
-    void letter.run().finally(() => {
+    // The mailbox is marked idle (or busy with the next letter) before the poster's continuation runs.
+    const settle = (outcome: () => void) => {
       this.#running = false;
       this.#pump();
-    });
+      outcome();
+    };
+    letter.task().then(
+      (value) => settle(() => letter.resolve(value)),
+      (error: unknown) => settle(() => letter.reject(error)),
+    );
   }
 
   /** Resolves once nothing is running or waiting. */

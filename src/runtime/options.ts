@@ -137,6 +137,12 @@ export function validateSampling(sampling: unknown): SamplingOptions {
   };
 }
 
+/** Checks send()'s options object and returns its signal. */
+export function validateSendOptions(options: unknown): AbortSignal | undefined {
+  if (typeof options !== "object" || options === null) throw new TypeError("send options must be an object");
+  return validateSignal((options as SendOptions).signal);
+}
+
 /** Checks an optional `signal` option: an AbortSignal or nothing. */
 export function validateSignal(signal: unknown): AbortSignal | undefined {
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw new TypeError("signal must be an AbortSignal");

@@ -13,10 +13,12 @@ import { Agent, type AgentInfo } from "./agent.js";
 import { validateAgentId } from "./agent-id.js";
 import { systemClock, type Clock } from "./clock.js";
 import type { RuntimeEvents, TurnResult, TurnTimings } from "./events.js";
+import { EventStream, type EventStreamOptions } from "./event-stream.js";
 import {
   resolveOptions,
   validateBehaviour,
   validateSampling,
+  validateSendOptions,
   validateSignal,
   type AgentRuntimeOptions,
   type ResolvedOptions,
@@ -146,6 +148,15 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     return () => this.off(event, listener as never);
   }
 
+  /**
+   * Runtime events as an async iterable, filtered by agent and type, with a bounded buffer: a consumer
+   * that falls `bufferSize` events behind gets a final `stream:dropped` event instead of slowing the runtime.
+   */
+  events(options: EventStreamOptions = {}): EventStream {
+    this.#assertOpen();
+    return new EventStream(this, options, this.#clock);
+  }
+
   async #restore(): Promise<void> {
     for (const id of await this.#store.list()) {
       const now = this.#clock.now();
@@ -259,8 +270,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
     const turnId = ++this.#turnCounter;
     return new Turn(async (push) => {
       this.#assertOpen();
-      if (typeof options !== "object" || options === null) throw new TypeError("send options must be an object");
-      const signal = validateSignal(options.signal);
+      const signal = validateSendOptions(options);
       signal?.throwIfAborted();
       if (typeof text !== "string") throw new AgentRuntimeError("ERR_INVALID_MESSAGE", "The message must be a string");
       if (text.trim().length === 0) throw new AgentRuntimeError("ERR_INVALID_MESSAGE", "The message is empty");
@@ -275,6 +285,65 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
       const queuedAt = this.#clock.now();
       return agent.mailbox.post(
         () => this.#withResident(agent, signal, () => this.#turn(agent, text, turnId, maxTokens, signal, push, queuedAt)),
+        { id },
+      );
+    });
+  }
+
+  /**
+   * Sends a whole conversation, as stateless (OpenAI-style) clients do: `messages` are user and assistant
+   * messages ending with the new user message. Inside the agent's mailbox, when the earlier messages
+   * differ from the agent's history they replace it (the engine then rewinds the cache to the common
+   * token prefix instead of starting over); when they are equal this is `send`. The new history is
+   * persisted with the turn; a rejected turn leaves the old history in place.
+   */
+  sendConversation(id: string, messages: readonly ChatMessage[], options: SendOptions = {}): Turn {
+    const turnId = ++this.#turnCounter;
+    return new Turn(async (push) => {
+      this.#assertOpen();
+      const signal = validateSendOptions(options);
+      signal?.throwIfAborted();
+      if (!Array.isArray(messages) || messages.length === 0) {
+        throw new AgentRuntimeError("ERR_INVALID_MESSAGE", "The conversation must be a non-empty array of messages");
+      }
+      const limit = this.#options.maxMessageChars;
+      messages.forEach((message, index) => {
+        const last = index === messages.length - 1;
+        if (typeof message !== "object" || message === null || typeof message.content !== "string") {
+          throw new AgentRuntimeError("ERR_INVALID_MESSAGE", `Message ${index} must have text content`);
+        }
+        if (last ? message.role !== "user" : message.role !== "user" && message.role !== "assistant") {
+          throw new AgentRuntimeError("ERR_INVALID_MESSAGE", last
+            ? "The last message must be a user message"
+            : `Message ${index} has role ${JSON.stringify(message.role)}; earlier messages must be user or assistant`);
+        }
+        if (message.content.length > limit) {
+          throw new AgentRuntimeError("ERR_MESSAGE_TOO_LARGE", `Message ${index} has ${message.content.length} characters; the limit is ${limit}`, {
+            details: { index, length: message.content.length, limit },
+          });
+        }
+      });
+      const text = messages.at(-1)!.content;
+      if (text.trim().length === 0) throw new AgentRuntimeError("ERR_INVALID_MESSAGE", "The message is empty");
+      const earlier = messages.slice(0, -1).map(({ role, content }) => ({ role, content }));
+      const maxTokens = options.maxTokens ?? this.#options.maxTokens;
+      if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new RangeError(`maxTokens must be a positive integer, got ${maxTokens}`);
+      const agent = this.#require(id);
+      const queuedAt = this.#clock.now();
+      return agent.mailbox.post(
+        () =>
+          this.#withResident(agent, signal, async () => {
+            const kept = agent.history;
+            const same = kept.length === earlier.length && kept.every((m, i) => m.role === earlier[i]!.role && m.content === earlier[i]!.content);
+            if (same) return this.#turn(agent, text, turnId, maxTokens, signal, push, queuedAt);
+            agent.history = earlier;
+            try {
+              return await this.#turn(agent, text, turnId, maxTokens, signal, push, queuedAt);
+            } catch (error) {
+              agent.history = kept;
+              throw error;
+            }
+          }),
         { id },
       );
     });
@@ -385,6 +454,7 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
         sampling: agent.sampling,
         signal: signal ?? never,
         onText: (chunk) => {
+          if (chunk.length === 0) return;
           push(chunk);
           this.emit("agent:token", { id: agent.id, turnId, text: chunk });
         },

@@ -82,6 +82,27 @@ function anySendOptions(rng: Random): unknown {
   return rng.pick([null, "fast", { maxTokens: 0 }, { maxTokens: -1 }, { maxTokens: 1.5 }, { maxTokens: "3" }, { signal: "stop" }, { signal: {} }]);
 }
 
+interface Entry {
+  text: string;
+  ok?: boolean;
+  /** For sendConversation: the user messages before the last one (they replace the history). */
+  earlier?: string[];
+}
+
+/** A conversation for sendConversation: mostly well formed, sometimes not. */
+function anyConversation(rng: Random, maxChars: number): unknown {
+  const roll = rng.next();
+  if (roll < 0.15) return rng.pick([[], null, "hi", [null], [{ role: "user" }], [{ role: "system", content: "x" }], [{ role: "assistant", content: "x" }]]);
+  const turns = rng.int(3);
+  const messages: Array<{ role: string; content: unknown }> = [];
+  for (let i = 0; i < turns; i++) {
+    messages.push({ role: "user", content: `earlier#${rng.int(1e6)}` });
+    messages.push({ role: rng.chance(0.95) ? "assistant" : "system", content: `reply#${rng.int(1e6)}` });
+  }
+  messages.push({ role: "user", content: rng.chance(0.9) ? `conv#${rng.int(1e6)}` : anyText(rng, maxChars) });
+  return messages;
+}
+
 export interface FuzzReport {
   calls: number;
   outcomes: Record<string, number>;
@@ -121,8 +142,11 @@ export async function runFuzz(options: {
     ...options.runtimeOptions,
   });
   const report: FuzzReport = { calls: 0, outcomes: {}, untyped: [], acked: new Map() };
-  /** Per live agent: its sends in order, each settled to true (acknowledged) or false. */
-  const incarnations = new Map<string, Array<{ text: string; ok?: boolean }>>();
+  /**
+   * Per live agent: its sends in call order (the mailbox's order), each settled to true (acknowledged)
+   * or false. A conversation send replaces the history with `earlier` (its user messages) + its text.
+   */
+  const incarnations = new Map<string, Entry[]>();
   const inFlight = new Set<Promise<unknown>>();
 
   const record = (name: string, error?: unknown) => {
@@ -141,13 +165,21 @@ export async function runFuzz(options: {
       return false;
     }
   };
-  const send = (id: unknown, text: unknown, sendOptions: unknown) => {
+  const send = (id: unknown, text: unknown, sendOptions: unknown, conversation?: unknown) => {
     const sends = typeof id === "string" ? incarnations.get(id) : undefined;
-    const entry = { text: String(text) } as { text: string; ok?: boolean };
+    const entry: Entry = { text: String(text) };
+    if (conversation !== undefined) {
+      entry.earlier = Array.isArray(conversation)
+        ? conversation.slice(0, -1).flatMap((m: { role?: unknown; content?: unknown }) => (m?.role === "user" ? [String(m.content)] : []))
+        : [];
+    }
     sends?.push(entry);
     let turn: ReturnType<AgentRuntime["send"]>;
     try {
-      turn = runtime.send(id as string, text as string, sendOptions as never);
+      turn =
+        conversation === undefined
+          ? runtime.send(id as string, text as string, sendOptions as never)
+          : runtime.sendConversation(id as string, conversation as never, sendOptions as never);
     } catch (error) {
       // send() itself must never throw: every failure arrives through the turn.
       record("send(sync)", error);
@@ -189,8 +221,13 @@ export async function runFuzz(options: {
       const wins = results.filter(Boolean).length;
       if (wins > 1) report.untyped.push(`${wins} concurrent spawns of ${String(id)} all succeeded`);
       if (wins === 1) incarnations.set(id as string, []);
-    } else if (roll < 0.62) {
+    } else if (roll < 0.56) {
       void send(anyId(rng), anyText(rng, maxMessageChars), anySendOptions(rng));
+      if (rng.chance(0.3)) await Promise.race([...inFlight, Promise.resolve()]);
+    } else if (roll < 0.62) {
+      const conversation = anyConversation(rng, maxMessageChars);
+      const last = Array.isArray(conversation) ? (conversation.at(-1) as { content?: unknown } | undefined)?.content : undefined;
+      void send(anyId(rng), last, anySendOptions(rng), conversation);
       if (rng.chance(0.3)) await Promise.race([...inFlight, Promise.resolve()]);
     } else if (roll < 0.72) {
       // A burst to one agent: more than its mailbox holds.
@@ -217,10 +254,12 @@ export async function runFuzz(options: {
   }
   await Promise.all(inFlight);
   for (const [id, sends] of incarnations) {
-    report.acked.set(
-      id,
-      sends.filter((entry) => entry.ok).map((entry) => entry.text),
-    );
+    let history: string[] = [];
+    for (const entry of sends) {
+      if (!entry.ok) continue;
+      history = entry.earlier ? [...entry.earlier, entry.text] : [...history, entry.text];
+    }
+    report.acked.set(id, history);
   }
   return { runtime, report };
 }

@@ -194,7 +194,8 @@ describe("AgentRuntime with a fake engine", () => {
     const { runtime } = await start();
     const events: string[] = [];
     for (const name of ["agent:spawned", "agent:turn-start", "agent:turn-end"] as const) runtime.on(name, () => events.push(name));
-    await runtime.spawn({ id: "a", systemPrompt: "s" });
+    const spawned = await runtime.spawn({ id: "a", systemPrompt: "s" });
+    expect(spawned.busy, "an agent is idle once spawn resolves").toBe(false);
     const turn = runtime.send("a", "hello");
     let streamed = "";
     for await (const chunk of turn) streamed += chunk;

@@ -123,14 +123,18 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     await engine.closeSequence(fresh);
   });
 
-  it("stats report the bytes of the arrays held (allocated in steps of 256 positions)", async () => {
+  it("stats report the bytes held by the tokens and the arrays reserved (in steps of 256 positions)", async () => {
     const a = await open();
-    expect(engine.stats(a)).toEqual({ tokens: 0, bytes: 0 });
-    const out = await reply(engine, a, turn1, 8);
-    const { tokens, bytes } = engine.stats(a);
-    expect(tokens).toBe(out.cacheTokens);
-    expect(bytes).toBe(Math.ceil(tokens / KV_STEP) * KV_STEP * engine.info.kvBytesPerToken);
-    await engine.closeSequence(a);
+    try {
+      expect(engine.stats(a)).toEqual({ tokens: 0, bytes: 0, allocatedBytes: 0 });
+      const out = await reply(engine, a, turn1, 8);
+      const { tokens, bytes, allocatedBytes } = engine.stats(a);
+      expect(tokens).toBe(out.cacheTokens);
+      expect(bytes).toBe(tokens * engine.info.kvBytesPerToken);
+      expect(allocatedBytes).toBe(Math.ceil(tokens / KV_STEP) * KV_STEP * engine.info.kvBytesPerToken);
+    } finally {
+      await engine.closeSequence(a);
+    }
     await expectCode(Promise.resolve().then(() => engine.stats(a)), "ERR_ENGINE_FAILED");
   });
 
@@ -161,7 +165,7 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     expect(await engine.saveState(a, file)).toMatchObject({ tokens: 0 });
     await reply(engine, b, turn1, 4);
     expect(await engine.loadState(b, file)).toEqual({ tokens: 0 });
-    expect(engine.stats(b)).toEqual({ tokens: 0, bytes: 0 });
+    expect(engine.stats(b)).toMatchObject({ tokens: 0, bytes: 0 });
     const out = await reply(engine, b, turn1, 4);
     expect(out.reusedTokens).toBe(0);
     await engine.closeSequence(a);

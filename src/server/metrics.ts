@@ -1,0 +1,88 @@
+import type { FastifyInstance } from "fastify";
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { AgentRuntime } from "../runtime/runtime.js";
+
+export interface MetricsOptions {
+  /** Also export Node's process metrics (CPU, heap, event loop lag). Default true. */
+  processMetrics?: boolean;
+}
+
+/**
+ * Prometheus metrics of one runtime, in a registry of their own (two servers in one process never
+ * collide). Counters and histograms follow runtime events; gauges are read from the runtime per scrape.
+ * Returns the function that stops listening to the runtime.
+ */
+export function registerMetrics(app: FastifyInstance, runtime: AgentRuntime, options: MetricsOptions = {}): () => void {
+  const registry = new Registry();
+  if (options.processMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: "agentrt_process_" });
+  const registers = [registry];
+
+  const agents = new Gauge({ name: "agentrt_agents", help: "Agents by state (resident in memory, passivated on disk, …)", labelNames: ["state"], registers });
+  const busy = new Gauge({ name: "agentrt_agents_busy", help: "Agents running a message now", registers });
+  const queue = new Gauge({ name: "agentrt_queue_depth", help: "Messages waiting in agents' mailboxes (not counting running ones)", registers });
+  const kvBytes = new Gauge({ name: "agentrt_kv_bytes", help: "Bytes of agent state: KV caches in memory (resident agents), and saved caches plus records on disk", labelNames: ["where"], registers });
+  const cacheTokens = new Gauge({ name: "agentrt_kv_tokens", help: "Tokens held in resident agents' KV caches", registers });
+  const modelBytes = new Gauge({ name: "agentrt_model_bytes", help: "Bytes of model weights", registers });
+  const passivations = new Counter({ name: "agentrt_passivations_total", help: "Agents saved to disk and evicted from memory", registers });
+  const rehydrations = new Counter({ name: "agentrt_rehydrations_total", help: "Agents brought back into memory, by source of their cache", labelNames: ["source"], registers });
+  const evaluated = new Counter({ name: "agentrt_prompt_tokens_evaluated_total", help: "Prompt tokens the engine evaluated in turns", registers });
+  const reused = new Counter({ name: "agentrt_prompt_tokens_reused_total", help: "Prompt tokens served from agents' KV caches in turns", registers });
+  const generated = new Counter({ name: "agentrt_generated_tokens_total", help: "Tokens generated in replies", registers });
+  const turns = new Counter({ name: "agentrt_turns_total", help: "Completed turns by stop reason", labelNames: ["stop_reason"], registers });
+  const errors = new Counter({ name: "agentrt_errors_total", help: "agent:error events by code", labelNames: ["code"], registers });
+  const restarts = new Counter({ name: "agentrt_worker_restarts_total", help: "Generation worker restarts after a crash", registers });
+  const ttft = new Histogram({
+    name: "agentrt_ttft_seconds",
+    help: "Time to first token, from when the engine started the turn",
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers,
+  });
+  const speed = new Histogram({
+    name: "agentrt_tokens_per_second",
+    help: "Generation speed after the first token, per turn",
+    buckets: [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+    registers,
+  });
+  const queueSeconds = new Histogram({
+    name: "agentrt_queue_seconds",
+    help: "Time a message waited in the mailbox and for a resident slot",
+    buckets: [0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30],
+    registers,
+  });
+
+  const unsubscribe = [
+    runtime.subscribe("agent:passivated", () => passivations.inc()),
+    runtime.subscribe("agent:rehydrated", (event) => rehydrations.inc({ source: event.source })),
+    runtime.subscribe("agent:error", (event) => errors.inc({ code: event.error.code })),
+    runtime.subscribe("worker:restarted", () => restarts.inc()),
+    runtime.subscribe("agent:turn-end", ({ timings }) => {
+      evaluated.inc(timings.evaluatedTokens);
+      reused.inc(timings.reusedTokens);
+      generated.inc(timings.generatedTokens);
+      turns.inc({ stop_reason: timings.stopReason });
+      ttft.observe(timings.ttftMs / 1000);
+      queueSeconds.observe(timings.queueMs / 1000);
+      if (timings.tokensPerSecond > 0) speed.observe(timings.tokensPerSecond);
+    }),
+  ];
+
+  app.get("/metrics", async (_request, reply) => {
+    const list = runtime.list();
+    agents.reset();
+    for (const state of ["resident", "passivating", "passivated", "rehydrating", "failed"]) {
+      agents.set({ state }, list.filter((agent) => agent.status === state).length);
+    }
+    busy.set(list.filter((agent) => agent.busy).length);
+    queue.set(list.reduce((total, agent) => total + agent.queued, 0));
+    const memory = await runtime.memory();
+    kvBytes.set({ where: "memory" }, memory.totals.cacheBytes);
+    kvBytes.set({ where: "disk" }, memory.totals.diskBytes);
+    cacheTokens.set(memory.totals.cacheTokens);
+    modelBytes.set(memory.model.bytes);
+    return reply.type(registry.contentType).send(await registry.metrics());
+  });
+
+  return () => {
+    for (const off of unsubscribe) off();
+  };
+}

@@ -1,0 +1,137 @@
+import type { ServerResponse } from "node:http";
+import type { FastifyReply } from "fastify";
+
+export interface SseOptions {
+  /** A `: ping` comment this often keeps proxies from closing an idle stream. Default 15 000 ms. */
+  heartbeatMs?: number;
+}
+
+/** Whether the client asked for a Server-Sent Events answer. */
+export function wantsEventStream(accept: string | undefined): boolean {
+  return accept !== undefined && accept.toLowerCase().includes("text/event-stream");
+}
+
+/**
+ * One Server-Sent Events response. Takes the response over from fastify (`reply.hijack()`), frames
+ * events (`id:`, `event:`, `data:` lines and a blank line), and turns a client disconnect into `signal`.
+ */
+export class SseStream {
+  readonly #raw: ServerResponse;
+  readonly #controller = new AbortController();
+  readonly #heartbeat: NodeJS.Timeout;
+  #lingerTimer: NodeJS.Timeout | undefined;
+
+  private constructor(raw: ServerResponse, heartbeatMs: number) {
+    this.#raw = raw;
+    raw.on("close", () => {
+      clearInterval(this.#heartbeat);
+      clearTimeout(this.#lingerTimer);
+      if (!raw.writableFinished) this.#controller.abort(new DisconnectedError());
+    });
+    this.#heartbeat = setInterval(() => this.comment("ping"), heartbeatMs);
+    this.#heartbeat.unref();
+  }
+
+  /** Sends the 200 headers now, so clients see the stream open before the first event. */
+  static open(reply: FastifyReply, options: SseOptions = {}, headers: Record<string, string> = {}): SseStream {
+    reply.hijack();
+    const raw = reply.raw;
+    raw.writeHead(200, {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-cache, no-transform",
+      connection: "keep-alive",
+      // Tells nginx-style proxies not to buffer the stream.
+      "x-accel-buffering": "no",
+      ...headers,
+    });
+    raw.flushHeaders();
+    return new SseStream(raw, options.heartbeatMs ?? 15_000);
+  }
+
+  /** Aborted when the client goes away before the stream ends. */
+  get signal(): AbortSignal {
+    return this.#controller.signal;
+  }
+
+  get closed(): boolean {
+    return this.#raw.writableEnded || this.#raw.destroyed;
+  }
+
+  /** Bytes written and not yet taken by the socket. */
+  get backlog(): number {
+    return this.#raw.writableLength;
+  }
+
+  /** Writes one event; false when the socket is backed up (wait for {@link drained}). */
+  send(event: { event?: string; id?: string | number; data: unknown }): boolean {
+    if (this.closed) return false;
+    const data = typeof event.data === "string" ? event.data : JSON.stringify(event.data);
+    let frame = "";
+    if (event.id !== undefined) frame += `id: ${event.id}\n`;
+    if (event.event !== undefined) frame += `event: ${event.event}\n`;
+    // A newline inside data would end the field: each line becomes its own `data:` line.
+    for (const line of data.split("\n")) frame += `data: ${line}\n`;
+    return this.#raw.write(`${frame}\n`);
+  }
+
+  comment(text: string): void {
+    if (!this.closed) this.#raw.write(`: ${text}\n\n`);
+  }
+
+  /** Resolves when the socket can take more, or the client is gone. */
+  drained(): Promise<void> {
+    if (this.closed || this.#raw.writableLength === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.#raw.off("drain", done);
+        this.#raw.off("close", done);
+        resolve();
+      };
+      this.#raw.on("drain", done);
+      this.#raw.on("close", done);
+    });
+  }
+
+  /**
+   * Ends the stream. With `lingerMs`, a client that does not read the rest in that time is cut off
+   * (a dropped subscriber must not hold its socket and buffers forever).
+   */
+  end(lingerMs?: number): void {
+    clearInterval(this.#heartbeat);
+    if (this.closed) return;
+    this.#raw.end();
+    if (lingerMs !== undefined) {
+      this.#lingerTimer = setTimeout(() => this.#raw.destroy(), lingerMs);
+      this.#lingerTimer.unref();
+    }
+  }
+}
+
+/** The abort reason when the HTTP client disconnects. */
+export class DisconnectedError extends Error {
+  override readonly name = "AbortError";
+  constructor() {
+    super("The client disconnected");
+  }
+}
+
+/** Aborted when the client of a non-streaming request disconnects before the answer is sent. */
+export function disconnectSignal(reply: FastifyReply): AbortSignal {
+  const controller = new AbortController();
+  reply.raw.on("close", () => {
+    if (!reply.raw.writableFinished) controller.abort(new DisconnectedError());
+  });
+  return controller.signal;
+}
+
+/**
+ * Waits one turn of the event loop and returns the error if `result` was refused by then (a full
+ * mailbox, an unknown agent, a bad message): such a refusal still gets a JSON answer with its status,
+ * since no stream has been opened yet.
+ */
+export async function refusedAtOnce(result: Promise<unknown>): Promise<unknown> {
+  let refusal: unknown;
+  result.catch((error: unknown) => (refusal ??= error));
+  await new Promise((resolve) => setImmediate(resolve));
+  return refusal;
+}
