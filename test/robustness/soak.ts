@@ -87,7 +87,7 @@ export async function runSoak(options: SoakOptions): Promise<{ figures: SoakFigu
             return engine;
           },
         })
-      : await AgentRuntime.create({ ...REAL, ...common, maxTokens: 4 });
+      : await AgentRuntime.create({ ...REAL, ...common, contextSize: 1024, maxTokens: 4 });
   const store = new DirectoryStore(options.stateDir);
 
   let passivations = 0;
@@ -159,7 +159,7 @@ export async function runSoak(options: SoakOptions): Promise<{ figures: SoakFigu
         await new Promise((resolve) => setImmediate(resolve));
         continue;
       }
-      const entry: { text: string; ok?: boolean } = { text: `m${sent++} from sender ${n}: ${rng.int(1e9).toString(36)}` };
+      const entry: { text: string; ok?: boolean } = { text: `m${sent++} s${n} ${rng.int(1e6).toString(36)}` };
       agent.sends.push(entry);
       agent.inFlight++;
       try {
