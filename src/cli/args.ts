@@ -12,15 +12,22 @@ export interface CommonArgs {
   verbose: boolean;
 }
 
-function integer(name: string, value: string | undefined): number | undefined {
+/** Parses an integer option; the error names the flag. */
+export function integer(name: string, value: string | boolean | undefined, min = 1): number | undefined {
   if (value === undefined) return undefined;
   const parsed = Number(value);
-  if (!Number.isInteger(parsed) || parsed < 1) throw new RangeError(`--${name} must be a positive integer, got ${value}`);
+  if (typeof value !== "string" || !Number.isInteger(parsed) || parsed < min) {
+    throw new RangeError(`--${name} must be an integer ≥ ${min}, got ${String(value)}`);
+  }
   return parsed;
 }
 
 /** Parses the options every command shares; returns the rest for the command. */
-export function parseCommon(argv: string[], defaults: { stateDir: string }, extra: Record<string, { type: "string" | "boolean" }> = {}) {
+export function parseCommon(
+  argv: string[],
+  defaults: { stateDir: string },
+  extra: Record<string, { type: "string" | "boolean"; short?: string }> = {},
+) {
   const { values } = parseArgs({
     args: argv,
     options: {

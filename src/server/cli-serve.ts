@@ -1,9 +1,6 @@
-import { existsSync } from "node:fs";
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { parseArgs } from "node:util";
+import { resolve } from "node:path";
 import pino from "pino";
-import type { EngineName } from "../engines/engine.js";
+import { integer, parseCommon } from "../cli/args.js";
 import { AgentRuntime } from "../runtime/runtime.js";
 import { createServer } from "./app.js";
 
@@ -26,23 +23,6 @@ const USAGE = `usage: agentrt serve [options]
   -v, --verbose                 request and debug logs on stderr
 `;
 
-/** The package root: the nearest folder above this file with a package.json (src/ via tsx, or dist/). */
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(resolve(dir, "package.json"))) {
-    const parent = dirname(dir);
-    if (parent === dir) break;
-    dir = parent;
-  }
-  return dir;
-}
-
-function integer(name: string, value: string | undefined, min = 1): number | undefined {
-  if (value === undefined) return undefined;
-  const parsed = Number(value);
-  if (!Number.isInteger(parsed) || parsed < min) throw new RangeError(`--${name} must be an integer ≥ ${min}, got ${value}`);
-  return parsed;
-}
 
 /**
  * `agentrt serve`: loads the model, opens the runtime on the state folder and serves it over HTTP until
@@ -55,49 +35,36 @@ export async function serveCommand(argv: string[]): Promise<void> {
 
 /** {@link serveCommand}'s work, resolving once listening; aborting `options.signal` stops it like SIGTERM. */
 export async function startServe(argv: string[], options: { signal?: AbortSignal } = {}): Promise<{ url: string; closed: Promise<void> }> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      model: { type: "string" },
-      engine: { type: "string" },
-      "state-dir": { type: "string" },
-      host: { type: "string" },
-      port: { type: "string" },
-      "max-agents": { type: "string" },
-      "max-stored-agents": { type: "string" },
-      "context-size": { type: "string" },
-      threads: { type: "string" },
-      "max-tokens": { type: "string" },
-      mailbox: { type: "string" },
-      "max-message-chars": { type: "string" },
-      "body-limit": { type: "string" },
-      token: { type: "string" },
-      verbose: { type: "boolean", short: "v" },
-      help: { type: "boolean", short: "h" },
-    },
-    allowPositionals: false,
+  const { common, values } = parseCommon(argv, { stateDir: ".state" }, {
+    host: { type: "string" },
+    port: { type: "string" },
+    "max-stored-agents": { type: "string" },
+    "max-tokens": { type: "string" },
+    mailbox: { type: "string" },
+    "max-message-chars": { type: "string" },
+    "body-limit": { type: "string" },
+    token: { type: "string" },
+    help: { type: "boolean", short: "h" },
   });
   if (values.help) {
     process.stdout.write(USAGE);
     return { url: "", closed: Promise.resolve() };
   }
-  const engine = values.engine;
-  if (engine !== undefined && engine !== "llama.cpp" && engine !== "mlx") throw new RangeError(`--engine must be "llama.cpp" or "mlx", got ${engine}`);
-  const model = values.model ?? process.env.AGENTRT_MODEL ?? resolve(packageRoot(), "../shared/models/aidreams260K.gguf");
-  const stateDir = resolve(values["state-dir"] ?? ".state");
-  const host = values.host ?? "127.0.0.1";
+  const { model, engine } = common;
+  const stateDir = resolve(common.stateDir);
+  const host = (values.host as string | undefined) ?? "127.0.0.1";
   const port = integer("port", values.port, 0) ?? 8080;
-  const token = values.token ?? process.env.AGENTRT_TOKEN;
-  const log = pino({ level: values.verbose ? "debug" : "warn" }, pino.destination(2));
+  const token = (values.token as string | undefined) ?? process.env.AGENTRT_TOKEN;
+  const log = pino({ level: common.verbose ? "debug" : "warn" }, pino.destination(2));
   const optional = (name: string, value: number | undefined) => (value === undefined ? {} : { [name]: value });
 
   const runtime = await AgentRuntime.create({
     model,
-    ...(engine ? { engine: engine as EngineName } : {}),
+    ...(engine ? { engine } : {}),
     stateDir,
-    maxAgents: integer("max-agents", values["max-agents"]) ?? 3,
-    contextSize: integer("context-size", values["context-size"]) ?? 1024,
-    threads: integer("threads", values.threads) ?? 2,
+    maxAgents: common.maxAgents ?? 3,
+    contextSize: common.contextSize ?? 1024,
+    threads: common.threads ?? 2,
     ...optional("maxStoredAgents", integer("max-stored-agents", values["max-stored-agents"])),
     ...optional("maxTokens", integer("max-tokens", values["max-tokens"])),
     ...optional("mailboxCapacity", integer("mailbox", values.mailbox)),
@@ -109,7 +76,7 @@ export async function startServe(argv: string[], options: { signal?: AbortSignal
     app = await createServer(runtime, {
       ...(token ? { token } : {}),
       ...optional("bodyLimit", integer("body-limit", values["body-limit"])),
-      ...(values.verbose ? { logger: log } : {}),
+      ...(common.verbose ? { logger: log } : {}),
     });
     await app.listen({ host, port });
   } catch (error) {
