@@ -584,17 +584,10 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
       // its record write would land after the files are deleted and bring the agent back on restart.
       agent.pins++;
       await this.#supervisor.settled(agent);
-      const engine = await this.#engine.catch(() => undefined);
-      await engine?.closeSequence(agent.id).catch(() => {});
-      this.#supervisor.release(agent);
-      try {
-        await this.#store.remove(agent.id);
-      } catch (error) {
-        throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not delete the stored state of ${agent.id}: ${(error as Error).message}`, {
-          cause: error,
-          details: { id: agent.id, errno: (error as NodeJS.ErrnoException).code },
-        });
-      }
+      await this.#unload(agent);
+      await this.#store.remove(agent.id).catch((error: unknown) => {
+        throw writeFailure(error, `Could not delete the stored state of ${agent.id}`, agent.id);
+      });
     })();
     this.#removing.set(agent.id, forgetting);
     void forgetting.catch(() => {}).finally(() => this.#removing.delete(agent.id));

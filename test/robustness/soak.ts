@@ -6,6 +6,7 @@
  * bounded and memory should stay flat. The resident count is sampled all along and must never exceed
  * `maxAgents`.
  */
+import { expect } from "vitest";
 import { AgentRuntime, DirectoryStore, type AgentRuntimeOptions } from "../../src/index.js";
 import { FakeEngine } from "../../src/testing/index.js";
 import { random } from "./fuzz.js";
@@ -215,4 +216,18 @@ export async function runSoak(options: SoakOptions): Promise<{ figures: SoakFigu
     messagesPerSecond: Math.round(acknowledged / seconds),
   };
   return { figures, failures };
+}
+
+/** Runs a soak, prints its figures and asserts the promise: nothing lost or reordered, never over maxAgents. */
+export async function soakAndCheck(options: Omit<SoakOptions, "stateDir">, stateDir: string): Promise<SoakFigures> {
+  const { figures, failures } = await runSoak({ ...options, stateDir, log: (line) => console.log(`[soak] ${line}`) });
+  console.log(`[figures] soak: ${JSON.stringify(figures)}`);
+  expect(failures).toEqual([]);
+  expect(figures.lost).toBe(0);
+  expect(figures.reordered).toBe(0);
+  expect(figures.messagesAcknowledged).toBe(options.messages);
+  expect(figures.maxResidentSeen).toBeLessThanOrEqual(options.maxAgents);
+  // The sampling saw the slots full at least once (it watches what it claims to watch).
+  expect(figures.maxResidentSeen).toBe(options.maxAgents);
+  return figures;
 }

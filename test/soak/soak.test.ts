@@ -7,7 +7,7 @@ import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { envInt, tempDir } from "../robustness/helpers.js";
-import { runSoak, type SoakOptions } from "../robustness/soak.js";
+import { soakAndCheck } from "../robustness/soak.js";
 
 let root: string;
 beforeAll(async () => {
@@ -17,24 +17,13 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-async function soak(options: Omit<SoakOptions, "stateDir">, stateDir: string) {
-  const { figures, failures } = await runSoak({ ...options, stateDir, log: (line) => console.log(`[soak] ${line}`) });
-  console.log(`[figures] soak: ${JSON.stringify(figures)}`);
-  expect(failures).toEqual([]);
-  expect(figures.lost).toBe(0);
-  expect(figures.reordered).toBe(0);
-  expect(figures.messagesAcknowledged).toBe(options.messages);
-  expect(figures.maxResidentSeen).toBeLessThanOrEqual(options.maxAgents);
-  return figures;
-}
-
 const agents = envInt("AGENTRT_SOAK_AGENTS", 10_000);
 const messages = envInt("AGENTRT_SOAK_MESSAGES", 60_000);
 const maxAgents = envInt("AGENTRT_SOAK_MAX_AGENTS", 16);
 const senders = envInt("AGENTRT_SOAK_SENDERS", 64);
 
 it(`fake engine: ${agents} agents, maxAgents ${maxAgents}, ${messages} messages from ${senders} senders`, { timeout: 3_600_000 }, async () => {
-  const figures = await soak({ engine: "fake", agents, maxAgents, messages, senders, turnsPerAgent: 8 }, join(root, "fake"));
+  const figures = await soakAndCheck({ engine: "fake", agents, maxAgents, messages, senders, turnsPerAgent: 8 }, join(root, "fake"));
   // Live history is bounded by churn, so the heap must level off: under 1 KiB per message of growth.
   expect(figures.heapDriftMiB * 1024 * 1024).toBeLessThan(messages * 1024);
 });
@@ -43,5 +32,5 @@ const realAgents = envInt("AGENTRT_SOAK_REAL_AGENTS", 300);
 const realMessages = envInt("AGENTRT_SOAK_REAL_MESSAGES", 3000);
 
 it(`real model: ${realAgents} agents, maxAgents 4, ${realMessages} messages from 8 senders`, { timeout: 3_600_000 }, async () => {
-  await soak({ engine: "real", agents: realAgents, maxAgents: 4, messages: realMessages, senders: 8, turnsPerAgent: 8 }, join(root, "real"));
+  await soakAndCheck({ engine: "real", agents: realAgents, maxAgents: 4, messages: realMessages, senders: 8, turnsPerAgent: 8 }, join(root, "real"));
 });
