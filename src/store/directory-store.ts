@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { createReadStream, type Dirent } from "node:fs";
+import { createReadStream, type BigIntStats, type Dirent } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -144,8 +144,9 @@ export class DirectoryStore implements StateStore {
           const file = `kv-${sha256.slice(0, 16)}${extension}`;
           await rename(path, join(dir, file));
           await fsyncPath(dir);
-          const { size } = await stat(join(dir, file));
-          return { file, bytes: size, sha256 };
+          const info = await stat(join(dir, file), { bigint: true });
+          this.#remember(join(dir, file), info, sha256);
+          return { file, bytes: Number(info.size), sha256 };
         } catch (error) {
           await unlink(path).catch(() => {});
           throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not commit the KV state of ${id}: ${(error as Error).message}`, {
@@ -166,10 +167,11 @@ export class DirectoryStore implements StateStore {
     }
     const path = join(this.#dir(id), kv.file);
     let size: number;
+    let identity: BigIntStats;
     try {
-      const info = await stat(path);
-      if (!info.isFile()) throw new Error("not a regular file");
-      size = info.size;
+      identity = await stat(path, { bigint: true });
+      if (!identity.isFile()) throw new Error("not a regular file");
+      size = Number(identity.size);
     } catch (error) {
       throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} is missing or not a regular file`, {
         cause: error,
@@ -181,11 +183,28 @@ export class DirectoryStore implements StateStore {
         details: { id, path, size, expected: kv.bytes },
       });
     }
+    const known = this.#checked.get(path);
+    if (known && known.sha256 === kv.sha256 && sameFile(known.identity, identity)) return path;
     const sha256 = await sha256File(path);
     if (sha256 !== kv.sha256) {
       throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} fails its checksum`, { details: { id, path } });
     }
+    this.#remember(path, identity, sha256);
     return path;
+  }
+
+  /**
+   * Files this store hashed itself (at commit or a full check), by inode, size and ctime: a file that
+   * still has all three is the same bytes, since any write or replacement changes the ctime. Rehydrating
+   * within one process then skips re-hashing; a new process (or a touched file) hashes in full.
+   */
+  readonly #checked = new Map<string, { identity: BigIntStats; sha256: string }>();
+
+  #remember(path: string, identity: BigIntStats, sha256: string): void {
+    this.#checked.delete(path);
+    this.#checked.set(path, { identity, sha256 });
+    // Bounded: the oldest entries go first (Map keeps insertion order).
+    if (this.#checked.size > 4096) this.#checked.delete(this.#checked.keys().next().value!);
   }
 
   async remove(id: string): Promise<void> {
@@ -206,6 +225,10 @@ export class DirectoryStore implements StateStore {
     for (const name of names) total += (await stat(join(dir, name)).catch(() => ({ size: 0 }))).size;
     return total;
   }
+}
+
+function sameFile(a: BigIntStats, b: BigIntStats): boolean {
+  return a.ino === b.ino && a.dev === b.dev && a.size === b.size && a.ctimeNs === b.ctimeNs && a.mtimeNs === b.mtimeNs;
 }
 
 function parseRecord(id: string, path: string, text: string): AgentRecord {
