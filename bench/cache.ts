@@ -18,7 +18,7 @@ import type { ChatMessage, EngineName } from "../src/engines/engine.js";
 import { loadGgufChat } from "../src/engines/mlx/ggufChat.js";
 import { DirectoryStore } from "../src/store/directory-store.js";
 import { RemoteEngine } from "../src/worker/remote-engine.js";
-import { CORES, engineOption, fillerText, interleave, intOption, listOption, median, MODEL_OPTIONS, pinMlxThreads, progress, resolveModel, writeResult } from "./lib.js";
+import { CORES, DEFAULT_THREADS, engineOption, fillerText, interleave, intOption, listOption, median, MODEL_OPTIONS, pinMlxThreads, progress, resolveModel, writeResult } from "./lib.js";
 import { lineChart } from "./plot.js";
 
 const { values } = parseArgs({
@@ -30,7 +30,7 @@ const { values } = parseArgs({
   },
 });
 const choice = await resolveModel(values);
-const threads = intOption("threads", values.threads, 2);
+const threads = intOption("threads", values.threads, DEFAULT_THREADS);
 const reps = intOption("reps", values.reps, 5);
 const lengths = listOption("lengths", values.lengths, [64, 256, 1024, 2048]);
 const engines = engineOption(values.engine);

@@ -17,6 +17,13 @@ export const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 export const RESULTS_DIR = resolve(BENCH_DIR, "results");
 export const CORES = availableParallelism();
 
+/**
+ * Engine threads when `--threads` is not given. One, not the runtime's default (available parallelism):
+ * on the shared 2-core machines these benchmarks run on, two llama.cpp threads spin-wait on each other
+ * and any other process stalls every step (bench:threads measures it). Pass `--threads` to compare.
+ */
+export const DEFAULT_THREADS = 1;
+
 export function median(values: readonly number[]): number {
   if (values.length === 0) return NaN;
   const sorted = [...values].sort((a, b) => a - b);
