@@ -15,10 +15,9 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { formatTable } from "../src/cli/table.js";
 import type { ChatMessage, EngineName } from "../src/engines/engine.js";
-import { loadGgufChat } from "../src/engines/mlx/ggufChat.js";
 import { DirectoryStore } from "../src/store/directory-store.js";
 import { RemoteEngine } from "../src/worker/remote-engine.js";
-import { CORES, DEFAULT_THREADS, engineOption, fillerText, interleave, intOption, listOption, median, MODEL_OPTIONS, pinMlxThreads, progress, resolveModel, writeResult } from "./lib.js";
+import { buildHistories, CORES, DEFAULT_THREADS, engineOption, interleave, intOption, listOption, median, MODEL_OPTIONS, pinMlxThreads, progress, resolveModel, writeResult } from "./lib.js";
 import { lineChart } from "./plot.js";
 
 const { values } = parseArgs({
@@ -47,38 +46,6 @@ interface Row {
   rehydrateVerifyMs: number;
   rehydrateLoadMs: number;
   stateBytes: number;
-}
-
-/**
- * Conversations of at least each target length, counted with the model's own tokenizer and chat
- * template (a vocabulary-only load; both engines render GGUF prompts this way), so no evaluation is
- * needed to build them and both engines get the same messages.
- */
-async function buildHistories(modelPath: string, targets: number[]): Promise<Map<number, ChatMessage[]>> {
-  const chat = await loadGgufChat(modelPath);
-  const count = (messages: ChatMessage[]) => chat.render(messages).tokens.length;
-  const histories = new Map<number, ChatMessage[]>();
-  try {
-    for (const target of targets) {
-      const messages: ChatMessage[] = [{ role: "system", content: "You remember." }];
-      // Grow by whole turns, then trim the last reply word by word so the history lands just above the target.
-      for (let turn = 0; count(messages) < target; turn++) {
-        messages.push({ role: "user", content: fillerText(turn, 1) }, { role: "assistant", content: fillerText(turn + 3, 2) });
-      }
-      const last = messages.at(-1)!;
-      while (messages.length > 2) {
-        const words = last.content.split(" ");
-        if (words.length <= 1) break;
-        const shorter = words.slice(0, -1).join(" ");
-        if (count([...messages.slice(0, -1), { ...last, content: shorter }]) < target) break;
-        last.content = shorter;
-      }
-      histories.set(target, messages);
-    }
-  } finally {
-    await chat.dispose();
-  }
-  return histories;
 }
 
 async function firstTokenMs(engine: RemoteEngine, key: string, messages: ChatMessage[]): Promise<number> {

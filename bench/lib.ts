@@ -10,7 +10,8 @@ import { availableParallelism } from "node:os";
 import { basename, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { defaultModel } from "../src/cli/defaults.js";
-import type { EngineName } from "../src/engines/engine.js";
+import type { ChatMessage, EngineName } from "../src/engines/engine.js";
+import { loadGgufChat } from "../src/engines/mlx/ggufChat.js";
 import { ensureSyntheticModel, isPresetName, PRESETS, type WeightType } from "./synthetic/synthetic-model.js";
 
 export const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
@@ -179,6 +180,38 @@ const SENTENCES = [
 
 export function fillerText(index: number, sentences: number): string {
   return Array.from({ length: sentences }, (_, i) => SENTENCES[(index + i) % SENTENCES.length]).join(" ");
+}
+
+/**
+ * Conversations of at least each target length, counted with the model's own tokenizer and chat
+ * template (a vocabulary-only load; both engines render GGUF prompts this way), so no evaluation is
+ * needed to build them and both engines get the same messages.
+ */
+export async function buildHistories(modelPath: string, targets: number[]): Promise<Map<number, ChatMessage[]>> {
+  const chat = await loadGgufChat(modelPath);
+  const count = (messages: ChatMessage[]) => chat.render(messages).tokens.length;
+  const histories = new Map<number, ChatMessage[]>();
+  try {
+    for (const target of targets) {
+      const messages: ChatMessage[] = [{ role: "system", content: "You remember." }];
+      // Grow by whole turns, then trim the last reply word by word so the history lands just above the target.
+      for (let turn = 0; count(messages) < target; turn++) {
+        messages.push({ role: "user", content: fillerText(turn, 1) }, { role: "assistant", content: fillerText(turn + 3, 2) });
+      }
+      const last = messages.at(-1)!;
+      while (messages.length > 2) {
+        const words = last.content.split(" ");
+        if (words.length <= 1) break;
+        const shorter = words.slice(0, -1).join(" ");
+        if (count([...messages.slice(0, -1), { ...last, content: shorter }]) < target) break;
+        last.content = shorter;
+      }
+      histories.set(target, messages);
+    }
+  } finally {
+    await chat.dispose();
+  }
+  return histories;
 }
 
 /** A deterministic PRNG (mulberry32), so random access patterns repeat from run to run. */
