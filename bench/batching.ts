@@ -48,17 +48,20 @@ async function start(batching: boolean, root: string): Promise<AgentRuntime> {
     batching,
     sharedPrefixes: false,
   });
-  for (let i = 0; i < maxAgents; i++) await runtime.spawn({ id: `agent-${i}`, systemPrompt: `You are storyteller number ${i}.` });
   return runtime;
 }
 
-/** `busy` agents ask at once; aggregate generated tokens per second of wall time. */
+/**
+ * `busy` freshly spawned agents ask at once (spawn and removal untimed, so every repetition starts from
+ * the same short history); aggregate generated tokens per second of wall time.
+ */
 async function measure(runtime: AgentRuntime, busy: number, rep: number, generated: number[]): Promise<number> {
+  const ids = Array.from({ length: busy }, (_, i) => `agent-${i}`);
+  for (const [i, id] of ids.entries()) await runtime.spawn({ id, systemPrompt: `You are storyteller number ${i}.` });
   const started = performance.now();
-  const results = await Promise.all(
-    Array.from({ length: busy }, (_, i) => runtime.ask(`agent-${i}`, `Story ${rep}: once upon a time`, { maxTokens })),
-  );
+  const results = await Promise.all(ids.map((id) => runtime.ask(id, `Story ${rep}: once upon a time`, { maxTokens })));
   const seconds = (performance.now() - started) / 1000;
+  for (const id of ids) await runtime.remove(id);
   const tokens = results.reduce((sum, r) => sum + r.timings.generatedTokens, 0);
   generated.push(tokens);
   return tokens / seconds;
