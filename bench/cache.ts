@@ -17,7 +17,7 @@ import { formatTable } from "../src/cli/table.js";
 import type { ChatMessage, EngineName } from "../src/engines/engine.js";
 import { DirectoryStore } from "../src/store/directory-store.js";
 import { RemoteEngine } from "../src/worker/remote-engine.js";
-import { buildHistories, CORES, DEFAULT_THREADS, engineOption, interleave, intOption, listOption, median, MODEL_OPTIONS, pinMlxThreads, progress, resolveModel, writeResult } from "./lib.js";
+import { buildHistories, CORES, DEFAULT_THREADS, engineOption, interleave, intOption, listOption, median, MODEL_OPTIONS, pinMlxThreads, plotName, progress, resolveModel, writeResult } from "./lib.js";
 import { lineChart } from "./plot.js";
 
 const { values } = parseArgs({
@@ -165,7 +165,7 @@ const path = await writeResult(`${name}.json`, {
   })),
 });
 const plot = await lineChart(
-  `${name}-${choice.label}`,
+  plotName(name, choice.label, engines),
   rows.flatMap((row) => [
     { x: row.historyTokens, y: row.ttftResidentMs, series: `${row.engine} resident` },
     { x: row.historyTokens, y: row.ttftRehydrateMs, series: `${row.engine} rehydrated` },

@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { AgentRuntime } from "../src/index.js";
 import { formatTable } from "../src/cli/table.js";
-import { CORES, DEFAULT_THREADS, engineOption, fillerText, intOption, median, MODEL_OPTIONS, percentile, pinMlxThreads, progress, resolveModel, RssSampler, seededRandom, writeResult } from "./lib.js";
+import { CORES, DEFAULT_THREADS, engineOption, fillerText, intOption, median, MODEL_OPTIONS, percentile, pinMlxThreads, plotName, progress, resolveModel, RssSampler, seededRandom, writeResult } from "./lib.js";
 import { lineChart } from "./plot.js";
 
 const { values } = parseArgs({
@@ -32,7 +32,7 @@ const { values } = parseArgs({
   },
 });
 const choice = await resolveModel(values);
-const [engine] = engineOption(values.engine === undefined ? undefined : [values.engine]);
+const engine = engineOption(values.engine === undefined ? undefined : [values.engine])[0]!;
 const threads = intOption("threads", values.threads, DEFAULT_THREADS);
 const agentCount = intOption("agents", values.agents, 1000);
 const maxAgents = intOption("max-agents", values["max-agents"], 4);
@@ -159,7 +159,7 @@ console.log(
 );
 const path = await writeResult("churn.json", result);
 const plot = await lineChart(
-  `churn-${choice.label}`,
+  plotName("churn", choice.label, [engine]),
   rss.samples.map((s) => ({ x: s.seconds, y: s.rssMiB, series: phaseAt(s.seconds) })),
   {
     title: `RSS over time: ${agentCount} agents, ${maxAgents} resident (${choice.label}, ${engine})`,

@@ -226,6 +226,12 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
+/** Plot file name: benchmark, model and (when not only llama.cpp) the engines, so runs on other setups keep their own plot. */
+export function plotName(bench: string, label: string, engines: readonly EngineName[] = ["llama.cpp"]): string {
+  const suffix = engines.length === 1 && engines[0] === "llama.cpp" ? "" : `-${engines.join("+")}`;
+  return `${bench}-${label}${suffix}`;
+}
+
 /** Formats a ratio as a percentage with one decimal. */
 export function percent(ratio: number): string {
   return `${(ratio * 100).toFixed(1)} %`;

@@ -24,7 +24,7 @@ import { AgentRuntime } from "../src/index.js";
 import { formatTable } from "../src/cli/table.js";
 import { commonPrefixLength } from "../src/engines/chat-history.js";
 import type { ChatMessage, EngineName } from "../src/engines/engine.js";
-import { CORES, DEFAULT_THREADS, engineOption, interleave, intOption, median, MODEL_OPTIONS, percent, pinMlxThreads, progress, resolveModel, writeResult } from "./lib.js";
+import { CORES, DEFAULT_THREADS, engineOption, interleave, intOption, median, MODEL_OPTIONS, percent, pinMlxThreads, plotName, progress, resolveModel, writeResult } from "./lib.js";
 import { barChart } from "./plot.js";
 import { PromptRenderer, RawLlama, RawMlx, type RawGeneration, type RawLlamaContext } from "./raw.js";
 
@@ -244,7 +244,7 @@ const path = await writeResult("overhead.json", {
   samples,
 });
 const plot = await barChart(
-  `overhead-${choice.label}`,
+  plotName("overhead", choice.label, engines),
   rows.map((row) => ({ group: row.engine, series: row.variant, value: row.tokensPerSecond })),
   { title: `Generation tokens/s, agentrt vs bare engine (${choice.label}, ${threads} threads)`, xTitle: "engine", yTitle: "tokens/s (median)", logY: mlxOverLlama !== undefined },
 );

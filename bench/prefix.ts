@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { AgentRuntime } from "../src/index.js";
 import { formatTable } from "../src/cli/table.js";
-import { CORES, DEFAULT_THREADS, engineOption, fillerText, interleave, intOption, median, MODEL_OPTIONS, pinMlxThreads, progress, resolveModel, writeResult } from "./lib.js";
+import { CORES, DEFAULT_THREADS, engineOption, fillerText, interleave, intOption, median, MODEL_OPTIONS, pinMlxThreads, plotName, progress, resolveModel, writeResult } from "./lib.js";
 import { barChart } from "./plot.js";
 import { PromptRenderer } from "./raw.js";
 
@@ -28,7 +28,7 @@ const { values } = parseArgs({
   },
 });
 const choice = await resolveModel(values.model === undefined && values.preset === undefined ? { preset: "smollm2-135m", type: values.type } : values);
-const [engine] = engineOption(values.engine === undefined ? undefined : [values.engine]);
+const engine = engineOption(values.engine === undefined ? undefined : [values.engine])[0]!;
 const threads = intOption("threads", values.threads, DEFAULT_THREADS);
 const reps = intOption("reps", values.reps, 6);
 const targetTokens = intOption("prompt-tokens", values["prompt-tokens"], 500);
@@ -137,7 +137,7 @@ const path = await writeResult("prefix.json", {
   details: { ...details, firstShared },
 });
 const plot = await barChart(
-  `prefix-${choice.label}`,
+  plotName("prefix", choice.label, [engine]),
   [
     { group: "spawn", series: "sharedPrefixes: false", value: unshared },
     { group: "spawn", series: "true, first agent", value: firstShared!.ms },

@@ -24,7 +24,7 @@ import type { EngineName } from "../src/engines/engine.js";
 import { DirectoryStore, sha256File } from "../src/store/directory-store.js";
 import type { KvDescriptor } from "../src/store/state-store.js";
 import { RemoteEngine } from "../src/worker/remote-engine.js";
-import { buildHistories, CORES, DEFAULT_THREADS, engineOption, interleave, intOption, listOption, median, MODEL_OPTIONS, percent, pinMlxThreads, progress, resolveModel, writeResult } from "./lib.js";
+import { buildHistories, CORES, DEFAULT_THREADS, engineOption, interleave, intOption, listOption, median, MODEL_OPTIONS, percent, pinMlxThreads, plotName, progress, resolveModel, writeResult } from "./lib.js";
 import { barChart } from "./plot.js";
 
 const { values } = parseArgs({
@@ -258,7 +258,7 @@ const path = await writeResult("state.json", {
   })),
 });
 const plot = await barChart(
-  `state-${choice.label}`,
+  plotName("state", choice.label, engines),
   largest.flatMap((row) => [
     { group: `${row.engine} write (${row.tokens} tok)`, series: "agentrt", value: row.passivateMBps },
     { group: `${row.engine} write (${row.tokens} tok)`, series: "plain fs", value: row.plainWriteMBps },

@@ -17,7 +17,7 @@ import { promisify } from "node:util";
 import { parseArgs } from "node:util";
 import { formatTable } from "../src/cli/table.js";
 import type { EngineName } from "../src/engines/engine.js";
-import { CORES, engineOption, fillerText, intOption, listOption, median, MODEL_OPTIONS, progress, resolveModel, writeResult } from "./lib.js";
+import { CORES, engineOption, fillerText, intOption, listOption, median, MODEL_OPTIONS, plotName, progress, resolveModel, writeResult } from "./lib.js";
 import { lineChart } from "./plot.js";
 import { PromptRenderer, RawLlama, RawMlx, type RawLlamaContext } from "./raw.js";
 
@@ -173,7 +173,7 @@ for (const [engine, f] of Object.entries(fastest)) console.log(`${engine}: faste
 
 const path = await writeResult("threads.json", { model: choice.path, label: choice.label, cores: CORES, promptTokens, decodeTokens, reps, rows, fastest });
 const plot = await lineChart(
-  `threads-${choice.label}`,
+  plotName("threads", choice.label, engines),
   rows.flatMap((row) => [
     { x: row.threads, y: row.prefillTokensPerSecond, series: `${row.engine} prefill` },
     { x: row.threads, y: row.decodeTokensPerSecond, series: `${row.engine} decode` },
