@@ -167,9 +167,9 @@ const path = await writeResult(`${name}.json`, {
 const plot = await lineChart(
   plotName(name, choice.label, engines),
   rows.flatMap((row) => [
-    { x: row.historyTokens, y: row.ttftResidentMs, series: `${row.engine} resident` },
-    { x: row.historyTokens, y: row.ttftRehydrateMs, series: `${row.engine} rehydrated` },
     { x: row.historyTokens, y: row.ttftReprefillMs, series: `${row.engine} re-prefill` },
+    { x: row.historyTokens, y: row.ttftRehydrateMs, series: `${row.engine} rehydrated` },
+    { x: row.historyTokens, y: row.ttftResidentMs, series: `${row.engine} resident` },
   ]),
   {
     title: `Time to first token vs history (${choice.label}, ${threads} threads)`,

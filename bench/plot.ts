@@ -31,7 +31,7 @@ export interface ChartOptions {
 const CONFIG = {
   font: "sans-serif",
   axis: { labelFontSize: 11, titleFontSize: 12, grid: true },
-  legend: { labelFontSize: 11, titleFontSize: 12, orient: "bottom", columns: 3 },
+  legend: { labelFontSize: 11, titleFontSize: 12, orient: "bottom", columns: 3, labelLimit: 320 },
   title: { fontSize: 14 },
 } as const;
 
@@ -57,14 +57,19 @@ export function lineChart(name: string, points: readonly Point[], options: Chart
     data: { values: points.map((p) => ({ ...p })) },
     mark: { type: "line", point: true },
     encoding: {
-      x: { field: "x", type: "quantitative", title: options.xTitle, scale: options.logX ? { type: "log", base: 2 } : { zero: false } },
+      x: {
+        field: "x",
+        type: "quantitative",
+        title: options.xTitle,
+        scale: options.logX ? { type: "log", base: 2, nice: false } : { zero: false },
+      },
       y: {
         field: "y",
         type: "quantitative",
         title: options.yTitle,
         scale: options.logY ? { type: "log" } : { zero: options.zeroY ?? true },
       },
-      color: { field: "series", type: "nominal", title: null },
+      color: { field: "series", type: "nominal", title: null, sort: null },
     },
   });
 }
