@@ -246,6 +246,6 @@ const path = await writeResult("overhead.json", {
 const plot = await barChart(
   plotName("overhead", choice.label, engines),
   rows.map((row) => ({ group: row.engine, series: row.variant, value: row.tokensPerSecond })),
-  { title: `Generation tokens/s, agentrt vs bare engine (${choice.label}, ${threads} threads)`, xTitle: "engine", yTitle: "tokens/s (median)", logY: mlxOverLlama !== undefined },
+  { title: `Generation tokens/s, agentrt vs bare engine (${choice.label}, ${threads} threads)`, xTitle: "engine", yTitle: "tokens/s (median)" },
 );
 progress(`wrote ${path} and ${plot}`);

@@ -83,7 +83,7 @@ export interface Bar {
 }
 
 /** Grouped bars: one group per `group`, one bar per `series` within it. */
-export function barChart(name: string, bars: readonly Bar[], options: Omit<ChartOptions, "logX">): Promise<string> {
+export function barChart(name: string, bars: readonly Bar[], options: Omit<ChartOptions, "logX" | "logY" | "zeroY">): Promise<string> {
   return render(name, {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
     title: options.title,
@@ -96,7 +96,7 @@ export function barChart(name: string, bars: readonly Bar[], options: Omit<Chart
     encoding: {
       x: { field: "group", type: "nominal", title: options.xTitle, sort: null, axis: { labelAngle: 0 } },
       xOffset: { field: "series", type: "nominal", sort: null },
-      y: { field: "value", type: "quantitative", title: options.yTitle, scale: options.logY ? { type: "log" } : { zero: true } },
+      y: { field: "value", type: "quantitative", title: options.yTitle, scale: { zero: true } },
       color: { field: "series", type: "nominal", title: null, sort: null },
     },
   });
