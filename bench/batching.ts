@@ -24,7 +24,7 @@ const { values } = parseArgs({
 });
 const choice = await resolveModel(values);
 const threads = intOption("threads", values.threads, DEFAULT_THREADS);
-const reps = intOption("reps", values.reps, 5);
+const reps = intOption("reps", values.reps, 9);
 const maxTokens = intOption("tokens", values.tokens, 64);
 const counts = listOption("agents", values.agents, [1, 2, 4]);
 const maxAgents = Math.max(...counts);

@@ -38,7 +38,7 @@ const { values } = parseArgs({
 });
 const choice = await resolveModel(values);
 const threads = intOption("threads", values.threads, DEFAULT_THREADS);
-const reps = intOption("reps", values.reps, 5);
+const reps = intOption("reps", values.reps, 9);
 const maxTokens = intOption("tokens", values.tokens, 64);
 const contextSize = intOption("context", values.context, 2048);
 const engines = engineOption(values.engine);

@@ -22,6 +22,8 @@ export interface ChartOptions {
   yTitle: string;
   logX?: boolean;
   logY?: boolean;
+  /** Whole-number ticks on the x axis (thread counts, agent counts). */
+  integerX?: boolean;
   /** Start the y axis at zero (linear axes only). Default true. */
   zeroY?: boolean;
   width?: number;
@@ -62,6 +64,7 @@ export function lineChart(name: string, points: readonly Point[], options: Chart
         type: "quantitative",
         title: options.xTitle,
         scale: options.logX ? { type: "log", base: 2, nice: false } : { zero: false },
+        ...(options.integerX ? { axis: { format: "d", tickMinStep: 1 } } : {}),
       },
       y: {
         field: "y",
@@ -94,7 +97,7 @@ export function barChart(name: string, bars: readonly Bar[], options: Omit<Chart
     data: { values: bars.map((b) => ({ ...b })) },
     mark: { type: "bar" },
     encoding: {
-      x: { field: "group", type: "nominal", title: options.xTitle, sort: null, axis: { labelAngle: 0 } },
+      x: { field: "group", type: "nominal", title: options.xTitle, sort: null, axis: { labelAngle: 0, labelLimit: 240 } },
       xOffset: { field: "series", type: "nominal", sort: null },
       y: { field: "value", type: "quantitative", title: options.yTitle, scale: { zero: true } },
       color: { field: "series", type: "nominal", title: null, sort: null },

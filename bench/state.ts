@@ -260,12 +260,12 @@ const path = await writeResult("state.json", {
 const plot = await barChart(
   plotName("state", choice.label, engines),
   largest.flatMap((row) => [
-    { group: `${row.engine} write (${row.tokens} tok)`, series: "agentrt", value: row.passivateMBps },
-    { group: `${row.engine} write (${row.tokens} tok)`, series: "plain fs", value: row.plainWriteMBps },
-    { group: `${row.engine} read (${row.tokens} tok)`, series: "agentrt", value: row.rehydrateMBps },
-    { group: `${row.engine} read (${row.tokens} tok)`, series: "plain fs", value: row.plainReadMBps },
-    { group: `${row.engine} read (${row.tokens} tok)`, series: "fs.readFile", value: row.readFileMBps },
+    { group: `${row.engine} write`, series: "agentrt", value: row.passivateMBps },
+    { group: `${row.engine} write`, series: "plain fs", value: row.plainWriteMBps },
+    { group: `${row.engine} read`, series: "agentrt", value: row.rehydrateMBps },
+    { group: `${row.engine} read`, series: "plain fs", value: row.plainReadMBps },
+    { group: `${row.engine} read`, series: "fs.readFile", value: row.readFileMBps },
   ]),
-  { title: `State write/read throughput (${choice.label})`, xTitle: "", yTitle: "MB/s (median)" },
+  { title: `State write/read throughput, ${largest.map((r) => `${r.engine} ${r.tokens}`).join(", ")} tokens (${choice.label})`, xTitle: "", yTitle: "MB/s (median)" },
 );
 progress(`wrote ${path} and ${plot}`);

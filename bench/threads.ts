@@ -178,6 +178,6 @@ const plot = await lineChart(
     { x: row.threads, y: row.prefillTokensPerSecond, series: `${row.engine} prefill` },
     { x: row.threads, y: row.decodeTokensPerSecond, series: `${row.engine} decode` },
   ]),
-  { title: `Tokens/s vs engine threads (${choice.label}, ${CORES} cores)`, xTitle: "threads", yTitle: "tokens/s (median, log)", logY: true },
+  { title: `Tokens/s vs engine threads (${choice.label}, ${CORES} cores)`, xTitle: "threads", yTitle: "tokens/s (median, log)", logY: true, integerX: true },
 );
 progress(`wrote ${path} and ${plot}`);
