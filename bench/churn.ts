@@ -113,7 +113,8 @@ try {
 }
 
 const rssValues = rss.samples.map((s) => s.rssMiB);
-const turnSamples = rss.samples.filter((s) => s.seconds >= phases.find((p) => p.name === "turns")!.seconds);
+const phaseStart = (name: string) => phases.find((p) => p.name === name)?.seconds ?? Infinity;
+const turnSamples = rss.samples.filter((s) => s.seconds >= phaseStart("turns") && s.seconds < phaseStart("close"));
 const result = {
   model: choice.path,
   label: choice.label,

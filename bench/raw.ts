@@ -109,7 +109,11 @@ export class RawLlamaContext {
     return { ms: finished - started, ttftMs: (first || finished) - started, tokens: generated };
   }
 
-  /** The same turn through LlamaChat, as agentrt's engine runs it (chat wrapper, detokenizing, stop triggers). */
+  /**
+   * The same turn through LlamaChat with the options agentrt's engine passes (chat wrapper, text
+   * chunks, stop triggers), in this process: the worker, the runtime and the durable turn are what
+   * agentrt adds on top.
+   */
   async chat(chatWrapper: ChatWrapper, messages: readonly ChatMessage[], maxTokens: number): Promise<RawGeneration> {
     const chat = new LlamaChat({ contextSequence: this.sequence, chatWrapper, autoDisposeSequence: false });
     try {
@@ -123,6 +127,8 @@ export class RawLlamaContext {
           if (first === 0) first = performance.now();
           generated += tokens.length;
         },
+        // As agentrt's engine does: asking for text makes LlamaChat detokenize every token.
+        onTextChunk: () => {},
       });
       const finished = performance.now();
       return { ms: finished - started, ttftMs: (first || finished) - started, tokens: generated };

@@ -26,7 +26,7 @@ const PRESET = ["--preset", "smollm2-135m"];
 /** Each benchmark and the arguments of its short run. */
 const PLAN: { name: string; args: string[] }[] = [
   { name: "cache", args: [...PRESET, "--lengths", "64,256,1024,2048", "--reps", "3", ...mlx] },
-  { name: "overhead", args: [...PRESET, "--tokens", "32", "--reps", "5", ...mlx] },
+  { name: "overhead", args: [...PRESET, "--tokens", "64", "--reps", "7", ...mlx] },
   { name: "state", args: [...PRESET, "--lengths", "256,2048", "--reps", "5", ...mlx] },
   { name: "churn", args: [] },
   { name: "threads", args: [...(values.mlx ? ["--engine", "llama.cpp", "--engine", "mlx"] : [])] },
