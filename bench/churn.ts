@@ -163,7 +163,7 @@ const plot = await lineChart(
   plotName("churn", choice.label, [engine]),
   rss.samples.map((s) => ({ x: s.seconds, y: s.rssMiB, series: phaseAt(s.seconds) })),
   {
-    title: `RSS over time: ${agentCount} agents, ${maxAgents} resident (${choice.label}, ${engine})`,
+    title: `RSS over time: ${agentCount} agents, ${maxAgents} resident, ${turnCount} turns (${choice.label}, ${engine})`,
     xTitle: "seconds",
     yTitle: "RSS (MiB)",
     zeroY: true,

@@ -11,6 +11,9 @@
  *   `raw LlamaChat` (node-llama-cpp's chat loop, which agentrt's engine uses inside the worker).
  * - mlx: `agentrt` vs `raw forward` (agentrt's MLX forward pass, src/engines/mlx/model.ts, driven by a
  *   plain greedy loop in this process: no worker, no chat rendering or text decoding per token).
+ * - both: `engine in-process` (the engine class agentrt hosts, called in this process) and `engine in
+ *   worker` (the bare generation worker, RemoteEngine), which split agentrt's cost between the engine
+ *   layer, the thread hop and the runtime (mailbox, supervisor, durable record write, events).
  *
  *   npm run bench:overhead
  *   npm run bench:overhead -- --preset smollm2-135m --engine llama.cpp --engine mlx --tokens 32
@@ -23,7 +26,9 @@ import { GeneralChatWrapper, resolveChatWrapper, type ChatWrapper } from "node-l
 import { AgentRuntime } from "../src/index.js";
 import { formatTable } from "../src/cli/table.js";
 import { commonPrefixLength } from "../src/engines/chat-history.js";
-import type { ChatMessage, EngineName } from "../src/engines/engine.js";
+import { createEngine } from "../src/engines/create-engine.js";
+import type { ChatMessage, Engine, EngineName } from "../src/engines/engine.js";
+import { RemoteEngine } from "../src/worker/remote-engine.js";
 import { CORES, DEFAULT_THREADS, engineOption, interleave, intOption, median, MODEL_OPTIONS, percent, pinMlxThreads, plotName, progress, resolveModel, writeResult } from "./lib.js";
 import { barChart } from "./plot.js";
 import { PromptRenderer, RawLlama, RawMlx, type RawGeneration, type RawLlamaContext } from "./raw.js";
@@ -44,6 +49,7 @@ const contextSize = intOption("context", values.context, 2048);
 const engines = engineOption(values.engine);
 if (engines.includes("mlx")) pinMlxThreads(threads);
 
+const never = new AbortController().signal;
 const SYSTEM = "You are a storyteller. Continue every story the user starts, at length, without stopping.";
 /** User messages to try: the one agentrt answers longest (ideally to maxTokens) is measured. */
 const CANDIDATES = [
@@ -156,9 +162,40 @@ async function setUp(engine: EngineName, root: string, renderer: PromptRenderer)
       raw.dispose();
     };
   }
-  // One untimed run of each raw variant (first-call allocations).
+  // The engine agentrt hosts, without the runtime: in this process, and in its generation worker.
+  progress(`${engine}: loading agentrt's engine in this process and in a bare generation worker…`);
+  const loadOptions = { engine, model: choice.path, contextSize, sequences: 1, threads };
+  const inProcess = await createEngine(loadOptions);
+  const worker = await RemoteEngine.start(loadOptions);
+  setup.raw["engine in-process"] = () => engineTurn(inProcess, messages, setup.generated);
+  setup.raw["engine in worker"] = () => engineTurn(worker, messages, setup.generated);
+  const disposeRaw = setup.dispose;
+  setup.dispose = async () => {
+    await disposeRaw();
+    await inProcess.dispose();
+    await worker.dispose();
+  };
+  // One untimed run of each variant (first-call allocations).
   for (const run of Object.values(setup.raw)) await run();
   return setup;
+}
+
+/** One turn on an engine as agentrt drives it (system prompt prefilled untimed, text streamed). */
+async function engineTurn(engine: Engine | RemoteEngine, messages: ChatMessage[], budget: number): Promise<RawGeneration> {
+  await engine.closeSequence("bench");
+  await engine.openSequence("bench");
+  await engine.prefill("bench", messages.slice(0, 1), never);
+  const started = performance.now();
+  let first = 0;
+  const output = await engine.generate("bench", {
+    messages,
+    maxTokens: budget,
+    sampling: { temperature: 0 },
+    signal: never,
+    onText: () => (first ||= performance.now()),
+  });
+  const finished = performance.now();
+  return { ms: finished - started, ttftMs: (first || finished) - started, tokens: output.generatedTokens };
 }
 
 const root = await mkdtemp(join(tmpdir(), "agentrt-bench-overhead-"));
