@@ -1,37 +1,39 @@
 /**
  * Cache benchmark: time to first token of the next turn for an agent whose history holds N tokens,
  * (a) resident (cache in memory), (b) rehydrated from its state file (checksum verified, loaded),
- * (c) re-prefilled (the whole history evaluated into a fresh sequence). Medians of repeated runs.
+ * (c) re-prefilled (the whole history evaluated into a fresh sequence). Medians of interleaved reps.
  *
- * Runs the same code paths the runtime uses: the generation worker (RemoteEngine) and the directory store.
+ * Runs the same code paths the runtime uses: the generation worker (RemoteEngine) and the directory
+ * store. The state file is read from the page cache (it was just written): a cold disk read is slower.
+ *
+ *   npm run bench:cache                                   # small real model, llama.cpp
+ *   npm run bench:cache -- --preset smollm2-135m --engine llama.cpp --engine mlx --lengths 64,256,1024,2048
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { defaultModel } from "../src/cli/defaults.js";
 import { formatTable } from "../src/cli/table.js";
-import { detectEngine } from "../src/engines/create-engine.js";
 import type { ChatMessage, EngineName } from "../src/engines/engine.js";
 import { DirectoryStore } from "../src/store/directory-store.js";
 import { RemoteEngine } from "../src/worker/remote-engine.js";
-import { fillerText, median, progress, writeResult } from "./lib.js";
+import { buildHistories, CORES, DEFAULT_THREADS, engineOption, interleave, intOption, listOption, median, MODEL_OPTIONS, pinMlxThreads, plotName, progress, resolveModel, writeResult } from "./lib.js";
+import { lineChart } from "./plot.js";
 
 const { values } = parseArgs({
   options: {
-    model: { type: "string" },
+    ...MODEL_OPTIONS,
     engine: { type: "string", multiple: true },
-    threads: { type: "string" },
-    reps: { type: "string" },
     lengths: { type: "string" },
     out: { type: "string" },
   },
 });
-const model = values.model ?? defaultModel();
-const threads = Number(values.threads ?? 2);
-const reps = Number(values.reps ?? 5);
-const lengths = (values.lengths ?? "64,256,1024").split(",").map(Number);
-const engines = (values.engine as EngineName[] | undefined) ?? [await detectEngine(model)];
+const choice = await resolveModel(values);
+const threads = intOption("threads", values.threads, DEFAULT_THREADS);
+const reps = intOption("reps", values.reps, 5);
+const lengths = listOption("lengths", values.lengths, [64, 256, 1024, 2048]);
+const engines = engineOption(values.engine);
+if (engines.includes("mlx")) pinMlxThreads(threads);
 const never = new AbortController().signal;
 
 interface Row {
@@ -40,32 +42,10 @@ interface Row {
   ttftResidentMs: number;
   ttftRehydrateMs: number;
   ttftReprefillMs: number;
+  /** Parts of the rehydrated turn: size + sha256 check of the state file, and the engine's load. */
+  rehydrateVerifyMs: number;
+  rehydrateLoadMs: number;
   stateBytes: number;
-}
-
-/** Builds a conversation of at least `tokens` tokens, counting with the engine's own tokenizer. */
-async function buildHistory(engine: RemoteEngine, tokens: number): Promise<{ messages: ChatMessage[]; tokens: number }> {
-  const messages: ChatMessage[] = [{ role: "system", content: "You remember." }];
-  await engine.openSequence("scratch");
-  let count = (await engine.prefill("scratch", messages, never)).promptTokens;
-  // Grow by whole turns, then trim the last reply word by word so the history lands close to the target.
-  for (let turn = 0; count < tokens; turn++) {
-    messages.push({ role: "user", content: fillerText(turn, 1) }, { role: "assistant", content: fillerText(turn + 3, 2) });
-    count = (await engine.prefill("scratch", messages, never)).promptTokens;
-  }
-  const last = messages.at(-1)!;
-  while (messages.length > 2) {
-    const words = last.content.split(" ");
-    if (words.length <= 1) break;
-    const shorter = words.slice(0, -1).join(" ");
-    const candidate = [...messages.slice(0, -1), { ...last, content: shorter }];
-    const shorterCount = (await engine.prefill("scratch", candidate, never)).promptTokens;
-    if (shorterCount < tokens) break;
-    last.content = shorter;
-    count = shorterCount;
-  }
-  await engine.closeSequence("scratch");
-  return { messages, tokens: count };
 }
 
 async function firstTokenMs(engine: RemoteEngine, key: string, messages: ChatMessage[]): Promise<number> {
@@ -78,56 +58,71 @@ async function firstTokenMs(engine: RemoteEngine, key: string, messages: ChatMes
     signal: never,
     onText: () => (first ||= performance.now()),
   });
+  // A first token that decodes to no text (a partial UTF-8 byte, say) still ends the call.
   return (first || performance.now()) - started;
 }
 
+const histories = await buildHistories(choice.path, lengths);
 const rows: Row[] = [];
 const root = await mkdtemp(join(tmpdir(), "agentrt-bench-cache-"));
 try {
   for (const engineName of engines) {
     const contextSize = Math.max(...lengths) + 256;
-    progress(`loading ${model} on ${engineName} (${threads} threads, context ${contextSize})…`);
-    const engine = await RemoteEngine.start({ engine: engineName, model, contextSize, sequences: 4, threads });
+    progress(`loading ${choice.label} on ${engineName} (${threads} threads, context ${contextSize})…`);
+    const engine = await RemoteEngine.start({ engine: engineName, model: choice.path, contextSize, sequences: 4, threads });
     const store = new DirectoryStore(join(root, engineName));
     try {
       for (const target of lengths) {
-        const { messages, tokens } = await buildHistory(engine, target);
+        const messages = histories.get(target)!;
         const next: ChatMessage[] = [...messages, { role: "user", content: "What did we talk about first?" }];
-        progress(`${engineName}: history of ${tokens} tokens, ${reps} repetitions`);
 
-        // The resident agent holds the history; each turn rewinds to it (the reply is dropped) and asks again.
+        // The resident agent holds the history; each turn rewinds to it (message and reply dropped) and asks again.
         await engine.openSequence("resident");
-        await engine.prefill("resident", messages, never);
-        const staged = await store.stageKv("agent");
+        const tokens = (await engine.prefill("resident", messages, never)).cacheTokens;
+        progress(`${engineName}: history of ${tokens} tokens, ${reps} repetitions`);
+        const staged = await store.stageKv("agent", engine.info.stateFileExtension);
         const saved = await engine.saveState("resident", staged.path);
         const committed = await staged.commit();
         const kv = { ...committed, tokens: saved.tokens, fingerprint: engine.info.fingerprint, engine: engineName, historyLength: messages.length };
 
-        const resident: number[] = [];
-        const rehydrate: number[] = [];
-        const reprefill: number[] = [];
-        for (let rep = 0; rep < reps; rep++) {
-          resident.push(await firstTokenMs(engine, "resident", next));
-
-          const started = performance.now();
-          await engine.openSequence("rehydrated");
-          const path = await store.openKv("agent", kv); // size + sha256 check, as the runtime does
-          await engine.loadState("rehydrated", path);
-          await firstTokenMs(engine, "rehydrated", next);
-          rehydrate.push(performance.now() - started);
-          await engine.closeSequence("rehydrated");
-
-          await engine.openSequence("fresh");
-          reprefill.push(await firstTokenMs(engine, "fresh", next));
-          await engine.closeSequence("fresh");
-        }
+        const verify: number[] = [];
+        const load: number[] = [];
+        const samples = await interleave(reps, {
+          resident: async () => {
+            // Back to the history alone, so the new message is evaluated as in a real next turn.
+            await engine.prefill("resident", messages, never);
+            return firstTokenMs(engine, "resident", next);
+          },
+          rehydrate: async () => {
+            const started = performance.now();
+            await engine.openSequence("rehydrated");
+            const path = await store.openKv("agent", kv); // size + sha256 check, as the runtime does
+            const verified = performance.now();
+            await engine.loadState("rehydrated", path);
+            const loaded = performance.now();
+            await firstTokenMs(engine, "rehydrated", next);
+            const total = performance.now() - started;
+            verify.push(verified - started);
+            load.push(loaded - verified);
+            await engine.closeSequence("rehydrated");
+            return total;
+          },
+          reprefill: async () => {
+            await engine.openSequence("fresh");
+            const ms = await firstTokenMs(engine, "fresh", next);
+            await engine.closeSequence("fresh");
+            return ms;
+          },
+        });
         await engine.closeSequence("resident");
         rows.push({
           engine: engineName,
           historyTokens: tokens,
-          ttftResidentMs: median(resident),
-          ttftRehydrateMs: median(rehydrate),
-          ttftReprefillMs: median(reprefill),
+          ttftResidentMs: median(samples.resident),
+          ttftRehydrateMs: median(samples.rehydrate),
+          ttftReprefillMs: median(samples.reprefill),
+          rehydrateVerifyMs: median(verify),
+          rehydrateLoadMs: median(load),
           stateBytes: committed.bytes,
         });
       }
@@ -139,6 +134,7 @@ try {
   await rm(root, { recursive: true, force: true });
 }
 
+console.log(`cache: ${choice.label}, ${threads} threads, ${CORES} cores, median of ${reps}`);
 console.log(
   formatTable(
     rows.map((row) => ({
@@ -146,22 +142,41 @@ console.log(
       "history tok": row.historyTokens,
       "resident ms": row.ttftResidentMs,
       "rehydrate ms": row.ttftRehydrateMs,
+      "(verify ms": row.rehydrateVerifyMs,
+      "load ms)": row.rehydrateLoadMs,
       "re-prefill ms": row.ttftReprefillMs,
-      "a/c": row.ttftResidentMs / row.ttftReprefillMs,
-      "b/c": row.ttftRehydrateMs / row.ttftReprefillMs,
-      "state KiB": row.stateBytes / 1024,
+      "res/pre": row.ttftResidentMs / row.ttftReprefillMs,
+      "reh/pre": row.ttftRehydrateMs / row.ttftReprefillMs,
+      "state MiB": row.stateBytes / 2 ** 20,
     })),
   ),
 );
-const path = await writeResult(values.out ?? "cache.json", {
-  model,
+const name = values.out ?? "cache";
+const path = await writeResult(`${name}.json`, {
+  model: choice.path,
+  label: choice.label,
   threads,
   reps,
-  cores: (await import("node:os")).availableParallelism(),
+  cores: CORES,
   rows: rows.map((row) => ({
     ...row,
     residentOverReprefill: row.ttftResidentMs / row.ttftReprefillMs,
     rehydrateOverReprefill: row.ttftRehydrateMs / row.ttftReprefillMs,
   })),
 });
-progress(`wrote ${path}`);
+const plot = await lineChart(
+  plotName(name, choice.label, engines),
+  rows.flatMap((row) => [
+    { x: row.historyTokens, y: row.ttftReprefillMs, series: `${row.engine} re-prefill` },
+    { x: row.historyTokens, y: row.ttftRehydrateMs, series: `${row.engine} rehydrated` },
+    { x: row.historyTokens, y: row.ttftResidentMs, series: `${row.engine} resident` },
+  ]),
+  {
+    title: `Time to first token vs history (${choice.label}, ${threads} threads)`,
+    xTitle: "history tokens",
+    yTitle: "TTFT (ms, log)",
+    logX: true,
+    logY: true,
+  },
+);
+progress(`wrote ${path} and ${plot}`);
