@@ -11,7 +11,7 @@ common options:
   --model <path|hf:uri|folder>   model (default $AGENTRT_MODEL or ../shared/models/aidreams260K.gguf)
   --engine llama.cpp|mlx         engine (default: from the model)
   --state-dir <dir>              agent state folder
-  --threads <n>                  engine threads (default: available cores)
+  --threads <n>                  engine threads (default: cores − 1, at least 1)
   --context-size <n>             tokens per agent
   --max-agents <n>               resident agents
   -v, --verbose                  debug logs on stderr

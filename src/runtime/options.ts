@@ -21,7 +21,7 @@ export interface AgentRuntimeOptions {
   maxStoredAgents?: number;
   /** Tokens per agent sequence (system prompt + history + reply). Default 2048. */
   contextSize?: number;
-  /** Engine compute threads. Default: the machine's available parallelism (measured fastest here: see bench). */
+  /** Engine compute threads. Default: available parallelism − 1, at least 1 (see bench:threads). */
   threads?: number;
   /** Prompt evaluation batch size. Default min(512, contextSize). */
   batchSize?: number;
@@ -76,7 +76,9 @@ export const DEFAULTS = {
   maxTokens: 256,
   mailboxCapacity: 64,
   maxMessageChars: 32_768,
-  threads: () => availableParallelism(),
+  // One core is left to the main thread and the rest of the machine: ggml's threads spin-wait on each
+  // other, so a contended core stalls every step (bench:threads: 1 thread beat 2 by 3-9x on 2 shared cores).
+  threads: () => Math.max(1, availableParallelism() - 1),
 } as const;
 
 function positiveInteger(name: string, value: unknown, fallback: number): number {

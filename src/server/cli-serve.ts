@@ -14,7 +14,7 @@ const USAGE = `usage: agentrt serve [options]
   --max-agents <n>              agents resident in memory at once (default 3)
   --max-stored-agents <n>       agents kept on disk at most (default unlimited)
   --context-size <n>            tokens per agent (default 1024)
-  --threads <n>                 engine threads (default 2)
+  --threads <n>                 engine threads (default: cores − 1, at least 1)
   --max-tokens <n>              default reply length limit (default 256)
   --mailbox <n>                 messages waiting per agent (default 64)
   --max-message-chars <n>       longest message (default 32768)
@@ -64,7 +64,7 @@ export async function startServe(argv: string[], options: { signal?: AbortSignal
     stateDir,
     maxAgents: common.maxAgents ?? 3,
     contextSize: common.contextSize ?? 1024,
-    threads: common.threads ?? 2,
+    ...(common.threads ? { threads: common.threads } : {}),
     ...optional("maxStoredAgents", integer("max-stored-agents", values["max-stored-agents"])),
     ...optional("maxTokens", integer("max-tokens", values["max-tokens"])),
     ...optional("mailboxCapacity", integer("mailbox", values.mailbox)),
