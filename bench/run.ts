@@ -4,7 +4,7 @@
  * on the SmolLM2-135M shape at a 2 048-token history, resident TTFT ≤ 5 % and rehydrate TTFT ≤ 10 % of
  * re-prefill; agentrt tokens/s ≥ 97 % of raw node-llama-cpp; state read ≥ 50 % of a plain file read.
  *
- *   npm run bench                       # all, llama.cpp (~5 minutes on 2 cores)
+ *   npm run bench                       # all, llama.cpp (about 5 minutes on 2 cores)
  *   npm run bench -- --mlx              # also MLX where a benchmark compares engines (much longer)
  *   npm run bench -- --only cache,state
  */
