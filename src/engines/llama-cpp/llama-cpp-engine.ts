@@ -208,6 +208,9 @@ export class LlamaCppEngine implements Engine {
       sequence.tokenMeter.usedInputTokens - inputBefore + sequence.tokenMeter.usedOutputTokens - outputBefore -
       Math.max(0, sequence.nextTokenIndex - prompt.length);
     if (firstTokenAt === 0) firstTokenAt = finished;
+    // LlamaChat holds back tokens that may start a stop trigger or an incomplete character and never
+    // passes them to onToken; the cache past the prompt counts every token that was generated and fed back.
+    generatedTokens = Math.max(generatedTokens, sequence.nextTokenIndex - prompt.length);
     const stopReason: StopReason =
       response.metadata.stopReason === "abort"
         ? "aborted"
