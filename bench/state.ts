@@ -55,6 +55,8 @@ interface Row {
   engineSaveShare: number;
   plainWriteMBps: number;
   rehydrateMBps: number;
+  /** Rehydration by the store that wrote the file (no re-hash: same inode, size and times). */
+  rehydrateWarmMBps: number;
   /** Share of the rehydration spent checking the file (stat + sha256). */
   verifyShare: number;
   /** Reading the file into a buffer allocated beforehand: the raw read throughput (the target's baseline). */
@@ -154,7 +156,8 @@ try {
           rehydrate: async () => {
             await engine.openSequence("load");
             const started = performance.now();
-            const path = await store.openKv("agent", kv!);
+            // A store opened afresh, as after a restart: it hashes the whole file before the engine loads it.
+            const path = await new DirectoryStore(join(root, engineName)).openKv("agent", kv!);
             const verified = performance.now();
             await engine.loadState("load", path);
             const total = performance.now() - started;
@@ -164,6 +167,15 @@ try {
             const hashStart = performance.now();
             await sha256File(path);
             shaMs.push(performance.now() - hashStart);
+            return total;
+          },
+          rehydrateWarm: async () => {
+            // The store that committed the file: same inode, size and times, so it is not hashed again.
+            await engine.openSequence("load");
+            const started = performance.now();
+            await engine.loadState("load", await store.openKv("agent", kv!));
+            const total = performance.now() - started;
+            await engine.closeSequence("load");
             return total;
           },
           plainRead: async () => {
@@ -193,6 +205,7 @@ try {
           engineSaveShare: median(saveMs.map((ms, i) => ms / samples.passivate[i]!)),
           plainWriteMBps: mbps(bytes, median(samples.plainWrite)),
           rehydrateMBps: mbps(bytes, rehydrateMs),
+          rehydrateWarmMBps: mbps(bytes, median(samples.rehydrateWarm)),
           verifyShare: median(verifyMs.map((ms, i) => ms / samples.rehydrate[i]!)),
           plainReadMBps: mbps(bytes, median(samples.plainRead)),
           readFileMBps: mbps(bytes, median(samples.readFile)),
@@ -227,6 +240,8 @@ console.log(
       "(verify": percent(row.verifyShare),
       "plain read MB/s": row.plainReadMBps,
       "read ratio": percent(row.rehydrateMBps / row.plainReadMBps),
+      "same-process MB/s": row.rehydrateWarmMBps,
+      "same-process ratio": percent(row.rehydrateWarmMBps / row.plainReadMBps),
       "readFile MB/s": row.readFileMBps,
       "vs readFile": percent(row.rehydrateMBps / row.readFileMBps),
       "load-only ratio": percent(row.loadOnlyMBps / row.plainReadMBps),
@@ -241,7 +256,8 @@ for (const row of largest) {
   const ratio = row.rehydrateMBps / row.plainReadMBps;
   console.log(
     `${row.engine} (${row.tokens} tokens): state read = ${percent(ratio)} of raw read (target ≥ 50 %: ${ratio >= 0.5 ? "MET" : "MISSED"}), ` +
-      `${percent(row.rehydrateMBps / row.readFileMBps)} of fs.readFile; sha256 check ${percent(row.verifyShare)} of the rehydration`,
+      `${percent(row.rehydrateMBps / row.readFileMBps)} of fs.readFile; sha256 check ${percent(row.verifyShare)} of the rehydration; ` +
+      `within the process that wrote it (no re-hash): ${percent(row.rehydrateWarmMBps / row.plainReadMBps)} of raw read`,
   );
 }
 const path = await writeResult("state.json", {
@@ -254,6 +270,7 @@ const path = await writeResult("state.json", {
     ...row,
     writeRatio: row.passivateMBps / row.plainWriteMBps,
     readRatio: row.rehydrateMBps / row.plainReadMBps,
+    sameProcessReadRatio: row.rehydrateWarmMBps / row.plainReadMBps,
     readFileRatio: row.rehydrateMBps / row.readFileMBps,
   })),
 });
