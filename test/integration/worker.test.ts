@@ -54,6 +54,18 @@ describe("generation worker", () => {
     }
   });
 
+  it("an hf: URI that cannot be fetched (offline, or no such repo) fails with ERR_MODEL_NOT_FOUND saying why", async () => {
+    const attempt = AgentRuntime.create({
+      model: "hf:agentrt-tests/no-such-model-GGUF:Q8_0",
+      modelCacheDir: join(root, "hf-cache"),
+      stateDir: join(root, "hf"),
+      ...FAST,
+    });
+    await expect(attempt).rejects.toSatisfy(
+      (error) => isAgentRuntimeError(error, "ERR_MODEL_NOT_FOUND") && /offline, pass a local GGUF path/.test((error as Error).message),
+    );
+  });
+
   it("refuses a missing model and a non-GGUF file with coded errors, never crashing the process", async () => {
     await expect(AgentRuntime.create({ model: join(root, "missing.gguf"), stateDir: join(root, "m"), ...FAST })).rejects.toSatisfy(
       (error) => isAgentRuntimeError(error, "ERR_MODEL_NOT_FOUND"),
