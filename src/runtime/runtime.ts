@@ -1,3 +1,4 @@
+import { join } from "node:path";
 import { EventEmitter } from "eventemitter3";
 import pino, { type Logger } from "pino";
 import { conversation } from "../../actors/conversation.js";
@@ -27,7 +28,6 @@ import {
 } from "./options.js";
 import { Turn } from "./turn.js";
 import { PrefixCache } from "./prefix-cache.js";
-import { join } from "node:path";
 import { memoryReport, type MemoryReport } from "./memory.js";
 
 const never = new AbortController().signal;
