@@ -4,7 +4,7 @@ import type { AgentInfo } from "../runtime/agent.js";
 import type { AgentMemory } from "../runtime/memory.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
 import { agentrtErrorJson, HttpError, sendError, toErrorBody } from "./errors.js";
-import { disconnectSignal, refusedAtOnce, SseStream, wantsEventStream, type SseOptions } from "./sse.js";
+import { disconnectSignal, openTurnStream, wantsEventStream, type SseOptions } from "./sse.js";
 
 /** Actions addressed as `POST /agents/<id>/<action>`; agent ids may contain `/`, so the action is the last segment. */
 const ACTIONS = ["messages", "passivate"] as const;
@@ -92,13 +92,8 @@ async function streamReply(
 ): Promise<void> {
   const controller = new AbortController();
   const turn = runtime.send(id, text, { signal: controller.signal, ...(maxTokens !== undefined ? { maxTokens } : {}) });
-  const refusal = await refusedAtOnce(turn.result);
-  if (refusal !== undefined) {
-    sendError(request, reply, refusal);
-    return;
-  }
-  const stream = SseStream.open(reply, sse);
-  stream.signal.addEventListener("abort", () => controller.abort(stream.signal.reason), { once: true });
+  const stream = await openTurnStream(request, reply, turn.result, controller, sse);
+  if (!stream) return;
   try {
     for await (const chunk of turn) {
       if (chunk.length > 0 && !stream.send({ event: "token", data: { text: chunk } })) await stream.drained();

@@ -4,7 +4,7 @@ import type { ChatMessage, StopReason } from "../engines/engine.js";
 import type { TurnResult } from "../runtime/events.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
 import { HttpError, openAiErrorJson, sendError, toErrorBody } from "./errors.js";
-import { disconnectSignal, refusedAtOnce, SseStream, type SseOptions } from "./sse.js";
+import { disconnectSignal, openTurnStream, type SseOptions } from "./sse.js";
 
 /** The header that addresses an agent when `model` is not `agent:<id>`. */
 export const AGENT_HEADER = "x-agent-id";
@@ -157,13 +157,8 @@ async function streamCompletion(
     signal: controller.signal,
     ...(parsed.maxTokens !== undefined ? { maxTokens: parsed.maxTokens } : {}),
   });
-  const refusal = await refusedAtOnce(turn.result);
-  if (refusal !== undefined) {
-    sendError(request, reply, refusal);
-    return;
-  }
-  const stream = SseStream.open(reply, sse);
-  stream.signal.addEventListener("abort", () => controller.abort(stream.signal.reason), { once: true });
+  const stream = await openTurnStream(request, reply, turn.result, controller, sse);
+  if (!stream) return;
   const chunk = (delta: Record<string, unknown>, finish: string | null, extra: Record<string, unknown> = {}) => ({
     id: meta.id,
     object: "chat.completion.chunk",

@@ -1,5 +1,6 @@
 import type { ServerResponse } from "node:http";
-import type { FastifyReply } from "fastify";
+import type { FastifyReply, FastifyRequest } from "fastify";
+import { sendError } from "./errors.js";
 
 export interface SseOptions {
   /** A `: ping` comment this often keeps proxies from closing an idle stream. Default 15 000 ms. */
@@ -134,4 +135,25 @@ export async function refusedAtOnce(result: Promise<unknown>): Promise<unknown> 
   result.catch((error: unknown) => (refusal ??= error));
   await new Promise((resolve) => setImmediate(resolve));
   return refusal;
+}
+
+/**
+ * Opens the event stream of a turn, or answers its immediate refusal as a JSON error and returns
+ * undefined. Once open, the client going away aborts `controller` (and so the generation in the worker).
+ */
+export async function openTurnStream(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  result: Promise<unknown>,
+  controller: AbortController,
+  sse: SseOptions,
+): Promise<SseStream | undefined> {
+  const refusal = await refusedAtOnce(result);
+  if (refusal !== undefined) {
+    sendError(request, reply, refusal);
+    return undefined;
+  }
+  const stream = SseStream.open(reply, sse);
+  stream.signal.addEventListener("abort", () => controller.abort(stream.signal.reason), { once: true });
+  return stream;
 }
