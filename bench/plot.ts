@@ -37,6 +37,18 @@ const CONFIG = {
   title: { fontSize: 14 },
 } as const;
 
+/** What every chart shares: schema, title, size, background and style. */
+function frame(options: Pick<ChartOptions, "title" | "width" | "height">) {
+  return {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    title: options.title,
+    width: options.width ?? 520,
+    height: options.height ?? 300,
+    background: "white",
+    config: CONFIG,
+  };
+}
+
 async function render(name: string, spec: TopLevelSpec): Promise<string> {
   const view = new View(parse(compile(spec).spec), { renderer: "none" });
   const svg = await view.toSVG();
@@ -50,12 +62,7 @@ async function render(name: string, spec: TopLevelSpec): Promise<string> {
 /** One line (with point marks) per series. */
 export function lineChart(name: string, points: readonly Point[], options: ChartOptions): Promise<string> {
   return render(name, {
-    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
-    title: options.title,
-    width: options.width ?? 520,
-    height: options.height ?? 300,
-    background: "white",
-    config: CONFIG,
+    ...frame(options),
     data: { values: points.map((p) => ({ ...p })) },
     mark: { type: "line", point: true },
     encoding: {
@@ -88,12 +95,7 @@ export interface Bar {
 /** Grouped bars: one group per `group`, one bar per `series` within it. */
 export function barChart(name: string, bars: readonly Bar[], options: Omit<ChartOptions, "logX" | "logY" | "zeroY">): Promise<string> {
   return render(name, {
-    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
-    title: options.title,
-    width: options.width ?? 520,
-    height: options.height ?? 300,
-    background: "white",
-    config: CONFIG,
+    ...frame(options),
     data: { values: bars.map((b) => ({ ...b })) },
     mark: { type: "bar" },
     encoding: {
