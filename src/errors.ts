@@ -25,6 +25,11 @@ export const ERROR_CODES = {
   ERR_AGENT_REMOVED: "The agent was removed while the message waited",
   ERR_TOO_MANY_AGENTS: "The store already holds the maximum number of agents",
   ERR_ABORTED: "The operation was aborted",
+  ERR_BEHAVIOUR_NOT_FOUND: "No behaviour is registered under this name",
+  ERR_NO_FREE_SEQUENCE: "Every KV sequence of the engine is taken",
+  ERR_SEQUENCE_NOT_OPEN: "No KV sequence is open for this agent",
+  ERR_ENGINE_CLOSED: "The engine is not loaded or has been disposed",
+  ERR_STATE_LOCKED: "Another process holds the state directory",
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

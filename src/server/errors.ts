@@ -42,6 +42,11 @@ export const STATUS_BY_CODE: Record<ErrorCode | HttpErrorCode, number> = {
   ERR_TOO_MANY_AGENTS: 507,
   // nginx's "client closed request": the client is usually gone and never reads it.
   ERR_ABORTED: 499,
+  ERR_BEHAVIOUR_NOT_FOUND: 422,
+  ERR_NO_FREE_SEQUENCE: 503,
+  ERR_SEQUENCE_NOT_OPEN: 500,
+  ERR_ENGINE_CLOSED: 503,
+  ERR_STATE_LOCKED: 503,
   ERR_INVALID_ARGUMENT: 400,
   ERR_BODY_TOO_LARGE: 413,
   ERR_INVALID_JSON: 400,
