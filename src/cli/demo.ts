@@ -2,7 +2,7 @@ import { rm } from "node:fs/promises";
 import { resolve } from "node:path";
 import pino from "pino";
 import { AgentRuntime } from "../runtime/runtime.js";
-import type { TurnResult } from "../runtime/events.js";
+import type { TurnResult } from "../events.js";
 import { parseCommon } from "./args.js";
 import { formatBytes, formatTable } from "./table.js";
 

@@ -135,3 +135,13 @@ export interface Engine {
   stats(key: string): SequenceStats;
   dispose(): Promise<void>;
 }
+
+/** An engine the runtime can lose: it reports when its host (the worker thread) dies. */
+export interface HostedEngine extends Omit<Engine, "stats"> {
+  /** Stats of several sequences in one round trip. */
+  stats(keys: string[]): Promise<Record<string, SequenceStats>>;
+  /** Registers a crash listener; returns the function that removes it. */
+  onCrash(listener: (error: Error) => void): () => void;
+  /** Fault injection for tests: kills the host as a crash would. */
+  crash(): Promise<void>;
+}

@@ -1,7 +1,7 @@
 import type { EventEmitter } from "eventemitter3";
-import { validateAgentId } from "./agent-id.js";
-import type { Clock } from "./clock.js";
-import type { RuntimeEventName, RuntimeEvents } from "./events.js";
+import { validateAgentId } from "../agent-id.js";
+import type { Clock } from "../clock.js";
+import type { RuntimeEventName, RuntimeEvents } from "../events.js";
 
 /** Every runtime event name; typed as a record so a new event in {@link RuntimeEvents} must be listed. */
 const EVENT_NAMES: Record<RuntimeEventName, true> = {

@@ -1,5 +1,5 @@
 import type { ModelInfo, SequenceStats } from "../engines/engine.js";
-import type { Agent } from "./agent.js";
+import type { Agent } from "../actor/agent.js";
 
 export interface AgentMemory {
   id: string;

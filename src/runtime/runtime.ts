@@ -1,24 +1,25 @@
 import { join } from "node:path";
 import { EventEmitter } from "eventemitter3";
 import pino, { type Logger } from "pino";
-import { conversation } from "../../actors/conversation.js";
+import { conversation } from "../actor/behaviours/conversation.js";
 import { detectEngine } from "../engines/create-engine.js";
-import type { ChatMessage, GenerateOutput, ModelInfo } from "../engines/engine.js";
+import type { ChatMessage, GenerateOutput, HostedEngine, ModelInfo } from "../engines/engine.js";
+import { validateSampling } from "../engines/sampling.js";
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
 import { DirectoryStore } from "../store/directory-store.js";
 import { checkKvDescriptor } from "../store/kv-descriptor.js";
 import type { StagedKv, StateStore } from "../store/state-store.js";
 import { Supervisor } from "../supervisor/supervisor.js";
-import { RemoteEngine, type HostedEngine } from "../worker/remote-engine.js";
-import { Agent, type AgentInfo } from "./agent.js";
-import { validateAgentId } from "./agent-id.js";
-import { systemClock, type Clock } from "./clock.js";
-import type { RuntimeEvents, TurnResult, TurnTimings } from "./events.js";
+import { RemoteEngine } from "../worker/remote-engine.js";
+import { Agent, type AgentInfo } from "../actor/agent.js";
+import { validateAgentId } from "../agent-id.js";
+import { systemClock, type Clock } from "../clock.js";
+import type { RuntimeEvents, TurnResult, TurnTimings } from "../events.js";
 import { EventStream, type EventStreamOptions } from "./event-stream.js";
 import {
   resolveOptions,
   validateBehaviour,
-  validateSampling,
+
   validateSendOptions,
   validateSignal,
   type AgentRuntimeOptions,
@@ -26,8 +27,8 @@ import {
   type SendOptions,
   type SpawnOptions,
 } from "./options.js";
-import { Turn } from "./turn.js";
-import { PrefixCache } from "./prefix-cache.js";
+import { Turn } from "../actor/turn.js";
+import { PrefixCache } from "../store/prefix-cache.js";
 import { memoryReport, type MemoryReport } from "./memory.js";
 
 const never = new AbortController().signal;

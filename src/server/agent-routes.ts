@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { SamplingOptions } from "../engines/engine.js";
-import type { AgentInfo } from "../runtime/agent.js";
+import type { AgentInfo } from "../actor/agent.js";
 import type { AgentMemory } from "../runtime/memory.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
 import { agentrtErrorJson, HttpError, sendError, toErrorBody } from "./errors.js";

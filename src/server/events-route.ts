@@ -1,5 +1,5 @@
 import type { FastifyInstance } from "fastify";
-import type { RuntimeEventName } from "../runtime/events.js";
+import type { RuntimeEventName } from "../events.js";
 import type { EventStream, StreamEvent } from "../runtime/event-stream.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
 import { HttpError } from "./errors.js";

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { ChatMessage, StopReason } from "../engines/engine.js";
-import type { TurnResult } from "../runtime/events.js";
+import type { TurnResult } from "../events.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
 import { HttpError, openAiErrorJson, sendError, toErrorBody } from "./errors.js";
 import { disconnectSignal, openTurnStream, type SseOptions } from "./sse.js";

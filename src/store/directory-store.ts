@@ -4,20 +4,16 @@ import { mkdir, readdir, readFile, rename, rm, stat, unlink } from "node:fs/prom
 import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { AgentRuntimeError } from "../errors.js";
-import { agentIdToKey, keyToAgentId, validateAgentId } from "../runtime/agent-id.js";
-import { validateSampling } from "../runtime/options.js";
+import { agentIdToKey, keyToAgentId, validateAgentId } from "../agent-id.js";
+import { validateSampling } from "../engines/sampling.js";
 import { fsyncPath, writeFileAtomic } from "./atomic-file.js";
+import { sha256File } from "./checksum.js";
 import { RECORD_FORMAT_VERSION, type AgentRecord, type KvDescriptor, type StagedKv, type StateStore } from "./state-store.js";
 
 const RECORD_FILE = "agent.json";
 /** A record file larger than this is refused before parsing (a hostile or runaway file). */
 export const MAX_RECORD_BYTES = 64 * 1024 * 1024;
 
-export async function sha256File(path: string): Promise<string> {
-  const hash = createHash("sha256");
-  await pipeline(createReadStream(path, { highWaterMark: 1024 * 1024 }), hash);
-  return hash.digest("hex");
-}
 
 function sha256Text(text: string): string {
   return createHash("sha256").update(text).digest("hex");

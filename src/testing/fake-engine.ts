@@ -11,7 +11,7 @@ import type {
 } from "../engines/engine.js";
 import { commonPrefixLength } from "../engines/chat-history.js";
 import { AgentRuntimeError } from "../errors.js";
-import type { HostedEngine } from "../worker/remote-engine.js";
+import type { HostedEngine } from "../engines/engine.js";
 
 export interface FakeEngineOptions {
   /** Sequences available (the runtime's maxAgents). Default 3. */

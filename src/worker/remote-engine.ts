@@ -5,6 +5,7 @@ import type {
   EvaluationCounts,
   GenerateInput,
   GenerateOutput,
+  HostedEngine,
   ModelInfo,
   SavedState,
   SequenceStats,
@@ -12,15 +13,6 @@ import type {
 import { GenerationWorker } from "./generation-worker-client.js";
 import type { LogLevel } from "./protocol.js";
 
-/** An engine the runtime can lose: it reports when its host (the worker thread) dies. */
-export interface HostedEngine extends Omit<Engine, "stats"> {
-  /** Stats of several sequences in one round trip. */
-  stats(keys: string[]): Promise<Record<string, SequenceStats>>;
-  /** Registers a crash listener; returns the function that removes it. */
-  onCrash(listener: (error: Error) => void): () => void;
-  /** Fault injection for tests: kills the host as a crash would. */
-  crash(): Promise<void>;
-}
 
 export type WorkerLogSink = (record: { level: LogLevel; msg: string; data?: Record<string, unknown> }) => void;
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { Mailbox } from "../../src/runtime/mailbox.js";
+import { Mailbox } from "../../src/actor/mailbox.js";
 import { isAgentRuntimeError } from "../../src/errors.js";
 
 const tick = () => new Promise((resolve) => setImmediate(resolve));

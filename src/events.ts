@@ -1,5 +1,5 @@
-import type { AgentRuntimeError } from "../errors.js";
-import type { StopReason } from "../engines/engine.js";
+import type { AgentRuntimeError } from "./errors.js";
+import type { StopReason } from "./engines/engine.js";
 
 /** Timings and token counts of one turn, as reported by the engine. */
 export interface TurnTimings {

@@ -1,10 +1,10 @@
 import type { Logger } from "pino";
-import type { AgentBehaviour } from "../../actors/behaviour.js";
+import type { AgentBehaviour } from "./behaviour.js";
 import type { ChatMessage, SamplingOptions } from "../engines/engine.js";
 import type { AgentRuntimeError } from "../errors.js";
 import type { AgentRecord, KvDescriptor } from "../store/state-store.js";
 import { RECORD_FORMAT_VERSION } from "../store/state-store.js";
-import type { TurnTimings } from "./events.js";
+import type { TurnTimings } from "../events.js";
 import { Mailbox } from "./mailbox.js";
 
 /** Where an agent is. `failed` agents have a record that cannot be read; they answer with its error. */

@@ -1,4 +1,4 @@
-import { AgentRuntimeError } from "../errors.js";
+import { AgentRuntimeError } from "./errors.js";
 
 /** Longest accepted agent id. */
 export const MAX_AGENT_ID_LENGTH = 128;

@@ -1,5 +1,5 @@
-import type { ChatMessage } from "../src/engines/engine.js";
-import type { AgentBehaviour, AgentView } from "./behaviour.js";
+import type { ChatMessage } from "../../engines/engine.js";
+import type { AgentBehaviour, AgentView } from "../behaviour.js";
 
 /**
  * The default behaviour: a persistent chat. The prompt is the system prompt, every earlier turn and

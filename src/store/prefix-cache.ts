@@ -2,9 +2,9 @@ import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import type { HostedEngine } from "../worker/remote-engine.js";
-import { fsyncPath, writeFileAtomic } from "../store/atomic-file.js";
-import { sha256File } from "../store/directory-store.js";
+import type { HostedEngine } from "../engines/engine.js";
+import { fsyncPath, writeFileAtomic } from "./atomic-file.js";
+import { sha256File } from "./checksum.js";
 
 interface PrefixEntry {
   extension: string;

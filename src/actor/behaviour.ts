@@ -1,4 +1,4 @@
-import type { ChatMessage } from "../src/engines/engine.js";
+import type { ChatMessage } from "../engines/engine.js";
 
 /** What a behaviour sees of an agent: its identity and the conversation so far. */
 export interface AgentView {

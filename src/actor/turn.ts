@@ -1,4 +1,4 @@
-import type { TurnResult } from "./events.js";
+import type { TurnResult } from "../events.js";
 
 /**
  * A message in flight: iterate it for tokens as they are produced, or await `result` for the reply.
