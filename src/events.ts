@@ -52,3 +52,6 @@ export interface RuntimeEvents {
 }
 
 export type RuntimeEventName = keyof RuntimeEvents;
+
+/** Emits one runtime event; what the runtime hands to the rooms below it instead of its emitter. */
+export type EmitEvent = <E extends RuntimeEventName>(event: E, ...args: RuntimeEvents[E]) => void;

@@ -1,13 +1,14 @@
 import type { Logger } from "pino";
-import type { AgentBehaviour } from "./behaviour.js";
-import type { ChatMessage, SamplingOptions } from "../engines/engine.js";
-import type { AgentRuntimeError } from "../errors.js";
-import type { AgentRecord, KvDescriptor } from "../store/state-store.js";
-import { RECORD_FORMAT_VERSION } from "../store/state-store.js";
-import type { TurnTimings } from "../events.js";
+import type { Clock } from "../clock.js";
+import type { ChatMessage, GenerateOutput, HostedEngine, SamplingOptions } from "../engines/engine.js";
+import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
+import type { EmitEvent, TurnResult, TurnTimings } from "../events.js";
+import { RECORD_FORMAT_VERSION, type AgentRecord, type KvDescriptor, type StateStore } from "../store/state-store.js";
+import { contextOf, type AgentBehaviour } from "./behaviour.js";
 import { Mailbox } from "./mailbox.js";
+import { writeFailure } from "../store/write-failure.js";
 
-/** Where an agent is. `failed` agents have a record that cannot be read; they answer with its error. */
+/** Where an agent is. `failed` agents have a record that cannot be used; they answer with its error. */
 export type AgentStatus =
   | { state: "resident" }
   | { state: "passivating" }
@@ -15,12 +16,23 @@ export type AgentStatus =
   | { state: "rehydrating" }
   | { state: "failed"; error: AgentRuntimeError };
 
+type State = AgentStatus["state"];
+
+/** The moves an agent's status may make; anything else is a bug in the caller. */
+const TRANSITIONS: Record<State, readonly State[]> = {
+  passivated: ["rehydrating"],
+  rehydrating: ["resident", "passivated"],
+  resident: ["passivating", "passivated"],
+  passivating: ["passivated", "resident"],
+  failed: [],
+};
+
 /** A read-only snapshot of an agent, as returned by `get` and `list`. */
 export interface AgentInfo {
   id: string;
   role: string;
   behaviour: string;
-  status: AgentStatus["state"];
+  status: State;
   systemPrompt: string;
   sampling: SamplingOptions;
   /** Messages in the history (user + assistant). */
@@ -35,7 +47,48 @@ export interface AgentInfo {
   error?: { code: string; message: string } | undefined;
 }
 
-/** The runtime's side of an actor: identity, history, mailbox, residency bookkeeping. */
+/** What a turn needs from the runtime around the agent. */
+export interface TurnContext {
+  readonly engine: HostedEngine;
+  readonly store: StateStore;
+  readonly clock: Clock;
+  readonly emit: EmitEvent;
+}
+
+export interface TurnRequest {
+  text: string;
+  turnId: number;
+  maxTokens: number;
+  signal: AbortSignal | undefined;
+  /** Clock time the message was posted (for `queueMs`). */
+  queuedAt: number;
+  /** Receives each piece of the reply as it is decoded. */
+  push(text: string): void;
+}
+
+export interface AgentInit {
+  id: string;
+  role: string;
+  systemPrompt: string;
+  sampling: SamplingOptions;
+  behaviour: AgentBehaviour;
+  history: ChatMessage[];
+  kv?: KvDescriptor | undefined;
+  createdAt: number;
+  lastUsed: number;
+  mailboxCapacity: number;
+  log: Logger;
+  /** A stored agent that cannot be used: it answers every message with this error. */
+  failure?: AgentRuntimeError | undefined;
+}
+
+const never = new AbortController().signal;
+
+/**
+ * An actor: identity, conversation, mailbox and status. Its mailbox runs one message at a time; its
+ * status moves only along {@link TRANSITIONS}; its turn renders through its behaviour, generates, and
+ * makes the new history durable before the turn is acknowledged.
+ */
 export class Agent {
   readonly id: string;
   readonly role: string;
@@ -45,38 +98,26 @@ export class Agent {
   readonly mailbox: Mailbox;
   readonly log: Logger;
   readonly createdAt: number;
-  history: ChatMessage[];
-  status: AgentStatus;
+  /** The saved KV cache the store holds for this agent, if any. */
   kv: KvDescriptor | undefined;
+  /** > 0 while a message (or spawn, or rehydration) uses the agent: it must not be passivated. */
   pins = 0;
   lastUsed: number;
   lastTurn: TurnTimings | undefined;
   /** How the last load from history went: tokens served by the shared prompt cache, tokens evaluated. */
   lastLoad = { sharedPrefixTokens: 0, evaluatedTokens: 0 };
-  /** Set once removed: queued work must not bring it back. */
-  removed = false;
+  #history: ChatMessage[];
+  #status: AgentStatus;
+  #removed = false;
 
-  constructor(init: {
-    id: string;
-    role: string;
-    systemPrompt: string;
-    sampling: SamplingOptions;
-    behaviour: AgentBehaviour;
-    history: ChatMessage[];
-    status: AgentStatus;
-    kv?: KvDescriptor | undefined;
-    createdAt: number;
-    lastUsed: number;
-    mailboxCapacity: number;
-    log: Logger;
-  }) {
+  constructor(init: AgentInit) {
     this.id = init.id;
     this.role = init.role;
     this.systemPrompt = init.systemPrompt;
     this.sampling = init.sampling;
     this.behaviour = init.behaviour;
-    this.history = init.history;
-    this.status = init.status;
+    this.#history = init.history;
+    this.#status = init.failure ? { state: "failed", error: init.failure } : { state: "passivated" };
     this.kv = init.kv;
     this.createdAt = init.createdAt;
     this.lastUsed = init.lastUsed;
@@ -84,8 +125,126 @@ export class Agent {
     this.log = init.log;
   }
 
+  get status(): AgentStatus {
+    return this.#status;
+  }
+
+  get history(): readonly ChatMessage[] {
+    return this.#history;
+  }
+
   get turns(): number {
-    return this.history.filter((message) => message.role === "user").length;
+    return this.#history.filter((message) => message.role === "user").length;
+  }
+
+  /** Set once removed: queued work must not bring it back. */
+  get removed(): boolean {
+    return this.#removed;
+  }
+
+  /** What the cache holds between turns, rendered by the behaviour (rehydration evaluates this). */
+  context(): ChatMessage[] {
+    return contextOf(this.behaviour, this);
+  }
+
+  /** Moves the status along an allowed edge; any other move is a bug and throws. */
+  moveTo(state: Exclude<State, "failed">): void {
+    if (this.#status.state === state) return;
+    if (!TRANSITIONS[this.#status.state].includes(state)) {
+      throw new Error(`Agent ${this.id}: status cannot move from ${this.#status.state} to ${state}`);
+    }
+    this.#status = { state } as AgentStatus;
+  }
+
+  /** Its cache is gone without a save (worker crash, failed load): back to passivated from anywhere. */
+  lostCache(): void {
+    if (this.#status.state !== "failed") this.#status = { state: "passivated" };
+  }
+
+  /** Marks the agent removed and rejects its waiting messages. */
+  markRemoved(): void {
+    this.#removed = true;
+    this.mailbox.rejectPending(this.removedError());
+  }
+
+  removedError(): AgentRuntimeError {
+    return new AgentRuntimeError("ERR_AGENT_REMOVED", undefined, { details: { id: this.id } });
+  }
+
+  /**
+   * Runs `work` with `history` in place of the agent's history; the replacement stays only if `work`
+   * resolves (a conversation sent by a stateless client that diverged from what the agent holds).
+   */
+  async withHistory<T>(history: ChatMessage[], work: () => Promise<T>): Promise<T> {
+    const kept = this.#history;
+    this.#history = history;
+    try {
+      return await work();
+    } catch (error) {
+      this.#history = kept;
+      throw error;
+    }
+  }
+
+  /**
+   * One turn: generate from the behaviour's prompt, append what the behaviour records, and write the
+   * record. Resolves (acknowledges) only once the new history is durable; otherwise the history is left
+   * as it was. The caller has made the agent resident.
+   */
+  async turn(context: TurnContext, request: TurnRequest): Promise<TurnResult> {
+    const { engine, store, clock, emit } = context;
+    const { text, turnId, signal } = request;
+    const started = clock.now();
+    emit("agent:turn-start", { id: this.id, turnId, text });
+    let output: GenerateOutput;
+    try {
+      output = await engine.generate(this.id, {
+        messages: this.behaviour.prompt(this, text),
+        maxTokens: request.maxTokens,
+        sampling: this.sampling,
+        signal: signal ?? never,
+        onText: (chunk) => {
+          if (chunk.length === 0) return;
+          request.push(chunk);
+          emit("agent:token", { id: this.id, turnId, text: chunk });
+        },
+      });
+    } catch (error) {
+      if (signal?.aborted) throw signal.reason;
+      throw this.#engineFailure(error, emit);
+    }
+    if (output.stopReason === "aborted") throw signal?.reason ?? new AgentRuntimeError("ERR_ABORTED");
+    const previous = this.#history;
+    this.#history = [...previous, ...this.behaviour.record(this, text, output.text)];
+    try {
+      await store.write(this.toRecord(clock.now()));
+    } catch (error) {
+      // Not durable, so not acknowledged: the history stays as it was (the cache is rewound next turn).
+      this.#history = previous;
+      throw writeFailure(error, `Saving the turn of ${this.id} failed`, this.id);
+    }
+    const timings = turnTimings(output, started - request.queuedAt, clock.now() - started);
+    this.lastTurn = timings;
+    const result: TurnResult = { id: this.id, turnId, reply: output.text, timings };
+    this.log.debug({ turnId, ...timings }, "turn end");
+    emit("agent:turn-end", result);
+    return result;
+  }
+
+  /**
+   * Refusals (context full, crash) leave the cache usable or already gone and pass through. Anything
+   * else may have left the sequence broken (a saved cache that loads but cannot be evaluated, measured):
+   * it becomes ERR_ENGINE_FAILED with `dropCache`, so that the next turn rebuilds from the history.
+   */
+  #engineFailure(error: unknown, emit: EmitEvent): unknown {
+    if (isAgentRuntimeError(error) && error.code !== "ERR_ENGINE_FAILED") return error;
+    const failure = new AgentRuntimeError("ERR_ENGINE_FAILED", `The engine failed on a turn of ${this.id}: ${(error as Error)?.message}`, {
+      cause: error,
+      details: { id: this.id },
+    });
+    this.log.error({ err: failure }, "engine failed mid-turn; the cache is dropped and rebuilt from history next turn");
+    emit("agent:error", { id: this.id, error: failure });
+    return failure;
   }
 
   toRecord(now: number): AgentRecord {
@@ -93,9 +252,10 @@ export class Agent {
       formatVersion: RECORD_FORMAT_VERSION,
       id: this.id,
       role: this.role,
+      behaviour: this.behaviour.name,
       systemPrompt: this.systemPrompt,
       sampling: this.sampling,
-      history: this.history,
+      history: this.#history,
       createdAt: this.createdAt,
       updatedAt: now,
       kv: this.kv,
@@ -107,19 +267,32 @@ export class Agent {
       id: this.id,
       role: this.role,
       behaviour: this.behaviour.name,
-      status: this.status.state,
+      status: this.#status.state,
       systemPrompt: this.systemPrompt,
       sampling: this.sampling,
-      historyLength: this.history.length,
+      historyLength: this.#history.length,
       turns: this.turns,
       queued: this.mailbox.pending,
       busy: this.mailbox.busy,
       createdAt: this.createdAt,
       lastUsed: this.lastUsed,
       lastTurn: this.lastTurn,
-      ...(this.status.state === "failed"
-        ? { error: { code: this.status.error.code, message: this.status.error.message } }
-        : {}),
+      ...(this.#status.state === "failed" ? { error: { code: this.#status.error.code, message: this.#status.error.message } } : {}),
     };
   }
+}
+
+function turnTimings(output: GenerateOutput, queueMs: number, totalMs: number): TurnTimings {
+  return {
+    promptTokens: output.promptTokens,
+    reusedTokens: output.reusedTokens,
+    evaluatedTokens: output.evaluatedTokens,
+    generatedTokens: output.generatedTokens,
+    cacheTokens: output.cacheTokens,
+    ttftMs: output.ttftMs,
+    queueMs,
+    tokensPerSecond: output.generatedTokens > 1 && output.decodeMs > 0 ? ((output.generatedTokens - 1) * 1000) / output.decodeMs : 0,
+    totalMs,
+    stopReason: output.stopReason,
+  };
 }

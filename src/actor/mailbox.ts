@@ -4,6 +4,15 @@ interface Letter {
   task(): Promise<unknown>;
   resolve(value: unknown): void;
   reject(error: unknown): void;
+  /** Removes the abort listener of a waiting letter. */
+  detach(): void;
+}
+
+export interface PostOptions {
+  /** Aborting while the message waits takes it out of the mailbox (rejecting with `signal.reason`). */
+  signal?: AbortSignal | undefined;
+  /** Facts for the ERR_MAILBOX_FULL error (the agent id). */
+  details?: Record<string, unknown>;
 }
 
 /**
@@ -17,7 +26,7 @@ export class Mailbox {
   #idle: Array<() => void> = [];
 
   constructor(capacity: number) {
-    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError("mailbox capacity must be an integer ≥ 1");
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError("mailboxCapacity must be an integer ≥ 1");
     this.capacity = capacity;
   }
 
@@ -30,7 +39,9 @@ export class Mailbox {
     return this.#running;
   }
 
-  post<T>(task: () => Promise<T>, details?: Record<string, unknown>): Promise<T> {
+  post<T>(task: () => Promise<T>, options: PostOptions = {}): Promise<T> {
+    const { signal, details } = options;
+    if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.#queue.length >= this.capacity) {
       return Promise.reject(
         new AgentRuntimeError("ERR_MAILBOX_FULL", `The mailbox holds ${this.capacity} messages already`, {
@@ -39,18 +50,37 @@ export class Mailbox {
       );
     }
     return new Promise<T>((resolve, reject) => {
-      this.#queue.push({ task, resolve: resolve as (value: unknown) => void, reject });
+      const onAbort = () => {
+        const index = this.#queue.indexOf(letter);
+        if (index < 0) return; // already running: the task itself sees the signal
+        this.#queue.splice(index, 1);
+        reject(signal!.reason);
+        if (!this.#running && this.#queue.length === 0) this.#wakeIdle();
+      };
+      const letter: Letter = {
+        task,
+        resolve: resolve as (value: unknown) => void,
+        reject,
+        detach: () => signal?.removeEventListener("abort", onAbort),
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#queue.push(letter);
       this.#pump();
     });
+  }
+
+  #wakeIdle(): void {
+    for (const wake of this.#idle.splice(0)) wake();
   }
 
   #pump(): void {
     if (this.#running) return;
     const letter = this.#queue.shift();
     if (!letter) {
-      for (const wake of this.#idle.splice(0)) wake();
+      this.#wakeIdle();
       return;
     }
+    letter.detach();
     this.#running = true;
     // The mailbox is marked idle (or busy with the next letter) before the poster's continuation runs.
     const settle = (outcome: () => void) => {
@@ -72,6 +102,9 @@ export class Mailbox {
 
   /** Rejects every waiting message (the running one finishes). */
   rejectPending(error: Error): void {
-    for (const letter of this.#queue.splice(0)) letter.reject(error);
+    for (const letter of this.#queue.splice(0)) {
+      letter.detach();
+      letter.reject(error);
+    }
   }
 }

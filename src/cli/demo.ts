@@ -42,9 +42,9 @@ export async function demoCommand(argv: string[]): Promise<void> {
   out(`  loaded ${info.name} on ${info.engine} in ${Math.round(performance.now() - loadStarted)} ms ` +
     `(${formatBytes(info.modelBytes)}, context ${info.contextSize}/agent, ${info.threads} threads, chat format ${info.chatFormat})\n\n`);
 
-  runtime.on("agent:passivated", (e) => out(`  ⇣ passivated ${e.id}: ${e.tokens} cached tokens → ${formatBytes(e.bytes)} on disk in ${e.ms.toFixed(1)} ms\n`));
-  runtime.on("agent:rehydrated", (e) => out(`  ⇡ rehydrated ${e.id}: ${e.tokens} tokens from ${e.source} in ${e.ms.toFixed(1)} ms\n`));
-  runtime.on("agent:error", (e) => out(`  ! ${e.id ?? "runtime"}: ${e.error.code} ${e.error.message}\n`));
+  runtime.subscribe("agent:passivated", (e) => out(`  ⇣ passivated ${e.id}: ${e.tokens} cached tokens → ${formatBytes(e.bytes)} on disk in ${e.ms.toFixed(1)} ms\n`));
+  runtime.subscribe("agent:rehydrated", (e) => out(`  ⇡ rehydrated ${e.id}: ${e.tokens} tokens from ${e.source} in ${e.ms.toFixed(1)} ms\n`));
+  runtime.subscribe("agent:error", (e) => out(`  ! ${e.id ?? "runtime"}: ${e.error.code} ${e.error.message}\n`));
 
   const results: TurnResult[] = [];
   const talk = async (id: string, text: string) => {

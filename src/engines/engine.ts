@@ -142,6 +142,4 @@ export interface HostedEngine extends Omit<Engine, "stats"> {
   stats(keys: string[]): Promise<Record<string, SequenceStats>>;
   /** Registers a crash listener; returns the function that removes it. */
   onCrash(listener: (error: Error) => void): () => void;
-  /** Fault injection for tests: kills the host as a crash would. */
-  crash(): Promise<void>;
 }

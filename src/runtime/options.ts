@@ -1,8 +1,10 @@
 import { availableParallelism } from "node:os";
+import { validateAgentId } from "../agent-id.js";
+import { validateSampling } from "../engines/sampling.js";
+import { AgentRuntimeError } from "../errors.js";
 import type { Logger } from "pino";
 import type { AgentBehaviour } from "../actor/behaviour.js";
-import type { EngineName, SamplingOptions } from "../engines/engine.js";
-import type { HostedEngine } from "../engines/engine.js";
+import type { ChatMessage, EngineName, HostedEngine, SamplingOptions } from "../engines/engine.js";
 import type { StateStore } from "../store/state-store.js";
 import type { Clock } from "../clock.js";
 
@@ -41,13 +43,19 @@ export interface AgentRuntimeOptions {
   sharedPrefixMinTokens?: number;
   /** Where shared prompt states are kept. Default `<stateDir>/prefixes`. */
   prefixCacheDir?: string;
-  /** Default behaviour of spawned agents. Default: `conversation`. */
-  behaviour?: AgentBehaviour;
+  /** Default behaviour of spawned agents: a registered name or a behaviour. Default: `"conversation"`. */
+  behaviour?: string | AgentBehaviour;
+  /**
+   * Behaviours to register besides the built-in ones, so agents can be spawned with them by name and
+   * restored agents get theirs back (a record names its behaviour; an unregistered name fails that agent
+   * with ERR_BEHAVIOUR_NOT_FOUND until it is registered).
+   */
+  behaviours?: readonly AgentBehaviour[];
   /** pino logger; silent by default. */
   logger?: Logger;
   /** Time source (tests inject a fake one). */
   clock?: Clock;
-  /** Starts the engine in-process instead of in a worker thread (unit tests use a fake engine). */
+  /** Starts the engine. Default: the model in a generation worker thread; `agentrt/testing` has a fake engine and a crashable worker. */
   engineFactory?: () => Promise<HostedEngine>;
   signal?: AbortSignal;
 }
@@ -60,8 +68,8 @@ export interface SpawnOptions {
   systemPrompt: string;
   /** Sampling for every turn of this agent. Default greedy. */
   sampling?: SamplingOptions;
-  /** Behaviour for this agent. Default: the runtime's. */
-  behaviour?: AgentBehaviour;
+  /** Behaviour for this agent: a registered name (e.g. `"conversation"`) or a behaviour. Default: the runtime's. */
+  behaviour?: string | AgentBehaviour;
 }
 
 export interface SendOptions {
@@ -125,12 +133,65 @@ export function validateSignal(signal: unknown): AbortSignal | undefined {
   return signal;
 }
 
-/** Checks a custom behaviour's shape at spawn, so a malformed one fails there rather than mid-turn. */
-export function validateBehaviour(behaviour: unknown): AgentBehaviour | undefined {
-  if (behaviour === undefined) return undefined;
-  const b = behaviour as Partial<AgentBehaviour> | null;
-  if (typeof b !== "object" || b === null || typeof b.name !== "string" || typeof b.prompt !== "function" || typeof b.record !== "function") {
-    throw new TypeError("behaviour must be an object with a name and prompt() and record() functions");
+
+/** Checks a message's text: a non-empty string within the size limit. */
+export function checkText(text: unknown, limit: number, what = "The message"): string {
+  if (typeof text !== "string") throw new AgentRuntimeError("ERR_INVALID_MESSAGE", `${what} must be a string`);
+  if (text.trim().length === 0) throw new AgentRuntimeError("ERR_INVALID_MESSAGE", `${what} is empty`);
+  if (text.length > limit) {
+    throw new AgentRuntimeError("ERR_MESSAGE_TOO_LARGE", `${what} has ${text.length} characters; the limit is ${limit}`, {
+      details: { length: text.length, limit },
+    });
   }
-  return b as AgentBehaviour;
+  return text;
+}
+
+/** Checks send()'s options; returns the signal and the reply limit. */
+export function checkSendOptions(options: unknown, defaultMaxTokens: number): { signal: AbortSignal | undefined; maxTokens: number } {
+  const signal = validateSendOptions(options);
+  signal?.throwIfAborted();
+  const maxTokens = (options as SendOptions).maxTokens ?? defaultMaxTokens;
+  if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new RangeError(`maxTokens must be a positive integer, got ${maxTokens}`);
+  return { signal, maxTokens };
+}
+
+/** Checks a stateless client's conversation: user/assistant messages ending with a user message. */
+export function checkConversation(messages: unknown, limit: number): { earlier: ChatMessage[]; text: string } {
+  if (!Array.isArray(messages) || messages.length === 0) {
+    throw new AgentRuntimeError("ERR_INVALID_MESSAGE", "The conversation must be a non-empty array of messages");
+  }
+  messages.forEach((message: Partial<ChatMessage> | null, index) => {
+    const last = index === messages.length - 1;
+    if (typeof message !== "object" || message === null || typeof message.content !== "string") {
+      throw new AgentRuntimeError("ERR_INVALID_MESSAGE", `Message ${index} must have text content`);
+    }
+    if (last ? message.role !== "user" : message.role !== "user" && message.role !== "assistant") {
+      throw new AgentRuntimeError(
+        "ERR_INVALID_MESSAGE",
+        last ? "The last message must be a user message" : `Message ${index} has role ${JSON.stringify(message.role)}; earlier messages must be user or assistant`,
+      );
+    }
+    if (message.content.length > limit) {
+      throw new AgentRuntimeError("ERR_MESSAGE_TOO_LARGE", `Message ${index} has ${message.content.length} characters; the limit is ${limit}`, {
+        details: { index, length: message.content.length, limit },
+      });
+    }
+  });
+  const text = checkText((messages.at(-1) as ChatMessage).content, limit);
+  const earlier = (messages.slice(0, -1) as ChatMessage[]).map(({ role, content }) => ({ role, content }));
+  return { earlier, text };
+}
+
+/** Checks spawn()'s options (the behaviour is resolved by the registry). */
+export function checkSpawn(spec: unknown, limit: number): Omit<Required<SpawnOptions>, "behaviour"> & { behaviour: SpawnOptions["behaviour"] } {
+  if (typeof spec !== "object" || spec === null) throw new TypeError("spawn options must be an object");
+  const { id, role, systemPrompt, sampling, behaviour } = spec as SpawnOptions;
+  if (typeof systemPrompt !== "string") throw new TypeError("systemPrompt must be a string");
+  if (systemPrompt.length > limit) throw new AgentRuntimeError("ERR_MESSAGE_TOO_LARGE", `systemPrompt exceeds ${limit} characters`);
+  if (role !== undefined && typeof role !== "string") throw new TypeError("role must be a string");
+  if (role !== undefined && role.length > limit) throw new AgentRuntimeError("ERR_MESSAGE_TOO_LARGE", `role exceeds ${limit} characters`);
+  if (behaviour !== undefined && typeof behaviour !== "string" && (typeof behaviour !== "object" || behaviour === null)) {
+    throw new TypeError("behaviour must be a registered name or a behaviour object");
+  }
+  return { id: validateAgentId(id), role: role ?? "assistant", systemPrompt, sampling: validateSampling(sampling), behaviour };
 }

@@ -263,6 +263,7 @@ function parseRecord(id: string, path: string, text: string): AgentRecord {
   if (!messagesValid || typeof record.systemPrompt !== "string" || typeof record.role !== "string") {
     corrupt("invalid fields");
   }
+  if (record.behaviour !== undefined && typeof record.behaviour !== "string") corrupt("invalid behaviour name");
   if (!Number.isFinite(record.createdAt) || !Number.isFinite(record.updatedAt)) corrupt("invalid timestamps");
   try {
     // The engine must never see sampling settings a spawn would have refused.

@@ -24,6 +24,8 @@ export interface AgentRecord {
   formatVersion: typeof RECORD_FORMAT_VERSION;
   id: string;
   role: string;
+  /** Name of the agent's behaviour in the runtime's registry; absent in older records ("conversation"). */
+  behaviour?: string | undefined;
   systemPrompt: string;
   sampling: SamplingOptions;
   /** User and assistant messages, oldest first (the system prompt is kept apart). */

@@ -1,140 +1,202 @@
-/** What the supervisor needs to know about an agent. */
-export interface Supervised {
-  readonly id: string;
-  /** > 0 while a turn (or spawn, or rehydration) uses the agent: it must not be passivated. */
-  readonly pins: number;
-  /** Clock time of the agent's last use; the smallest idle one is passivated first. */
-  readonly lastUsed: number;
-}
+import type { Agent } from "../actor/agent.js";
+import type { Clock } from "../clock.js";
+import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
+import type { EmitEvent } from "../events.js";
+import { checkKvDescriptor } from "../store/kv-descriptor.js";
+import type { PrefixCache } from "../store/prefix-cache.js";
+import type { StagedKv, StateStore } from "../store/state-store.js";
+import { writeFailure } from "../store/write-failure.js";
+import type { EngineHost } from "../worker/engine-host.js";
+import { ResidentSlots } from "./resident-slots.js";
 
-export interface SupervisorOptions<A extends Supervised> {
-  /** Most agents resident (holding a KV sequence) at once. */
+const never = new AbortController().signal;
+
+export interface SupervisorOptions {
   maxAgents: number;
-  /** Saves `agent` to the store and frees its sequence; rejects (agent stays resident) on failure. */
-  passivate(agent: A): Promise<void>;
+  host: EngineHost;
+  store: StateStore;
+  prefixes: PrefixCache | undefined;
+  clock: Clock;
+  emit: EmitEvent;
 }
 
 /**
- * Keeps at most `maxAgents` agents resident. Admitting one more passivates the least recently used
- * *idle* resident; when every resident is busy, admission waits until one goes idle.
+ * Keeps at most `maxAgents` agents resident (holding a KV sequence in the engine): admits an agent by
+ * passivating the least recently used idle one (KV state, then the record that names it), and loads
+ * the admitted agent from its saved state, or from its history when the state is missing or unusable.
+ * When the worker crashes every resident's cache is gone: they become passivated, to be rebuilt.
  */
-export class Supervisor<A extends Supervised> {
-  readonly maxAgents: number;
-  readonly #options: SupervisorOptions<A>;
-  readonly #residents = new Set<A>();
-  readonly #evicting = new Map<A, Promise<void>>();
-  #waiters: Array<() => void> = [];
+export class Supervisor {
+  readonly #slots: ResidentSlots<Agent>;
+  readonly #host: EngineHost;
+  readonly #store: StateStore;
+  readonly #prefixes: PrefixCache | undefined;
+  readonly #clock: Clock;
+  readonly #emit: EmitEvent;
 
-  constructor(options: SupervisorOptions<A>) {
-    if (!Number.isInteger(options.maxAgents) || options.maxAgents < 1) {
-      throw new RangeError(`maxAgents must be an integer ≥ 1, got ${options.maxAgents}`);
-    }
-    this.maxAgents = options.maxAgents;
-    this.#options = options;
-  }
-
-  get residents(): readonly A[] {
-    return [...this.#residents];
-  }
-
-  isResident(agent: A): boolean {
-    return this.#residents.has(agent) && !this.#evicting.has(agent);
-  }
-
-  /** The agent the next admission would passivate: least recently used among idle residents. */
-  chooseVictim(): A | undefined {
-    let victim: A | undefined;
-    for (const agent of this.#residents) {
-      if (agent.pins > 0 || this.#evicting.has(agent)) continue;
-      if (!victim || agent.lastUsed < victim.lastUsed) victim = agent;
-    }
-    return victim;
-  }
-
-  /**
-   * Reserves a resident slot for `agent` (which the caller has pinned). Resolves `true` when the agent
-   * was not resident (the caller must now load it) and `false` when it already was.
-   */
-  async admit(agent: A, signal?: AbortSignal): Promise<boolean> {
-    while (true) {
-      signal?.throwIfAborted();
-      const eviction = this.#evicting.get(agent);
-      if (eviction) {
-        // Being saved right now: let that finish, then load it back.
-        await eviction.catch(() => {});
-        continue;
-      }
-      if (this.#residents.has(agent)) return false;
-      if (this.#residents.size < this.maxAgents) {
-        this.#residents.add(agent);
-        return true;
-      }
-      const victim = this.chooseVictim();
-      if (victim) {
-        await this.#evict(victim);
-        continue;
-      }
-      await this.#changed(signal);
-    }
-  }
-
-  async #evict(victim: A): Promise<void> {
-    const eviction = this.#options.passivate(victim).then(() => {
-      this.#residents.delete(victim);
+  constructor(options: SupervisorOptions) {
+    this.#host = options.host;
+    this.#store = options.store;
+    this.#prefixes = options.prefixes;
+    this.#clock = options.clock;
+    this.#emit = options.emit;
+    this.#slots = new ResidentSlots<Agent>({ maxAgents: options.maxAgents, passivate: (agent) => this.#passivate(agent) });
+    this.#host.on("crashed", () => {
+      for (const agent of this.#slots.releaseAll()) agent.lostCache();
     });
-    this.#evicting.set(victim, eviction);
+  }
+
+  get maxAgents(): number {
+    return this.#slots.maxAgents;
+  }
+
+  /** Agents holding a slot (resident, or on their way in or out). */
+  get residents(): readonly Agent[] {
+    return this.#slots.residents;
+  }
+
+  /** Runs `work` with the agent pinned and resident (passivating another agent if needed). */
+  async withResident<T>(agent: Agent, signal: AbortSignal | undefined, work: () => Promise<T>): Promise<T> {
+    if (agent.removed) throw agent.removedError();
+    if (agent.status.state === "failed") throw agent.status.error;
+    signal?.throwIfAborted();
+    agent.pins++;
     try {
-      await eviction;
+      if (await this.#slots.admit(agent, signal)) {
+        try {
+          await this.#load(agent, signal);
+        } catch (error) {
+          await this.unload(agent);
+          throw error;
+        }
+      }
+      try {
+        return await work();
+      } catch (error) {
+        // The engine failed mid-turn: the sequence may be broken. Drop it and its saved copy, so the
+        // next message rebuilds the cache from the history.
+        if (isAgentRuntimeError(error, "ERR_ENGINE_FAILED")) {
+          agent.kv = undefined;
+          await this.unload(agent);
+        }
+        throw error;
+      }
     } finally {
-      this.#evicting.delete(victim);
-      this.notify();
+      agent.pins--;
+      agent.lastUsed = this.#clock.now();
+      this.#slots.notify();
     }
   }
 
-  /** Passivates a specific resident now (used by close); no-op when it is not resident. */
-  async evict(agent: A): Promise<void> {
-    const running = this.#evicting.get(agent);
-    if (running) return running;
-    if (this.#residents.has(agent)) await this.#evict(agent);
+  /** Passivates `agent` now if it is resident (the caller runs this inside the agent's mailbox). */
+  passivate(agent: Agent): Promise<void> {
+    return this.#slots.evict(agent);
+  }
+
+  /** Passivates every resident (close). Failures leave that agent resident and are logged by #passivate. */
+  async passivateAll(): Promise<void> {
+    for (const agent of this.#slots.residents) await this.#slots.evict(agent).catch(() => {});
   }
 
   /** Resolves once no passivation of `agent` is running; pin it first so that none starts after. */
-  async settled(agent: A): Promise<void> {
-    for (let eviction = this.#evicting.get(agent); eviction; eviction = this.#evicting.get(agent)) {
-      await eviction.catch(() => {});
+  settled(agent: Agent): Promise<void> {
+    return this.#slots.settled(agent);
+  }
+
+  /** Frees an admitted agent's sequence without saving it (a failed load, a broken cache, removal). */
+  async unload(agent: Agent): Promise<void> {
+    const engine = await this.#host.engine().catch(() => undefined);
+    // Closed before the slot is released: the next admission may open a sequence at once.
+    await engine?.closeSequence(agent.id).catch(() => {});
+    this.#slots.release(agent);
+    agent.lostCache();
+  }
+
+  /** Gives an admitted agent its cache: from its state file when valid, else by re-evaluating its context. */
+  async #load(agent: Agent, signal: AbortSignal | undefined): Promise<void> {
+    const engine = await this.#host.engine();
+    const started = this.#clock.now();
+    const wasStored = agent.kv !== undefined || agent.history.length > 0;
+    agent.moveTo("rehydrating");
+    await engine.openSequence(agent.id);
+    let source: "state" | "history" = "history";
+    let tokens = 0;
+    if (agent.kv) {
+      try {
+        checkKvDescriptor(agent.id, agent.kv, engine.info);
+        const path = await this.#store.openKv(agent.id, agent.kv);
+        tokens = (await engine.loadState(agent.id, path)).tokens;
+        source = "state";
+      } catch (error) {
+        if (isAgentRuntimeError(error, "ERR_WORKER_CRASHED")) throw error;
+        const reason = isAgentRuntimeError(error)
+          ? error
+          : new AgentRuntimeError("ERR_STATE_CORRUPT", `The engine refused the saved cache of ${agent.id}`, { cause: error });
+        agent.log.warn({ err: reason }, "saved cache refused; rebuilding from history");
+        this.#emit("agent:error", { id: agent.id, error: reason });
+        agent.kv = undefined;
+        // A failed load may leave partial cells behind: start from an empty sequence.
+        await engine.closeSequence(agent.id);
+        await engine.openSequence(agent.id);
+      }
+    }
+    if (source === "history") {
+      // Agents sharing a system prompt start from its saved state rather than evaluating it again.
+      const shared = (await this.#prefixes?.load(engine, agent.id, agent.systemPrompt)) ?? 0;
+      const counts = await engine.prefill(agent.id, agent.context(), signal ?? never);
+      tokens = counts.cacheTokens;
+      agent.lastLoad = { sharedPrefixTokens: shared, evaluatedTokens: counts.evaluatedTokens };
+      if (shared === 0 && agent.history.length === 0) await this.#prefixes?.remember(engine, agent.id, agent.systemPrompt, tokens);
+    }
+    agent.moveTo("resident");
+    if (wasStored) {
+      const ms = this.#clock.now() - started;
+      agent.log.debug({ tokens, ms, source }, "rehydrated");
+      this.#emit("agent:rehydrated", { id: agent.id, tokens, ms, source });
     }
   }
 
-  /** Forgets `agent` as resident without saving it (removal, or its sequence was lost). */
-  release(agent: A): void {
-    if (this.#residents.delete(agent)) this.notify();
-  }
-
-  /** Forgets every resident (the worker crashed and took their caches with it). */
-  releaseAll(): A[] {
-    const released = [...this.#residents];
-    this.#residents.clear();
-    this.notify();
-    return released;
-  }
-
-  /** Wakes admissions waiting for an idle agent; call when an agent's pins drop. */
-  notify(): void {
-    for (const wake of this.#waiters.splice(0)) wake();
-  }
-
-  #changed(signal?: AbortSignal): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const onAbort = () => {
-        this.#waiters = this.#waiters.filter((waiter) => waiter !== wake);
-        reject(signal!.reason);
+  /** Saves an agent's cache, then the record naming it, and frees its sequence. */
+  async #passivate(agent: Agent): Promise<void> {
+    const engine = await this.#host.engine();
+    const started = this.#clock.now();
+    agent.moveTo("passivating");
+    const previousKv = agent.kv;
+    let staged: StagedKv | undefined;
+    try {
+      staged = await this.#store.stageKv(agent.id, engine.info.stateFileExtension);
+      const saved = await engine.saveState(agent.id, staged.path);
+      const committed = await staged.commit();
+      // On a full disk llama.cpp can lose its last buffered block without an error: check what landed.
+      if (committed.bytes !== saved.bytes) {
+        throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `The saved cache of ${agent.id} has ${committed.bytes} bytes; the engine wrote ${saved.bytes}`, {
+          details: { id: agent.id, bytes: committed.bytes, expected: saved.bytes },
+        });
+      }
+      agent.kv = {
+        ...committed,
+        tokens: saved.tokens,
+        fingerprint: engine.info.fingerprint,
+        engine: engine.info.engine,
+        historyLength: agent.history.length,
       };
-      const wake = () => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-      this.#waiters.push(wake);
-    });
+      await this.#store.write(agent.toRecord(this.#clock.now()));
+    } catch (error) {
+      await staged?.discard();
+      agent.kv = previousKv;
+      // A worker crash already released every resident: this agent's cache died with the worker.
+      const crashed = isAgentRuntimeError(error, "ERR_WORKER_CRASHED");
+      if (crashed) agent.lostCache();
+      else agent.moveTo("resident");
+      const failure = crashed ? error : writeFailure(error, `Passivating ${agent.id} failed`, agent.id);
+      agent.log.error({ err: failure }, crashed ? "worker crashed during passivation" : "passivation failed; agent stays resident");
+      this.#emit("agent:error", { id: agent.id, error: failure });
+      throw failure;
+    }
+    await engine.closeSequence(agent.id);
+    agent.moveTo("passivated");
+    const ms = this.#clock.now() - started;
+    agent.log.debug({ tokens: agent.kv.tokens, bytes: agent.kv.bytes, ms }, "passivated");
+    this.#emit("agent:passivated", { id: agent.id, tokens: agent.kv.tokens, bytes: agent.kv.bytes, ms });
   }
 }

@@ -29,16 +29,25 @@ export interface RequestOptions {
   onChunk?: ((text: string) => void) | undefined;
 }
 
+export interface StartOptions {
+  signal?: AbortSignal | undefined;
+  onLog?: ((record: GenerationWorkerEvents["log"][0]) => void) | undefined;
+  /**
+   * The module the thread runs. Default: `generation-worker` beside this file. Another module must
+   * run `runWorkerLoop(parentPort)` (instrumented workers: fault injection, profiling). A `.ts`
+   * module runs through tsx.
+   */
+  entry?: URL | undefined;
+  /** Extra data for an instrumented entry module (merged into the thread's workerData). */
+  workerData?: Record<string, unknown> | undefined;
+}
+
 /** Resolves the worker module: the compiled .js next to this file, or the .ts source through tsx. */
-function workerEntry(): { url: URL; workerData: { entry?: string } } {
+function workerEntry(entry: URL | undefined): { url: URL; workerData: { entry?: string } } {
   const self = new URL(import.meta.url);
-  if (self.pathname.endsWith(".ts")) {
-    return {
-      url: new URL("./ts-bootstrap.mjs", self),
-      workerData: { entry: new URL("./generation-worker.ts", self).href },
-    };
-  }
-  return { url: new URL("./generation-worker.js", self), workerData: {} };
+  const module = entry ?? new URL(self.pathname.endsWith(".ts") ? "./generation-worker.ts" : "./generation-worker.js", self);
+  if (module.pathname.endsWith(".ts")) return { url: new URL("./ts-bootstrap.mjs", self), workerData: { entry: module.href } };
+  return { url: module, workerData: {} };
 }
 
 /**
@@ -59,7 +68,7 @@ export class GenerationWorker extends EventEmitter<GenerationWorkerEvents> {
   }
 
   get info(): ModelInfo {
-    if (!this.#info) throw new AgentRuntimeError("ERR_ENGINE_FAILED", "The worker has not loaded a model");
+    if (!this.#info) throw new AgentRuntimeError("ERR_ENGINE_CLOSED", "The worker has not loaded a model");
     return this.#info;
   }
 
@@ -68,19 +77,17 @@ export class GenerationWorker extends EventEmitter<GenerationWorkerEvents> {
   }
 
   /** Starts the thread, checks the protocol version, and loads the model. */
-  static async start(
-    options: EngineLoadOptions,
-    signal?: AbortSignal,
-    onLog?: (record: GenerationWorkerEvents["log"][0]) => void,
-  ): Promise<GenerationWorker> {
+  static async start(options: EngineLoadOptions, startOptions: StartOptions = {}): Promise<GenerationWorker> {
+    const { signal, onLog } = startOptions;
     signal?.throwIfAborted();
-    const entry = workerEntry();
+    const entry = workerEntry(startOptions.entry);
     if (options.engine === "mlx" && process.env.OPENBLAS_NUM_THREADS === undefined) {
       // OpenBLAS (under MLX) reads its thread count from the process environment once, when loaded; a
       // worker's env option never reaches native code, so it is set here, process-wide, before the load.
       process.env.OPENBLAS_NUM_THREADS = String(options.threads);
     }
-    const worker = new Worker(entry.url, { workerData: entry.workerData, stdout: false, stderr: false });
+    const workerData = { ...startOptions.workerData, ...entry.workerData };
+    const worker = new Worker(entry.url, { workerData, stdout: false, stderr: false });
     const client = new GenerationWorker(worker);
     if (onLog) client.on("log", onLog);
     const ready = new Promise<void>((resolve, reject) => {

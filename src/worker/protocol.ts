@@ -15,7 +15,7 @@ import type {
 } from "../engines/engine.js";
 import type { SerializedError } from "../errors.js";
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /** Request payloads and result types, by request type. */
 export interface RequestMap {
@@ -30,8 +30,6 @@ export interface RequestMap {
   save: { payload: { key: string; path: string }; result: SavedState };
   load: { payload: { key: string; path: string }; result: { tokens: number } };
   stats: { payload: { keys: string[] }; result: Record<string, SequenceStats> };
-  /** Fault injection for tests: the worker exits with this code at once. */
-  crash: { payload: { exitCode: number }; result: null };
   shutdown: { payload: Record<string, never>; result: null };
 }
 

@@ -1,6 +1,5 @@
 import type {
   ChatMessage,
-  Engine,
   EngineLoadOptions,
   EvaluationCounts,
   GenerateInput,
@@ -10,7 +9,7 @@ import type {
   SavedState,
   SequenceStats,
 } from "../engines/engine.js";
-import { GenerationWorker } from "./generation-worker-client.js";
+import { GenerationWorker, type StartOptions } from "./generation-worker-client.js";
 import type { LogLevel } from "./protocol.js";
 
 
@@ -25,8 +24,8 @@ export class RemoteEngine implements HostedEngine {
     this.#worker = worker;
   }
 
-  static async start(options: EngineLoadOptions, log?: WorkerLogSink, signal?: AbortSignal): Promise<RemoteEngine> {
-    const worker = await GenerationWorker.start(options, signal, log);
+  static async start(options: EngineLoadOptions, log?: WorkerLogSink, startOptions: Omit<StartOptions, "onLog"> = {}): Promise<RemoteEngine> {
+    const worker = await GenerationWorker.start(options, { ...startOptions, onLog: log });
     return new RemoteEngine(worker);
   }
 
@@ -69,10 +68,6 @@ export class RemoteEngine implements HostedEngine {
 
   stats(keys: string[]): Promise<Record<string, SequenceStats>> {
     return this.#worker.request("stats", { keys });
-  }
-
-  async crash(): Promise<void> {
-    await this.#worker.request("crash", { exitCode: 70 }).catch(() => {});
   }
 
   dispose(): Promise<void> {

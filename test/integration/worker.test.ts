@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentRuntime, isAgentRuntimeError } from "../../src/index.js";
+import { crashableWorker } from "../../src/testing/index.js";
 import { FAST, MODEL_PATH } from "../helpers/model.js";
 
 describe("generation worker", () => {
@@ -32,14 +33,15 @@ describe("generation worker", () => {
   });
 
   it("a crashed worker fails the pending turn with ERR_WORKER_CRASHED and is replaced; agents continue", async () => {
-    const runtime = await AgentRuntime.create({ model: MODEL_PATH, stateDir: join(root, "crash"), ...FAST, maxTokens: 200 });
+    const worker = crashableWorker({ model: MODEL_PATH, contextSize: FAST.contextSize, threads: FAST.threads, sequences: 3 });
+    const runtime = await AgentRuntime.create({ engineFactory: worker.factory, stateDir: join(root, "crash"), ...FAST, maxAgents: 3, maxTokens: 200 });
     try {
       await runtime.spawn({ id: "a", systemPrompt: "You dream." });
       const first = await runtime.ask("a", "Once upon a time");
-      const restarted = new Promise((resolve) => runtime.once("worker:restarted", resolve));
+      const restarted = new Promise((resolve) => runtime.subscribe("worker:restarted", resolve));
       const turn = runtime.send("a", "Tell me a very long story");
       for await (const _ of turn) {
-        await runtime.crashWorkerForTesting();
+        await worker.crash();
         break;
       }
       await expect(turn.result).rejects.toSatisfy((error) => isAgentRuntimeError(error, "ERR_WORKER_CRASHED"));

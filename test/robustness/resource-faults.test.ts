@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentRuntime, DirectoryStore, isAgentRuntimeError } from "../../src/index.js";
 import type { SavedState } from "../../src/engines/engine.js";
-import { FakeEngine } from "../../src/testing/index.js";
+import { crashableWorker, FakeEngine } from "../../src/testing/index.js";
 import {
   collect,
   fakeRuntime,
@@ -19,6 +19,7 @@ import {
   HookedStore,
   kindOf,
   mountTmpfs,
+  REAL,
   realRuntime,
   rejection,
   storedUserMessages,
@@ -235,15 +236,16 @@ describe("the generation worker crashing (real worker thread)", () => {
       beforeStage: async () => {
         if (crashAt !== "stage") return;
         crashAt = undefined;
-        await runtime.crashWorkerForTesting();
+        await worker.crash();
       },
       beforeOpenKv: async () => {
         if (crashAt !== "open") return;
         crashAt = undefined;
-        await runtime.crashWorkerForTesting();
+        await worker.crash();
       },
     });
-    runtime = await realRuntime(stateDir, { store, maxAgents: 2, contextSize: 1024 });
+    const worker = crashableWorker({ model: REAL.model, contextSize: 1024, threads: REAL.threads, sequences: 2 });
+    runtime = await realRuntime(stateDir, { store, maxAgents: 2, contextSize: 1024, engineFactory: worker.factory });
     open.push(runtime);
     const restarts = collect(runtime, "worker:restarted");
     runtime.subscribe("worker:restarted", () => crashed.open());
@@ -255,7 +257,7 @@ describe("the generation worker crashing (real worker thread)", () => {
     // 1. Mid-turn: both agents generating long replies.
     const long = [runtime.ask("a", "And then", { maxTokens: 400 }), runtime.ask("b", "And then", { maxTokens: 400 })];
     await new Promise((resolve) => setTimeout(resolve, 20));
-    await runtime.crashWorkerForTesting();
+    await worker.crash();
     for (const outcome of await Promise.allSettled(long)) {
       // A turn may have finished (and been acknowledged) before the crash; otherwise it is refused with the code.
       if (outcome.status === "rejected") expect(kindOf(outcome.reason)).toBe("ERR_WORKER_CRASHED");

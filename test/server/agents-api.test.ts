@@ -105,7 +105,7 @@ describe("agent API over HTTP (fake engine)", () => {
     });
     await spawn(served.url, "slow");
     const errors: string[] = [];
-    served.runtime.on("agent:error", (event) => errors.push(event.error.code));
+    served.runtime.subscribe("agent:error", (event) => errors.push(event.error.code));
     const controller = new AbortController();
     const closed = responseClosed(served.app, "/messages");
     const response = await fetch(`${served.url}/agents/slow/messages`, {
@@ -117,7 +117,7 @@ describe("agent API over HTTP (fake engine)", () => {
     expect(response.status).toBe(200);
     await eventually(() => held === 1, "the turn to reach the engine");
     const turnEnds: unknown[] = [];
-    served.runtime.on("agent:turn-end", (event) => turnEnds.push(event));
+    served.runtime.subscribe("agent:turn-end", (event) => turnEnds.push(event));
     controller.abort();
     // The engine is still holding the turn; once the server has seen the socket close, let it continue:
     // it finds the signal aborted and stops.

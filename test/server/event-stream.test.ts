@@ -88,7 +88,9 @@ describe("runtime.events(): the library's event subscription", () => {
       expect(event.type).toBe("agent:spawned");
       break;
     }
-    expect(runtime.listenerCount("agent:spawned")).toBe(0);
+    expect(stream.pending, "a stream the consumer left no longer listens").toBe(0);
+    await runtime.spawn({ id: "c2", systemPrompt: "s" });
+    expect(stream.pending, "events after the consumer left are not buffered").toBe(0);
   });
 
   it("rejects bad options with errors that name them", () => {

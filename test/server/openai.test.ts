@@ -105,7 +105,7 @@ describe("OpenAI-compatible chat completions on the real model: extend and diver
   const turnEnds: TurnResult[] = [];
   beforeAll(async () => {
     served = await serveReal({ runtime: { maxTokens: 24 } });
-    served.runtime.on("agent:turn-end", (event) => turnEnds.push(event));
+    served.runtime.subscribe("agent:turn-end", (event) => turnEnds.push(event));
     await json(`${served.url}/agents`, { json: { id: "dreamer", systemPrompt: SYSTEM } });
   });
   afterAll(async () => {

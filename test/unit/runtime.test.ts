@@ -61,7 +61,7 @@ describe("AgentRuntime with a fake engine", () => {
     expect(info.turns).toBe(8);
     // History order equals send order: each user message is followed by the reply to it.
     const starts: string[] = [];
-    runtime.on("agent:turn-start", (e) => starts.push(e.text));
+    runtime.subscribe("agent:turn-start", (e) => starts.push(e.text));
     await Promise.all(["x", "y", "z"].map((text) => runtime.ask("a", text)));
     expect(starts).toEqual(["x", "y", "z"]);
   });
@@ -83,7 +83,7 @@ describe("AgentRuntime with a fake engine", () => {
   it("passivates the least recently used idle agent when one more is needed", async () => {
     const { runtime, engine } = await start({ maxAgents: 2 });
     const passivated: string[] = [];
-    runtime.on("agent:passivated", (e) => passivated.push(e.id));
+    runtime.subscribe("agent:passivated", (e) => passivated.push(e.id));
     await runtime.spawn({ id: "a", systemPrompt: "sys a" });
     await runtime.spawn({ id: "b", systemPrompt: "sys b" });
     await runtime.ask("a", "touch a"); // b is now least recently used
@@ -119,7 +119,7 @@ describe("AgentRuntime with a fake engine", () => {
     const first = await runtime.ask("a", "hello");
     await runtime.spawn({ id: "b", systemPrompt: "sys b" });
     const rehydrated: Array<{ id: string; source: string; tokens: number }> = [];
-    runtime.on("agent:rehydrated", (e) => rehydrated.push(e));
+    runtime.subscribe("agent:rehydrated", (e) => rehydrated.push(e));
     const before = engine.evaluatedTokens;
     const second = await runtime.ask("a", "again");
     expect(rehydrated).toEqual([expect.objectContaining({ id: "a", source: "state", tokens: first.timings.cacheTokens })]);
@@ -193,7 +193,7 @@ describe("AgentRuntime with a fake engine", () => {
   it("streams tokens that add up to the reply, and emits typed events", async () => {
     const { runtime } = await start();
     const events: string[] = [];
-    for (const name of ["agent:spawned", "agent:turn-start", "agent:turn-end"] as const) runtime.on(name, () => events.push(name));
+    for (const name of ["agent:spawned", "agent:turn-start", "agent:turn-end"] as const) runtime.subscribe(name, () => events.push(name));
     const spawned = await runtime.spawn({ id: "a", systemPrompt: "s" });
     expect(spawned.busy, "an agent is idle once spawn resolves").toBe(false);
     const turn = runtime.send("a", "hello");
@@ -227,13 +227,13 @@ describe("AgentRuntime with a fake engine", () => {
 
   it("a crashed engine fails the turn in flight with ERR_WORKER_CRASHED, then the runtime restarts it", async () => {
     const gate = gates();
-    let engines = 0;
+    const engines: FakeEngine[] = [];
     const runtime = await AgentRuntime.create({
       stateDir,
       maxAgents: 2,
       engineFactory: async () => {
-        engines++;
-        return new FakeEngine({ sequences: 2, beforeGenerate: engines === 1 ? gate.beforeGenerate : undefined });
+        engines.push(new FakeEngine({ sequences: 2, beforeGenerate: engines.length === 0 ? gate.beforeGenerate : undefined }));
+        return engines.at(-1)!;
       },
     });
     runtimes.push(runtime);
@@ -242,12 +242,12 @@ describe("AgentRuntime with a fake engine", () => {
     gate.hold("a");
     const turn = runtime.ask("a", "during");
     await gate.entered("a");
-    const restarted = new Promise((resolve) => runtime.once("worker:restarted", resolve));
-    await runtime.crashWorkerForTesting();
+    const restarted = new Promise((resolve) => runtime.subscribe("worker:restarted", resolve));
+    await engines[0]!.crash();
     gate.release("a");
     await expect(turn).rejects.toSatisfy(code("ERR_WORKER_CRASHED"));
     await restarted;
-    expect(engines).toBe(2);
+    expect(engines).toHaveLength(2);
     const after = await runtime.ask("a", "after");
     expect(after.reply).toMatch(/^r/);
     expect(runtime.get("a").turns).toBe(2);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { Supervisor } from "../../src/supervisor/supervisor.js";
+import { ResidentSlots } from "../../src/supervisor/resident-slots.js";
 
 interface FakeAgent {
   id: string;
@@ -10,7 +10,7 @@ interface FakeAgent {
 function setup(maxAgents: number) {
   const passivated: string[] = [];
   let fail = false;
-  const supervisor = new Supervisor<FakeAgent>({
+  const supervisor = new ResidentSlots<FakeAgent>({
     maxAgents,
     passivate: async (agent) => {
       if (fail) throw new Error("disk full");
@@ -22,7 +22,7 @@ function setup(maxAgents: number) {
 
 const agent = (id: string, lastUsed: number, pins = 0): FakeAgent => ({ id, lastUsed, pins });
 
-describe("Supervisor", () => {
+describe("ResidentSlots (the supervisor's LRU)", () => {
   it("admits up to maxAgents without passivating", async () => {
     const { supervisor, passivated } = setup(2);
     expect(await supervisor.admit(agent("a", 1))).toBe(true);

@@ -1,5 +1,5 @@
 import type { ChatMessage } from "../../engines/engine.js";
-import type { AgentBehaviour, AgentView } from "../behaviour.js";
+import { defaultContext, type AgentBehaviour, type AgentView } from "../behaviour.js";
 
 /**
  * The default behaviour: a persistent chat. The prompt is the system prompt, every earlier turn and
@@ -7,8 +7,9 @@ import type { AgentBehaviour, AgentView } from "../behaviour.js";
  */
 export const conversation: AgentBehaviour = {
   name: "conversation",
+  context: defaultContext,
   prompt(agent: AgentView, text: string): ChatMessage[] {
-    return [{ role: "system", content: agent.systemPrompt }, ...agent.history, { role: "user", content: text }];
+    return [...defaultContext(agent), { role: "user", content: text }];
   },
   record(_agent: AgentView, text: string, reply: string): ChatMessage[] {
     return [

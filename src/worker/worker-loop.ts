@@ -1,0 +1,124 @@
+/**
+ * The generation worker's request loop: owns the engine inside the worker thread and answers the
+ * protocol in ./protocol.ts. `generation-worker.ts` runs it on the thread's parent port.
+ */
+import type { MessagePort } from "node:worker_threads";
+import { createEngine } from "../engines/create-engine.js";
+import type { Engine } from "../engines/engine.js";
+import { AgentRuntimeError, serializeError } from "../errors.js";
+import {
+  assertNever,
+  PROTOCOL_VERSION,
+  type LogLevel,
+  type RequestMap,
+  type RequestType,
+  type WorkerMessage,
+  type WorkerRequest,
+} from "./protocol.js";
+
+export interface WorkerLoop {
+  /**
+   * Stops answering, cancels every running evaluation and waits (up to `graceMs`) for them to settle.
+   * Native evaluations still running while the thread exits make the addon throw during teardown,
+   * which ends the whole process: anything that ends the thread (shutdown, an embedder's watchdog)
+   * halts first.
+   */
+  halt(reason: Error, graceMs?: number): Promise<void>;
+}
+
+/** Serves the protocol on `port` until the thread ends. */
+export function runWorkerLoop(port: MessagePort): WorkerLoop {
+  let engine: Engine | undefined;
+  /** Run requests one at a time: engines that cannot interleave, or batching turned off. */
+  let serialize = false;
+  /** Serializes engine calls for engines that cannot interleave work (MLX). */
+  let serial: Promise<unknown> = Promise.resolve();
+  const cancellations = new Map<number, AbortController>();
+  const inFlight = new Set<Promise<unknown>>();
+  /** Once set, nothing more is answered: pending requests end as the exit rejects them. */
+  let halted = false;
+
+  function post(message: WorkerMessage): void {
+    if (!halted) port.postMessage(message);
+  }
+
+  function log(level: LogLevel, msg: string, data?: Record<string, unknown>): void {
+    post({ type: "log", level, msg, ...(data ? { data } : {}) });
+  }
+
+  function requireEngine(): Engine {
+    if (!engine) throw new AgentRuntimeError("ERR_ENGINE_CLOSED", "The engine is not loaded");
+    return engine;
+  }
+
+  async function halt(reason: Error, graceMs = 2000): Promise<void> {
+    halted = true;
+    for (const controller of cancellations.values()) controller.abort(reason);
+    await Promise.race([Promise.allSettled(inFlight), new Promise((resolve) => setTimeout(resolve, graceMs))]);
+  }
+
+  async function handle(request: Exclude<WorkerRequest, { type: "cancel" }>, signal: AbortSignal): Promise<RequestMap[RequestType]["result"]> {
+    switch (request.type) {
+      case "init": {
+        const started = performance.now();
+        log("info", "loading model", { model: request.options.model, engine: request.options.engine });
+        engine = await createEngine(request.options, (level, msg) => log(level, msg));
+        serialize = !engine.concurrent || request.options.batching === false;
+        log("info", "model loaded", { ms: Math.round(performance.now() - started), modelBytes: engine.info.modelBytes });
+        return engine.info;
+      }
+      case "open":
+        await requireEngine().openSequence(request.key);
+        return null;
+      case "close":
+        await requireEngine().closeSequence(request.key);
+        return null;
+      case "prefill":
+        return requireEngine().prefill(request.key, request.messages, signal);
+      case "generate":
+        return requireEngine().generate(request.key, {
+          messages: request.messages,
+          maxTokens: request.maxTokens,
+          sampling: request.sampling,
+          signal,
+          onText: (text) => post({ type: "chunk", id: request.id, text }),
+        });
+      case "save":
+        return requireEngine().saveState(request.key, request.path);
+      case "load":
+        return requireEngine().loadState(request.key, request.path);
+      case "stats": {
+        const current = requireEngine();
+        return Object.fromEntries(request.keys.map((key) => [key, current.stats(key)]));
+      }
+      case "shutdown":
+        // Running evaluations end before the engine is disposed under them.
+        for (const [id, controller] of cancellations) if (id !== request.id) controller.abort(new AgentRuntimeError("ERR_ENGINE_CLOSED"));
+        await engine?.dispose();
+        engine = undefined;
+        return null;
+      default:
+        return assertNever(request);
+    }
+  }
+
+  port.on("message", (request: WorkerRequest) => {
+    if (request.type === "cancel") {
+      cancellations.get(request.target)?.abort(new AgentRuntimeError("ERR_ABORTED"));
+      return;
+    }
+    const controller = new AbortController();
+    cancellations.set(request.id, controller);
+    const run = () => handle(request, controller.signal);
+    const task = serialize && request.type !== "stats" ? (serial = serial.then(run, run)) : run();
+    inFlight.add(task);
+    void task.finally(() => inFlight.delete(task)).catch(() => {});
+    task.then(
+      (result) => post({ type: "result", id: request.id, result }),
+      (error: unknown) => post({ type: "error", id: request.id, error: serializeError(error) }),
+    ).finally(() => cancellations.delete(request.id));
+  });
+
+  post({ type: "ready", protocolVersion: PROTOCOL_VERSION });
+  return { halt };
+}
