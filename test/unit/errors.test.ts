@@ -1,12 +1,16 @@
 import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
 import { AgentRuntimeError, ERROR_CODES, deserializeError, serializeError, type ErrorCode } from "../../src/errors.js";
+import { HTTP_ERROR_CODES } from "../../src/server/errors.js";
 
 describe("error registry", () => {
   const codes = Object.keys(ERROR_CODES) as ErrorCode[];
 
-  it("has unique ERR_ codes with default messages", () => {
-    expect(new Set(codes).size).toBe(codes.length);
+  it("has ERR_ codes with distinct default messages, none shared with the HTTP front's own codes", () => {
+    const messages = codes.map((code) => ERROR_CODES[code]);
+    expect(messages.filter((message, index) => messages.indexOf(message) !== index), "two codes share a default message").toEqual([]);
+    const httpOnly = Object.keys(HTTP_ERROR_CODES);
+    expect(httpOnly.filter((code) => code in ERROR_CODES), "an HTTP code shadows a runtime code").toEqual([]);
     for (const code of codes) {
       expect(code).toMatch(/^ERR_[A-Z_]+$/);
       expect(ERROR_CODES[code].length).toBeGreaterThan(0);

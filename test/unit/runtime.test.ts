@@ -1,9 +1,10 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { AgentRuntime, isAgentRuntimeError, type AgentRuntimeOptions } from "../../src/index.js";
-import { FakeEngine, type FakeEngineOptions } from "../../src/testing/index.js";
+import { FakeClock, FakeEngine, type FakeEngineOptions } from "../../src/testing/index.js";
+import { conversation, DirectoryStore, type AgentBehaviour } from "../../src/index.js";
 
 let stateDir: string;
 const runtimes: AgentRuntime[] = [];
@@ -55,15 +56,17 @@ describe("AgentRuntime with a fake engine", () => {
     const { runtime } = await start();
     await runtime.spawn({ id: "a", systemPrompt: "sys" });
     const texts = Array.from({ length: 8 }, (_, i) => `message ${i}`);
-    const results = await Promise.all(texts.map((text) => runtime.ask("a", text)));
-    expect(results.map((r) => r.turnId)).toEqual([...results.map((r) => r.turnId)].sort((x, y) => x - y));
-    const info = runtime.get("a");
-    expect(info.turns).toBe(8);
-    // History order equals send order: each user message is followed by the reply to it.
-    const starts: string[] = [];
-    runtime.subscribe("agent:turn-start", (e) => starts.push(e.text));
-    await Promise.all(["x", "y", "z"].map((text) => runtime.ask("a", text)));
-    expect(starts).toEqual(["x", "y", "z"]);
+    const events: string[] = [];
+    runtime.subscribe("agent:turn-start", (e) => events.push(`start ${e.text}`));
+    runtime.subscribe("agent:turn-end", (e) => events.push(`end ${e.turnId}`));
+    const turns = texts.map((text) => runtime.send("a", text));
+    const results = await Promise.all(turns.map((turn) => turn.result));
+    // One at a time: each turn ends before the next starts, in the order sent.
+    expect(events).toEqual(texts.flatMap((text, i) => [`start ${text}`, `end ${results[i]!.turnId}`]));
+    expect(runtime.get("a").turns).toBe(8);
+    // The stored history is in send order: each user message followed by the reply to it.
+    const record = await new DirectoryStore(stateDir).read("a");
+    expect(record!.history.map((m) => m.content)).toEqual(texts.flatMap((text, i) => [text, results[i]!.reply]));
   });
 
   it("lets different agents interleave while one is mid-turn", async () => {
@@ -102,7 +105,9 @@ describe("AgentRuntime with a fake engine", () => {
     await gate.entered("a");
     let spawned = false;
     const spawn = runtime.spawn({ id: "b", systemPrompt: "sys b" }).then(() => (spawned = true));
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    // b's record is written before it asks for a slot; once it is, b can only be waiting for a.
+    await vi.waitFor(async () => expect(await new DirectoryStore(stateDir).read("b")).toBeDefined());
+    for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
     expect(spawned).toBe(false);
     expect(runtime.get("a").status).toBe("resident");
     expect(engine.openKeys()).toEqual(["a"]);
@@ -251,5 +256,73 @@ describe("AgentRuntime with a fake engine", () => {
     const after = await runtime.ask("a", "after");
     expect(after.reply).toMatch(/^r/);
     expect(runtime.get("a").turns).toBe(2);
+  });
+
+  it("passivates by the injected clock's last-use time, not by call order", async () => {
+    const clock = new FakeClock();
+    const { runtime } = await start({ maxAgents: 2, clock });
+    const passivated: string[] = [];
+    runtime.subscribe("agent:passivated", (e) => passivated.push(e.id));
+    await runtime.spawn({ id: "a", systemPrompt: "sys a" });
+    clock.advance(1000);
+    await runtime.spawn({ id: "b", systemPrompt: "sys b" });
+    // Both touched at the same clock time: a (spawned earlier) stays older only if time is the clock's.
+    await runtime.ask("b", "b again");
+    clock.advance(1000);
+    await runtime.ask("a", "a again");
+    expect(runtime.get("a").lastUsed - runtime.get("b").lastUsed).toBe(1000);
+    await runtime.spawn({ id: "c", systemPrompt: "sys c" });
+    expect(passivated).toEqual(["b"]);
+  });
+
+  it("a message aborted while it waits leaves the mailbox at once, rejecting with the signal's reason", async () => {
+    const gate = gates();
+    const { runtime } = await start({}, { beforeGenerate: gate.beforeGenerate });
+    await runtime.spawn({ id: "a", systemPrompt: "sys" });
+    gate.hold("a");
+    const running = runtime.ask("a", "first");
+    await gate.entered("a");
+    const controller = new AbortController();
+    const waiting = runtime.ask("a", "second", { signal: controller.signal });
+    const after = runtime.ask("a", "third");
+    expect(runtime.get("a").queued).toBe(2);
+    const reason = new Error("caller gave up");
+    controller.abort(reason);
+    await expect(waiting).rejects.toBe(reason);
+    expect(runtime.get("a").queued, "the aborted message no longer waits").toBe(1);
+    gate.release("a");
+    await running;
+    await after;
+    const record = await new DirectoryStore(stateDir).read("a");
+    expect(record!.history.filter((m) => m.role === "user").map((m) => m.content)).toEqual(["first", "third"]);
+  });
+
+  it("saves each agent's behaviour by name and restores it on restart; an unknown name is a coded error", async () => {
+    const echo: AgentBehaviour = {
+      name: "echo-twice",
+      prompt: (agent, text) => conversation.prompt(agent, `${text} ${text}`),
+      record: (agent, text, reply) => conversation.record(agent, `${text} ${text}`, reply),
+    };
+    const first = await start({ behaviours: [echo] });
+    await first.runtime.spawn({ id: "e", systemPrompt: "sys", behaviour: "echo-twice" });
+    await first.runtime.spawn({ id: "plain", systemPrompt: "sys" });
+    await expect(first.runtime.spawn({ id: "x", systemPrompt: "sys", behaviour: "nope" })).rejects.toSatisfy(code("ERR_BEHAVIOUR_NOT_FOUND"));
+    await first.runtime.ask("e", "hi");
+    await first.runtime.close();
+    expect((await new DirectoryStore(stateDir).read("e"))!.behaviour).toBe("echo-twice");
+
+    const again = await start({ behaviours: [echo] });
+    expect(again.runtime.get("e").behaviour).toBe("echo-twice");
+    expect(again.runtime.get("plain").behaviour).toBe("conversation");
+    await again.runtime.ask("e", "yo");
+    const record = await new DirectoryStore(stateDir).read("e");
+    expect(record!.history.filter((m) => m.role === "user").map((m) => m.content)).toEqual(["hi hi", "yo yo"]);
+    await again.runtime.close();
+
+    // Without the behaviour registered, the agent is kept (nothing lost) but answers with the code.
+    const without = await start();
+    expect(without.runtime.get("e").status).toBe("failed");
+    await expect(without.runtime.ask("e", "hello")).rejects.toSatisfy(code("ERR_BEHAVIOUR_NOT_FOUND"));
+    expect((await new DirectoryStore(stateDir).read("e"))!.history).toHaveLength(4);
   });
 });
