@@ -3,35 +3,27 @@ import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { AgentRuntime } from "../../src/index.js";
 import { runFuzz } from "./fuzz.js";
-import { envInt, fakeRuntime, storedUserMessages, tempDir } from "./helpers.js";
+import { envInt, fakeRuntime, storedUserMessages, tempDir, useScratch } from "./helpers.js";
 
 const INPUTS = envInt("AGENTRT_FUZZ_INPUTS", 3000);
 const SEEDS = envInt("AGENTRT_FUZZ_SEEDS", 2);
 const FIRST_SEED = envInt("AGENTRT_FUZZ_SEED", 1);
 
-let root: string;
-const open: AgentRuntime[] = [];
-beforeAll(async () => {
-  root = await tempDir("fuzz");
-});
-afterAll(async () => {
-  for (const runtime of open) await runtime.destroy();
-  await rm(root, { recursive: true, force: true });
-});
+const scratch = useScratch("fuzz");
 
 /** The reply a pristine runtime gives to one message, to compare the fuzzed runtime against. */
 async function referenceReply(stateDir: string): Promise<string> {
   const { runtime } = await fakeRuntime(stateDir, { maxAgents: 3 });
-  open.push(runtime);
+  scratch.track(runtime);
   await runtime.spawn({ id: "fresh", systemPrompt: "You are fresh." });
   return (await runtime.ask("fresh", "hello there")).reply;
 }
 
 for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
   it(`seed ${seed}: ${INPUTS} generated inputs get only typed errors; every acknowledged turn is stored in order; the runtime still answers`, async () => {
-    const stateDir = join(root, `seed-${seed}`);
+    const stateDir = join(scratch.root, `seed-${seed}`);
     const { runtime, report } = await runFuzz({ stateDir, inputs: INPUTS, seed });
-    open.push(runtime);
+    scratch.track(runtime);
     const outcomes = Object.entries(report.outcomes).sort(([a], [b]) => a.localeCompare(b));
     console.log(`[figures] fuzz seed ${seed}: ${report.calls} calls from ${INPUTS} inputs; ${report.acked.size} agents alive; outcomes ${JSON.stringify(Object.fromEntries(outcomes))}`);
     expect(report.untyped, "errors that are not typed, or broken invariants").toEqual([]);
@@ -46,11 +38,11 @@ for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
     }
 
     const { runtime: restarted } = await fakeRuntime(stateDir, { maxAgents: 3 });
-    open.push(restarted);
+    scratch.track(restarted);
     expect(restarted.list().map((a) => a.id).sort()).toEqual([...report.acked.keys()].sort());
     expect(restarted.list().filter((a) => a.status === "failed")).toEqual([]);
     for (const [id, acked] of report.acked) expect(restarted.get(id).turns).toBe(acked.length);
     await restarted.spawn({ id: "fresh", systemPrompt: "You are fresh." });
-    expect((await restarted.ask("fresh", "hello there")).reply).toBe(await referenceReply(join(root, `reference-${seed}`)));
+    expect((await restarted.ask("fresh", "hello there")).reply).toBe(await referenceReply(join(scratch.root, `reference-${seed}`)));
   });
 }

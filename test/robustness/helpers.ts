@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { runInNewContext } from "node:vm";
+import { afterAll, beforeAll } from "vitest";
 import { setFlagsFromString } from "node:v8";
 import {
   AgentRuntime,
@@ -43,6 +44,39 @@ export function envInt(name: string, fallback: number): number {
 
 export async function tempDir(prefix: string): Promise<string> {
   return mkdtemp(join(tmpdir(), `agentrt-${prefix}-`));
+}
+
+/** A test file's scratch space: a temp root made before its tests, and removed (its runtimes destroyed) after. */
+export interface Scratch {
+  /** The temp root (set once the file's tests start). */
+  readonly root: string;
+  /** A fresh state dir under the root (`name`, or `state-1`, `state-2`, …). */
+  stateDir(name?: string): string;
+  /** Destroys `runtime` after the file's tests; returns it. */
+  track<T extends { destroy(): Promise<void> }>(runtime: T): T;
+}
+
+export function useScratch(prefix: string): Scratch {
+  let root = "";
+  let counter = 0;
+  const open: Array<{ destroy(): Promise<void> }> = [];
+  beforeAll(async () => {
+    root = await tempDir(prefix);
+  });
+  afterAll(async () => {
+    for (const runtime of open) await runtime.destroy();
+    await rm(root, { recursive: true, force: true });
+  });
+  return {
+    get root() {
+      return root;
+    },
+    stateDir: (name) => join(root, name ?? `state-${++counter}`),
+    track: (runtime) => {
+      open.push(runtime);
+      return runtime;
+    },
+  };
 }
 
 /** A runtime on a fake engine; `engines` lists every engine it started (the last is the live one). */

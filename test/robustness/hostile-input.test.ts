@@ -7,24 +7,14 @@ import { readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentRuntime, conversation, DirectoryStore } from "../../src/index.js";
-import { fakeRuntime, gate, HookedStore, kindOf, rejection, tempDir } from "./helpers.js";
+import { fakeRuntime, gate, HookedStore, kindOf, rejection, tempDir, useScratch } from "./helpers.js";
 
-let root: string;
-let counter = 0;
-const open: AgentRuntime[] = [];
-
-beforeAll(async () => {
-  root = await tempDir("hostile-input");
-});
-afterAll(async () => {
-  for (const runtime of open) await runtime.destroy();
-  await rm(root, { recursive: true, force: true });
-});
+const scratch = useScratch("hostile-input");
 
 async function start(options: Parameters<typeof fakeRuntime>[1] = {}, engineOptions: Parameters<typeof fakeRuntime>[2] = {}) {
-  const stateDir = join(root, `state-${++counter}`);
+  const stateDir = scratch.stateDir();
   const started = await fakeRuntime(stateDir, { maxMessageChars: 2000, ...options }, { contextSize: 1000, ...engineOptions });
-  open.push(started.runtime);
+  scratch.track(started.runtime);
   return { ...started, stateDir };
 }
 
@@ -103,7 +93,7 @@ describe("agent ids", () => {
     }
     await runtime.close();
     const restarted = await AgentRuntime.create({ stateDir, maxAgents: 2, engineFactory: async () => new (await import("../../src/testing/index.js")).FakeEngine({ sequences: 2 }) });
-    open.push(restarted);
+    scratch.track(restarted);
     expect(restarted.list().map((a) => a.status).filter((s) => s === "failed")).toEqual([]);
     expect(restarted.list()).toHaveLength(7);
   });
@@ -211,7 +201,7 @@ describe("options", () => {
   });
 
   it("AgentRuntime.create refuses bad sizes with a RangeError naming the option", async () => {
-    const stateDir = join(root, `state-${++counter}`);
+    const stateDir = scratch.stateDir();
     for (const [name, value] of [
       ["maxAgents", 0],
       ["maxAgents", 1.5],
@@ -275,7 +265,7 @@ describe("call order", () => {
     // The first spawn's record write is slow; the agent is removed meanwhile, then the id spawned again.
     const held = gate();
     const writing = gate();
-    const stateDir = join(root, `state-${++counter}`);
+    const stateDir = scratch.stateDir();
     const inner = new DirectoryStore(stateDir);
     const store = new HookedStore(inner, {
       beforeWrite: async (record) => {
@@ -285,7 +275,7 @@ describe("call order", () => {
       },
     });
     const { runtime } = await fakeRuntime(stateDir, { store });
-    open.push(runtime);
+    scratch.track(runtime);
     const first = runtime.spawn({ id: "x", systemPrompt: "slow" });
     await writing.promise;
     const removing = runtime.remove("x");
@@ -298,7 +288,7 @@ describe("call order", () => {
     expect((await inner.read("x"))!.systemPrompt).toBe("second");
     await runtime.close();
     const { runtime: restarted } = await fakeRuntime(stateDir);
-    open.push(restarted);
+    scratch.track(restarted);
     expect(restarted.list().map((a) => [a.id, a.systemPrompt])).toEqual([["x", "second"]]);
   });
 
@@ -325,7 +315,7 @@ describe("call order", () => {
     await removing;
     await runtime.close();
     const { runtime: restarted } = await fakeRuntime(stateDir);
-    open.push(restarted);
+    scratch.track(restarted);
     expect(restarted.list()).toEqual([]);
   });
 
@@ -333,7 +323,7 @@ describe("call order", () => {
     const held = gate();
     const writing = gate();
     let holding = false;
-    const stateDir = join(root, `state-${++counter}`);
+    const stateDir = scratch.stateDir();
     const store = new HookedStore(new DirectoryStore(stateDir), {
       beforeWrite: async (record) => {
         // Hold the record write of a's passivation (the one naming a KV file).
@@ -345,7 +335,7 @@ describe("call order", () => {
       },
     });
     const { runtime } = await fakeRuntime(stateDir, { store, maxAgents: 1 });
-    open.push(runtime);
+    scratch.track(runtime);
     await runtime.spawn({ id: "a", systemPrompt: "sys a" });
     await runtime.ask("a", "hello");
     const spawnB = runtime.spawn({ id: "b", systemPrompt: "sys b" }); // passivates a
@@ -357,7 +347,7 @@ describe("call order", () => {
     await spawnB;
     await runtime.close();
     const { runtime: restarted } = await fakeRuntime(stateDir);
-    open.push(restarted);
+    scratch.track(restarted);
     expect(restarted.list().map((a) => a.id)).toEqual(["b"]);
   });
 

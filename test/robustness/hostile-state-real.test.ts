@@ -6,18 +6,10 @@ import { copyFile, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { AgentRuntime } from "../../src/index.js";
-import { collect, fakeRuntime, kindOf, realRuntime, rejection, tempDir } from "./helpers.js";
+import { collect, fakeRuntime, kindOf, realRuntime, rejection, tempDir, useScratch } from "./helpers.js";
 import { agentDir, flipBit, kvPath, readRecordBody, rewriteRecord, sha256 } from "./state-files.js";
 
-let root: string;
-const open: AgentRuntime[] = [];
-beforeAll(async () => {
-  root = await tempDir("hostile-state-real");
-});
-afterAll(async () => {
-  for (const runtime of open) await runtime.destroy();
-  await rm(root, { recursive: true, force: true });
-});
+const scratch = useScratch("hostile-state-real");
 
 /** Re-seals a KV file the record names so that size and checksum match whatever bytes are there now. */
 async function vouchFor(stateDir: string, id: string, bytes: Uint8Array, tokens?: number): Promise<void> {
@@ -26,12 +18,12 @@ async function vouchFor(stateDir: string, id: string, bytes: Uint8Array, tokens?
 }
 
 it("every kind of damaged llama.cpp state file is refused or fails as an error; each agent is rebuilt and answers", async () => {
-  const stateDir = join(root, "state");
+  const stateDir = join(scratch.root, "state");
   const ids = ["honest-big", "forged-big", "flipped", "garbage", "truncated", "positions", "foreign", "healthy"];
   // A 1024-token context writes a cache too large for the 512-token context that reads it later.
   {
     const runtime = await realRuntime(stateDir, { contextSize: 1024, maxAgents: 2 });
-    open.push(runtime);
+    scratch.track(runtime);
     await runtime.spawn({ id: "honest-big", systemPrompt: "Once upon a time there was a robot who dreamed. ".repeat(20) });
     for (const id of ids.slice(1)) {
       await runtime.spawn({ id, systemPrompt: `You are ${id}, who dreams of robots.` });
@@ -41,13 +33,13 @@ it("every kind of damaged llama.cpp state file is refused or fails as an error; 
   }
   // Another model's agent (the fake engine), whose record and cache are copied over "foreign".
   {
-    const { runtime } = await fakeRuntime(join(root, "other"));
-    open.push(runtime);
+    const { runtime } = await fakeRuntime(join(scratch.root, "other"));
+    scratch.track(runtime);
     await runtime.spawn({ id: "foreign", systemPrompt: "other model" });
     await runtime.ask("foreign", "hello");
     await runtime.close();
-    const other = await readRecordBody(join(root, "other"), "foreign");
-    await copyFile(await kvPath(join(root, "other"), "foreign"), join(agentDir(stateDir, "foreign"), other.kv.file));
+    const other = await readRecordBody(join(scratch.root, "other"), "foreign");
+    await copyFile(await kvPath(join(scratch.root, "other"), "foreign"), join(agentDir(stateDir, "foreign"), other.kv.file));
     await rewriteRecord(stateDir, "foreign", (b) => void (b.kv = other.kv));
   }
   const big = await readFile(await kvPath(stateDir, "honest-big"));
@@ -63,7 +55,7 @@ it("every kind of damaged llama.cpp state file is refused or fails as an error; 
   await vouchFor(stateDir, "positions", flipBit(small, firstCellPosition * 8 + 7));
 
   const runtime = await realRuntime(stateDir, { contextSize: 512, maxAgents: 2 });
-  open.push(runtime);
+  scratch.track(runtime);
   const errors = collect(runtime, "agent:error");
   const outcomes: Record<string, string> = {};
   for (const id of ids) {

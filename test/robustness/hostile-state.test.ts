@@ -9,7 +9,7 @@ import { join, sep } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentRuntime, DirectoryStore, isAgentRuntimeError, type AgentRuntimeOptions, type KvDescriptor } from "../../src/index.js";
 import { FakeEngine, type FakeEngineOptions } from "../../src/testing/index.js";
-import { collect, envInt, rejection, tempDir } from "./helpers.js";
+import { collect, envInt, rejection, tempDir, useScratch } from "./helpers.js";
 import { agentDir, flipBit, kvPath, readRecordBody, recordPath, rewriteRecord, sha256 } from "./state-files.js";
 
 /** A fake engine that records which agents' own state files reached it (shared prefix states aside). */
@@ -27,17 +27,7 @@ class SpyEngine extends FakeEngine {
 const RECORD_STRIDE = envInt("AGENTRT_FLIP_STRIDE", 3);
 const KV_STRIDE = envInt("AGENTRT_FLIP_STRIDE", 5);
 
-let root: string;
-let counter = 0;
-const open: AgentRuntime[] = [];
-
-beforeAll(async () => {
-  root = await tempDir("hostile-state");
-});
-afterAll(async () => {
-  for (const runtime of open) await runtime.destroy();
-  await rm(root, { recursive: true, force: true });
-});
+const scratch = useScratch("hostile-state");
 
 async function start(stateDir: string, options: Partial<AgentRuntimeOptions> = {}, engineOptions: FakeEngineOptions = {}) {
   const engines: SpyEngine[] = [];
@@ -52,13 +42,13 @@ async function start(stateDir: string, options: Partial<AgentRuntimeOptions> = {
     },
     ...options,
   });
-  open.push(runtime);
+  scratch.track(runtime);
   return { runtime, engine: () => engines.at(-1)! };
 }
 
 /** A state dir whose agents `ids` each have two turns and a saved KV file. */
 async function prepared(ids: string[], engineOptions: FakeEngineOptions = {}): Promise<string> {
-  const stateDir = join(root, `state-${++counter}`);
+  const stateDir = scratch.stateDir();
   const { runtime } = await start(stateDir, {}, engineOptions);
   for (const id of ids) {
     await runtime.spawn({ id, systemPrompt: `You are ${id}.` });
@@ -384,7 +374,7 @@ describe("shared prefix states (stateDir/prefixes)", () => {
   }
 
   it("a second agent with the same system prompt starts from the saved prefix (also on the fake engine)", async () => {
-    const stateDir = join(root, `state-${++counter}`);
+    const stateDir = scratch.stateDir();
     const { runtime } = await start(stateDir);
     const spawned = collect(runtime, "agent:spawned");
     await runtime.spawn({ id: "first", systemPrompt: prompt });
@@ -406,7 +396,7 @@ describe("shared prefix states (stateDir/prefixes)", () => {
       },
     ],
   ])("%s: ignored before the engine sees it; the prompt is evaluated as usual", async (_kind, damage) => {
-    const stateDir = join(root, `state-${++counter}`);
+    const stateDir = scratch.stateDir();
     {
       const { runtime } = await start(stateDir);
       await runtime.spawn({ id: "first", systemPrompt: prompt });

@@ -24,19 +24,11 @@ import {
   rejection,
   storedUserMessages,
   tempDir,
+  useScratch,
 } from "./helpers.js";
 import { agentDir } from "./state-files.js";
 
-let root: string;
-let counter = 0;
-const open: AgentRuntime[] = [];
-beforeAll(async () => {
-  root = await tempDir("resource-faults");
-});
-afterAll(async () => {
-  for (const runtime of open) await runtime.destroy();
-  await rm(root, { recursive: true, force: true });
-});
+const scratch = useScratch("resource-faults");
 
 function errnoOf(error: unknown): unknown {
   return isAgentRuntimeError(error) ? error.details?.errno : undefined;
@@ -55,7 +47,7 @@ describe("injected filesystem errors during passivation (every step × errno)", 
   it.each(POINTS.flatMap((point) => CODES.map((code) => ({ point, code }))))(
     "$code at $point: the admitting turn fails with ERR_STATE_WRITE_FAILED, the victim stays resident and answering",
     async ({ point, code }) => {
-      const stateDir = join(root, `state-${++counter}`);
+      const stateDir = scratch.stateDir();
       let armed = false;
       const store = new HookedStore(new DirectoryStore(stateDir), {
         beforeStage: () => {
@@ -70,7 +62,7 @@ describe("injected filesystem errors during passivation (every step × errno)", 
         },
       });
       const { runtime } = await fakeRuntime(stateDir, { store, maxAgents: 1 });
-      open.push(runtime);
+      scratch.track(runtime);
       const errors = collect(runtime, "agent:error");
       await runtime.spawn({ id: "a", systemPrompt: "sys a" });
       await runtime.ask("a", "a1");
@@ -101,7 +93,7 @@ describe("injected filesystem errors during passivation (every step × errno)", 
   );
 
   it.each(CODES)("%s on a turn's record write: the turn is refused (not acknowledged), the history unchanged, the next turn fine", async (code) => {
-    const stateDir = join(root, `state-${++counter}`);
+    const stateDir = scratch.stateDir();
     let armed = false;
     const store = new HookedStore(new DirectoryStore(stateDir), {
       beforeWrite: () => {
@@ -109,7 +101,7 @@ describe("injected filesystem errors during passivation (every step × errno)", 
       },
     });
     const { runtime } = await fakeRuntime(stateDir, { store });
-    open.push(runtime);
+    scratch.track(runtime);
     await runtime.spawn({ id: "a", systemPrompt: "sys" });
     await runtime.ask("a", "one");
     armed = true;
@@ -132,10 +124,10 @@ describe("injected filesystem errors during passivation (every step × errno)", 
         return saved;
       }
     }
-    const stateDir = join(root, `state-${++counter}`);
+    const stateDir = scratch.stateDir();
     const engine = new ShortWriteEngine({ sequences: 1 });
     const runtime = await AgentRuntime.create({ stateDir, maxAgents: 1, engineFactory: async () => engine });
-    open.push(runtime);
+    scratch.track(runtime);
     await runtime.spawn({ id: "a", systemPrompt: "sys a" });
     await runtime.ask("a", "a1");
     engine.short = true;
@@ -160,7 +152,7 @@ describe("a real disk that fills up or turns read-only (tmpfs; injected errors w
     const tmpfs = await mountTmpfs(2048);
     const mode = tmpfs ? "tmpfs" : "injected";
     console.log(`[figures] disk faults: ${mode === "tmpfs" ? "real 2 MiB tmpfs (ENOSPC, then remounted read-only: EROFS)" : "injected ENOSPC/EROFS (this machine cannot mount)"}`);
-    const stateDir = tmpfs ? join(tmpfs.path, "state") : join(root, `state-${++counter}`);
+    const stateDir = tmpfs ? join(tmpfs.path, "state") : scratch.stateDir();
     let injected: "full" | "read-only" | undefined;
     const store = new HookedStore(new DirectoryStore(stateDir), {
       beforeStage: () => {
@@ -181,7 +173,7 @@ describe("a real disk that fills up or turns read-only (tmpfs; injected errors w
     };
     try {
       const runtime = await realRuntime(stateDir, { store, maxAgents: 1 });
-      open.push(runtime);
+      scratch.track(runtime);
       const errors = collect(runtime, "agent:error");
       await runtime.spawn({ id: "a", systemPrompt: "You dream of robots." });
       await runtime.ask("a", "Once upon a time");
@@ -228,7 +220,7 @@ describe("a real disk that fills up or turns read-only (tmpfs; injected errors w
 
 describe("the generation worker crashing (real worker thread)", () => {
   it("mid-turn, mid-passivation and mid-rehydration: in-flight requests fail with ERR_WORKER_CRASHED; a new worker takes over", async () => {
-    const stateDir = join(root, `state-${++counter}`);
+    const stateDir = scratch.stateDir();
     let crashAt: "stage" | "open" | undefined;
     let runtime!: AgentRuntime;
     const crashed = gate();
@@ -246,7 +238,7 @@ describe("the generation worker crashing (real worker thread)", () => {
     });
     const worker = crashableWorker({ model: REAL.model, contextSize: 1024, threads: REAL.threads, sequences: 2 });
     runtime = await realRuntime(stateDir, { store, maxAgents: 2, contextSize: 1024, engineFactory: worker.factory });
-    open.push(runtime);
+    scratch.track(runtime);
     const restarts = collect(runtime, "worker:restarted");
     runtime.subscribe("worker:restarted", () => crashed.open());
     await runtime.spawn({ id: "a", systemPrompt: "You dream of robots." });
