@@ -1,6 +1,6 @@
 // The public surface of agentrt, by name.
 export { AgentRuntime } from "./runtime/runtime.js";
-export type { AgentRuntimeOptions, SpawnOptions, SendOptions } from "./runtime/options.js";
+export type { AgentRuntimeOptions, SpawnOptions, SendOptions, HistoryOptions, HistoryPage } from "./runtime/options.js";
 export { Turn } from "./actor/turn.js";
 export type { AgentInfo, AgentStatus } from "./actor/agent.js";
 export type { RuntimeEvents, RuntimeEventName, TurnResult, TurnTimings } from "./events.js";

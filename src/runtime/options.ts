@@ -195,3 +195,29 @@ export function checkSpawn(spec: unknown, limit: number): Omit<Required<SpawnOpt
   }
   return { id: validateAgentId(id), role: role ?? "assistant", systemPrompt, sampling: validateSampling(sampling), behaviour };
 }
+
+export interface HistoryOptions {
+  /** Index (in the whole history) just past the page's last message. Default: the newest message. */
+  before?: number;
+  /** Most messages in the page, 1–1000. Default 50. */
+  limit?: number;
+}
+
+export interface HistoryPage {
+  id: string;
+  /** User and assistant messages, oldest first. */
+  messages: ChatMessage[];
+  /** Index of `messages[0]` in the whole history; `start > 0` means older pages exist (pass `before: start`). */
+  start: number;
+  /** Messages in the whole history. */
+  total: number;
+}
+
+/** Checks history()'s paging options. */
+export function checkHistoryOptions(options: unknown): { before: number | undefined; limit: number } {
+  if (typeof options !== "object" || options === null) throw new TypeError("history options must be an object");
+  const { before, limit = 50 } = options as HistoryOptions;
+  if (before !== undefined && (!Number.isSafeInteger(before) || before < 0)) throw new RangeError(`before must be an integer ≥ 0, got ${String(before)}`);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new RangeError(`limit must be an integer in [1, 1000], got ${String(limit)}`);
+  return { before, limit };
+}

@@ -1,28 +1,30 @@
 import { join } from "node:path";
 import { EventEmitter } from "eventemitter3";
 import pino, { type Logger } from "pino";
-import { Agent, type AgentInfo } from "../actor/agent.js";
+import type { AgentInfo } from "../actor/agent.js";
 import { BehaviourRegistry } from "../actor/behaviour-registry.js";
-import { validateAgentId } from "../agent-id.js";
 import { systemClock, type Clock } from "../clock.js";
 import { detectEngine } from "../engines/create-engine.js";
 import type { ChatMessage, ModelInfo } from "../engines/engine.js";
-import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
+import { AgentRuntimeError } from "../errors.js";
 import type { EmitEvent, RuntimeEvents, TurnResult } from "../events.js";
 import { DirectoryStore } from "../store/directory-store.js";
 import { PrefixCache } from "../store/prefix-cache.js";
 import type { StateStore } from "../store/state-store.js";
-import { writeFailure } from "../store/write-failure.js";
 import { Supervisor } from "../supervisor/supervisor.js";
 import { EngineHost, workerEngineFactory } from "../worker/engine-host.js";
 import { Turn } from "../actor/turn.js";
+import { AgentDirectory } from "./agent-directory.js";
 import { EventStream, type EventStreamOptions } from "./event-stream.js";
 import { memoryReport, type MemoryReport } from "./memory.js";
 import {
   checkConversation,
   checkSendOptions,
   checkSpawn,
+  checkHistoryOptions,
   checkText,
+  type HistoryOptions,
+  type HistoryPage,
   resolveOptions,
   validateSignal,
   type AgentRuntimeOptions,
@@ -30,6 +32,17 @@ import {
   type SendOptions,
   type SpawnOptions,
 } from "./options.js";
+
+interface RuntimeParts {
+  options: ResolvedOptions;
+  store: StateStore;
+  log: Logger;
+  clock: Clock;
+  host: EngineHost;
+  prefixes: PrefixCache | undefined;
+  behaviours: BehaviourRegistry;
+  defaultBehaviour: string;
+}
 
 /**
  * The agent runtime: the public lifecycle of agents (spawn, send, get, list, remove, close) over their
@@ -39,7 +52,6 @@ import {
 export class AgentRuntime {
   readonly #options: ResolvedOptions;
   readonly #store: StateStore;
-  readonly #log: Logger;
   readonly #clock: Clock;
   readonly #host: EngineHost;
   readonly #supervisor: Supervisor;
@@ -47,22 +59,17 @@ export class AgentRuntime {
   readonly #defaultBehaviour: string;
   readonly #events = new EventEmitter<RuntimeEvents>();
   readonly #emit: EmitEvent = (event, ...args) => void (this.#events as unknown as EventEmitter).emit(event, ...args);
-  readonly #agents = new Map<string, Agent>();
-  /** Ids whose removal is still deleting files: the id cannot be spawned again until it is done. */
-  readonly #removing = new Map<string, Promise<void>>();
+  readonly #directory: AgentDirectory;
   #turnCounter = 0;
   #closed: Promise<void> | undefined;
   #destroyed = false;
 
-  private constructor(init: { options: ResolvedOptions; store: StateStore; log: Logger; clock: Clock; host: EngineHost; prefixes: PrefixCache | undefined; behaviours: BehaviourRegistry; defaultBehaviour: string }) {
-    this.#options = init.options;
-    this.#store = init.store;
-    this.#log = init.log;
-    this.#clock = init.clock;
-    this.#host = init.host;
-    this.#behaviours = init.behaviours;
+  private constructor(init: RuntimeParts) {
+    ({ options: this.#options, store: this.#store, clock: this.#clock, host: this.#host, behaviours: this.#behaviours } = init);
     this.#defaultBehaviour = init.defaultBehaviour;
-    this.#supervisor = new Supervisor({ maxAgents: init.options.maxAgents, host: init.host, store: init.store, prefixes: init.prefixes, clock: init.clock, emit: this.#emit });
+    this.#supervisor = new Supervisor({ ...init, maxAgents: init.options.maxAgents, emit: this.#emit });
+    const { mailboxCapacity, maxStoredAgents } = init.options;
+    this.#directory = new AgentDirectory({ ...init, supervisor: this.#supervisor, emit: this.#emit, mailboxCapacity, maxStoredAgents });
     this.#host.on("crashed", (error) => this.#emit("agent:error", { error }));
     this.#host.on("restarted", (event) => this.#emit("worker:restarted", event));
   }
@@ -99,7 +106,7 @@ export class AgentRuntime {
     const prefixes = options.sharedPrefixes === false || !prefixDir ? undefined : new PrefixCache(prefixDir, options.sharedPrefixMinTokens ?? 32);
     const runtime = new AgentRuntime({ options: resolved, store, log, clock, host, prefixes, behaviours, defaultBehaviour });
     try {
-      await runtime.#restore();
+      await runtime.#directory.restore();
     } catch (error) {
       await host.dispose();
       throw error;
@@ -136,34 +143,11 @@ export class AgentRuntime {
     return new EventStream(this.#events, options, this.#clock);
   }
 
-  async #restore(): Promise<void> {
-    for (const id of await this.#store.list()) {
-      const common = { id, mailboxCapacity: this.#options.mailboxCapacity, log: this.#log.child({ agent: id }) };
-      try {
-        const record = await this.#store.read(id);
-        if (!record) continue;
-        const behaviour = this.#behaviours.resolve(record.behaviour ?? "conversation");
-        this.#agents.set(id, new Agent({ ...common, ...record, behaviour, lastUsed: record.updatedAt }));
-      } catch (error) {
-        const failure = isAgentRuntimeError(error) ? error : new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent ${id} could not be read`, { cause: error });
-        common.log.warn({ err: failure }, "agent record unusable; agent marked failed");
-        const now = this.#clock.now();
-        const behaviour = this.#behaviours.resolve("conversation");
-        this.#agents.set(id, new Agent({ ...common, role: "", systemPrompt: "", sampling: {}, behaviour, history: [], createdAt: now, lastUsed: now, failure }));
-        this.#emit("agent:error", { id, error: failure });
-      }
-    }
-  }
 
   #assertOpen(): void {
     if (this.#closed || this.#destroyed) throw new AgentRuntimeError("ERR_RUNTIME_CLOSED");
   }
 
-  #require(id: string): Agent {
-    const agent = this.#agents.get(validateAgentId(id));
-    if (!agent) throw new AgentRuntimeError("ERR_AGENT_NOT_FOUND", `No agent with id ${JSON.stringify(id)}`, { details: { id } });
-    return agent;
-  }
 
   /** Creates an agent, persists it, and evaluates its system prompt once. */
   async spawn(spec: SpawnOptions, options: { signal?: AbortSignal } = {}): Promise<AgentInfo> {
@@ -172,20 +156,10 @@ export class AgentRuntime {
     signal?.throwIfAborted();
     const { id, role, systemPrompt, sampling, behaviour } = checkSpawn(spec, this.#options.maxMessageChars);
     const resolvedBehaviour = this.#behaviours.lookup(behaviour ?? this.#defaultBehaviour);
-    if (this.#agents.has(id) || this.#removing.has(id)) {
-      const why = this.#removing.has(id) ? " (its removal is in progress)" : "";
-      throw new AgentRuntimeError("ERR_AGENT_EXISTS", `Agent ${id} already exists${why}`, { details: { id } });
-    }
-    if (this.#agents.size >= this.#options.maxStoredAgents) {
-      throw new AgentRuntimeError("ERR_TOO_MANY_AGENTS", `The store holds ${this.#agents.size} agents, the limit`, {
-        details: { limit: this.#options.maxStoredAgents },
-      });
-    }
     const now = this.#clock.now();
-    const log = this.#log.child({ agent: id });
-    const agent = new Agent({ id, role, systemPrompt, sampling, behaviour: resolvedBehaviour, history: [], createdAt: now, lastUsed: now, mailboxCapacity: this.#options.mailboxCapacity, log });
+    const agent = this.#directory.create({ id, role, systemPrompt, sampling, behaviour: resolvedBehaviour, history: [], createdAt: now, lastUsed: now });
     // Claimed synchronously, so a concurrent spawn of the same id fails with ERR_AGENT_EXISTS.
-    this.#agents.set(id, agent);
+    this.#directory.claim(agent);
     try {
       // The record is written from the mailbox, so a remove() of this agent waits for it instead of racing it.
       await agent.mailbox.post(async () => {
@@ -194,7 +168,7 @@ export class AgentRuntime {
       });
     } catch (error) {
       // Unless a remove() already took it over, undo the spawn (and never touch a later agent of this id).
-      if (this.#agents.get(id) === agent) await this.#forget(agent).catch(() => {});
+      if (this.#directory.holds(agent)) await this.#directory.forget(agent).catch(() => {});
       throw error;
     }
     agent.log.debug({ role }, "spawned");
@@ -234,7 +208,7 @@ export class AgentRuntime {
       this.#assertOpen();
       const { signal, maxTokens } = checkSendOptions(options, this.#options.maxTokens);
       const { text, earlier } = check();
-      const agent = this.#require(id);
+      const agent = this.#directory.require(id);
       const queuedAt = this.#clock.now();
       const context = { store: this.#store, clock: this.#clock, emit: this.#emit };
       const request = { text, turnId, maxTokens, signal, queuedAt, push };
@@ -254,16 +228,29 @@ export class AgentRuntime {
   /** Passivates agent `id` now (after its queued messages). */
   async passivate(id: string): Promise<void> {
     this.#assertOpen();
-    const agent = this.#require(id);
+    const agent = this.#directory.require(id);
     await agent.mailbox.post(() => this.#supervisor.passivate(agent));
   }
 
   get(id: string): AgentInfo {
-    return this.#require(id).info();
+    return this.#directory.require(id).info();
+  }
+
+  /**
+   * A page of agent `id`'s history, oldest first: messages `[start, end)` where `end` is `before`
+   * (default: the newest) and the page holds at most `limit` (default 50) messages.
+   */
+  async history(id: string, options: HistoryOptions = {}): Promise<HistoryPage> {
+    this.#assertOpen();
+    const { before, limit } = checkHistoryOptions(options);
+    const history = this.#directory.require(id).history;
+    const end = Math.min(before ?? history.length, history.length);
+    const start = Math.max(0, end - limit);
+    return { id, messages: history.slice(start, end), start, total: history.length };
   }
 
   list(): AgentInfo[] {
-    return [...this.#agents.values()].map((agent) => agent.info());
+    return this.#directory.agents.map((agent) => agent.info());
   }
 
   /**
@@ -272,35 +259,16 @@ export class AgentRuntime {
    */
   async remove(id: string): Promise<void> {
     this.#assertOpen();
-    const agent = this.#require(id);
-    await this.#forget(agent);
+    const agent = this.#directory.require(id);
+    await this.#directory.forget(agent);
     this.#emit("agent:removed", { id: agent.id });
   }
 
-  /** Takes `agent` out of the runtime: queued work rejected, running work and passivation awaited, files deleted. */
-  #forget(agent: Agent): Promise<void> {
-    agent.markRemoved();
-    this.#agents.delete(agent.id);
-    const forgetting = (async () => {
-      await agent.mailbox.drain();
-      // Pinned for good: no passivation starts now, and one already saving it is awaited. Otherwise
-      // its record write would land after the files are deleted and bring the agent back on restart.
-      agent.pins++;
-      await this.#supervisor.settled(agent);
-      await this.#supervisor.unload(agent);
-      await this.#store.remove(agent.id).catch((error: unknown) => {
-        throw writeFailure(error, `Could not delete the stored state of ${agent.id}`, agent.id);
-      });
-    })();
-    this.#removing.set(agent.id, forgetting);
-    void forgetting.catch(() => {}).finally(() => this.#removing.delete(agent.id));
-    return forgetting;
-  }
 
   /** Model bytes, per-agent cache tokens and bytes (memory and disk), and totals. */
   async memory(): Promise<MemoryReport> {
     const engine = await this.#host.engine();
-    const agents = [...this.#agents.values()];
+    const agents = this.#directory.agents;
     const resident = new Set(this.#supervisor.residents.filter((agent) => agent.status.state === "resident").map((a) => a.id));
     const stats = await engine.stats([...resident]);
     const disk = await Promise.all(agents.map((agent) => this.#store.bytesOnDisk(agent.id)));
@@ -310,8 +278,8 @@ export class AgentRuntime {
   /** Finishes queued messages, passivates every resident agent, stops the worker. Idempotent. */
   close(): Promise<void> {
     this.#closed ??= (async () => {
-      await Promise.all([...this.#agents.values()].map((agent) => agent.mailbox.drain()));
-      await Promise.allSettled(this.#removing.values());
+      await Promise.all(this.#directory.agents.map((agent) => agent.mailbox.drain()));
+      await Promise.allSettled(this.#directory.removals);
       await this.#supervisor.passivateAll();
       await this.#host.dispose();
     })();
@@ -323,7 +291,7 @@ export class AgentRuntime {
     if (this.#destroyed) return;
     this.#destroyed = true;
     const error = new AgentRuntimeError("ERR_RUNTIME_CLOSED");
-    for (const agent of this.#agents.values()) agent.mailbox.rejectPending(error);
+    for (const agent of this.#directory.agents) agent.mailbox.rejectPending(error);
     await this.#host.dispose();
   }
 

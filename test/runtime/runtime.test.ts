@@ -325,4 +325,20 @@ describe("AgentRuntime with a fake engine", () => {
     await expect(without.runtime.ask("e", "hello")).rejects.toSatisfy(code("ERR_BEHAVIOUR_NOT_FOUND"));
     expect((await new DirectoryStore(stateDir).read("e"))!.history).toHaveLength(4);
   });
+
+  it("pages through an agent's history, newest last, and refuses bad paging options by name", async () => {
+    const { runtime } = await start();
+    await runtime.spawn({ id: "h", systemPrompt: "sys" });
+    for (let i = 0; i < 5; i++) await runtime.ask("h", `m${i}`);
+    const newest = await runtime.history("h", { limit: 4 });
+    expect(newest).toMatchObject({ id: "h", start: 6, total: 10 });
+    expect(newest.messages.filter((m) => m.role === "user").map((m) => m.content)).toEqual(["m3", "m4"]);
+    const older = await runtime.history("h", { before: newest.start, limit: 4 });
+    expect(older.start).toBe(2);
+    expect(older.messages.filter((m) => m.role === "user").map((m) => m.content)).toEqual(["m1", "m2"]);
+    expect((await runtime.history("h", { before: 2, limit: 4 })).messages.map((m) => m.content)[0]).toBe("m0");
+    await expect(runtime.history("h", { limit: 0 })).rejects.toThrow(/limit/);
+    await expect(runtime.history("h", { before: -1 })).rejects.toThrow(/before/);
+    await expect(runtime.history("nobody")).rejects.toSatisfy(code("ERR_AGENT_NOT_FOUND"));
+  });
 });
