@@ -4,4 +4,3 @@ export type { ServerOptions } from "./app.js";
 export { HTTP_ERROR_CODES, STATUS_BY_CODE } from "./errors.js";
 export type { HttpErrorCode } from "./errors.js";
 export { AGENT_HEADER } from "./openai-routes.js";
-export { serveCommand } from "./cli-serve.js";
