@@ -1,5 +1,6 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import type { Logger } from "pino";
+import type { Clock } from "../clock.js";
 import type { EventStream } from "../runtime/event-stream.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
 import { foldAgentId, registerAgentRoutes } from "./agent-routes.js";
@@ -30,6 +31,8 @@ export interface ServerOptions {
   processMetrics?: boolean;
   /** pino logger for requests and errors. Default: silent. */
   logger?: Logger;
+  /** Times event-stream heartbeats and the linger of dropped subscribers (tests pass a manual one). Default: the system clock. */
+  clock?: Clock;
 }
 
 /**
@@ -52,7 +55,7 @@ export async function createServer(runtime: AgentRuntime, options: ServerOptions
     // A malformed URL (`%ZZ`) is answered in agentrt's error shape too.
     frameworkErrors: (error, request, reply) => void sendError(request, reply, error),
   });
-  const sse = { heartbeatMs: options.heartbeatMs ?? 15_000 };
+  const sse = { heartbeatMs: options.heartbeatMs ?? 15_000, ...(options.clock ? { clock: options.clock } : {}) };
   const streams = new Set<EventStream>();
 
   // Every route's schema failures answer with agentrt's codes (set here, before any route is added).
