@@ -118,6 +118,6 @@ async function streamReply(
   } catch (error) {
     if (!stream.closed) stream.send({ event: "error", data: agentrtErrorJson(toErrorBody(error)) });
   } finally {
-    stream.end();
+    stream.dispose();
   }
 }

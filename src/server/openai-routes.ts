@@ -158,6 +158,6 @@ async function streamCompletion(
   } catch (error) {
     if (!stream.closed) stream.send({ data: openAiErrorJson(toErrorBody(error)) });
   } finally {
-    stream.end();
+    stream.dispose();
   }
 }

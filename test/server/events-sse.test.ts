@@ -152,6 +152,18 @@ describe("GET /events: runtime events as Server-Sent Events", () => {
     await eventually(() => clock.pending === 0, "the heartbeat to stop with the stream");
   });
 
+  it("closing the server (await using, or app.close()) ends open event streams and leaves the runtime open", async () => {
+    served = await serveFake();
+    const response = await fetch(`${served.url}/events`);
+    expect(response.status).toBe(200);
+    const reading = readSse(response);
+    await served.app[Symbol.asyncDispose]();
+    const { raw } = await reading;
+    expect(raw, "the stream was open, then ended").toBe(": agentrt events\n\n");
+    const info = await served.runtime.spawn({ id: "after", systemPrompt: "s" });
+    expect(info.status, "the runtime still works").toBe("resident");
+  });
+
   it.skipIf(!hasCurl)("serves a message stream that curl -N reads event by event", async () => {
     served = await serveFake();
     await json(`${served.url}/agents`, { json: { id: "support/42", systemPrompt: "s" } });
