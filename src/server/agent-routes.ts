@@ -3,7 +3,7 @@ import type { AgentInfo } from "../actor/agent.js";
 import type { AgentMemory } from "../runtime/memory.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
 import { agentrtErrorJson, toErrorBody } from "./errors.js";
-import { agentParams, messageBody, spawnBody, type AgentParams, type MessageBody, type SpawnBody } from "./schemas.js";
+import { REQUEST_SCHEMAS, type AgentParams, type MessageBody, type SpawnBody } from "./schemas.js";
 import { disconnectSignal, openTurnStream, wantsEventStream, type SseOptions } from "./sse.js";
 
 /** Actions addressed as `POST /agents/<id>/<action>`. */
@@ -49,7 +49,7 @@ export function registerAgentRoutes(app: FastifyInstance, runtime: AgentRuntime,
 
   app.get("/agents", async () => ({ agents: await withMemory(runtime.list()) }));
 
-  app.post<{ Body: SpawnBody }>("/agents", { schema: { body: spawnBody } }, async (request, reply) => {
+  app.post<{ Body: SpawnBody }>("/agents", { schema: REQUEST_SCHEMAS["POST /agents"] }, async (request, reply) => {
     const { id, systemPrompt, role, sampling, behaviour } = request.body;
     const info = await runtime.spawn(
       {
@@ -65,24 +65,24 @@ export function registerAgentRoutes(app: FastifyInstance, runtime: AgentRuntime,
     return reply.code(201).header("location", `/agents/${info.id}`).send(info);
   });
 
-  app.get<{ Params: AgentParams }>("/agents/:id", { schema: { params: agentParams } }, async (request) => {
+  app.get<{ Params: AgentParams }>("/agents/:id", { schema: REQUEST_SCHEMAS["GET /agents/:id"] }, async (request) => {
     const [agent] = await withMemory([runtime.get(request.params.id)]);
     return agent;
   });
 
-  app.delete<{ Params: AgentParams }>("/agents/:id", { schema: { params: agentParams } }, async (request, reply) => {
+  app.delete<{ Params: AgentParams }>("/agents/:id", { schema: REQUEST_SCHEMAS["DELETE /agents/:id"] }, async (request, reply) => {
     await runtime.remove(request.params.id);
     return reply.code(204).send();
   });
 
-  app.post<{ Params: AgentParams }>("/agents/:id/passivate", { schema: { params: agentParams } }, async (request) => {
+  app.post<{ Params: AgentParams }>("/agents/:id/passivate", { schema: REQUEST_SCHEMAS["POST /agents/:id/passivate"] }, async (request) => {
     await runtime.passivate(request.params.id);
     return runtime.get(request.params.id);
   });
 
   app.post<{ Params: AgentParams; Body: MessageBody }>(
     "/agents/:id/messages",
-    { schema: { params: agentParams, body: messageBody } },
+    { schema: REQUEST_SCHEMAS["POST /agents/:id/messages"] },
     async (request, reply) => {
       const { id } = request.params;
       const { text, maxTokens } = request.body;

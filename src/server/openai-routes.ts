@@ -4,7 +4,7 @@ import type { ChatMessage, StopReason } from "../engines/engine.js";
 import type { TurnResult } from "../events.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
 import { HttpError, openAiErrorJson, toErrorBody } from "./errors.js";
-import { AGENT_HEADER, chatCompletionBody, chatCompletionHeaders, type ChatCompletionBody } from "./schemas.js";
+import { AGENT_HEADER, REQUEST_SCHEMAS, type ChatCompletionBody } from "./schemas.js";
 import { disconnectSignal, openTurnStream, type SseOptions } from "./sse.js";
 
 const MODEL_PREFIX = "agent:";
@@ -19,7 +19,7 @@ interface ChatCompletionRequest {
 }
 
 /**
- * Reads an OpenAI chat request (its shape already checked by {@link chatCompletionBody}) against the
+ * Reads an OpenAI chat request (its shape already checked by its schema in REQUEST_SCHEMAS) against the
  * agent it addresses. Leading `system`/`developer` messages must equal the agent's system prompt (an
  * agent's identity is fixed at spawn; see docs/http.md) and are then dropped; the rest is the
  * conversation the agent continues.
@@ -96,7 +96,7 @@ export function registerOpenAiRoutes(app: FastifyInstance, runtime: AgentRuntime
 
   app.post<{ Body: ChatCompletionBody; Headers: { [AGENT_HEADER]?: string } }>(
     "/v1/chat/completions",
-    { schema: { body: chatCompletionBody, headers: chatCompletionHeaders } },
+    { schema: REQUEST_SCHEMAS["POST /v1/chat/completions"] },
     async (request, reply) => {
       const parsed = parseRequest(request, runtime);
       const id = `chatcmpl-${randomUUID()}`;

@@ -21,7 +21,7 @@ const agentId = {
 } as const;
 
 /** `/agents/:id…` (the router gets the id as one segment; see `foldAgentId`). */
-export const agentParams = {
+const agentParams = {
   type: "object",
   required: ["id"],
   properties: { id: agentId },
@@ -44,7 +44,7 @@ const sampling = {
 } as const;
 
 /** `POST /agents` */
-export const spawnBody = {
+const spawnBody = {
   type: "object",
   required: ["id", "systemPrompt"],
   properties: {
@@ -68,7 +68,7 @@ export interface SpawnBody {
 }
 
 /** `POST /agents/<id>/messages` */
-export const messageBody = {
+const messageBody = {
   type: "object",
   required: ["text"],
   properties: {
@@ -134,7 +134,7 @@ const chatMessage = {
 } as const;
 
 /** `POST /v1/chat/completions`: the fields agentrt reads. Others (temperature, top_p, seed…) are accepted and ignored. */
-export const chatCompletionBody = {
+const chatCompletionBody = {
   type: "object",
   required: ["messages"],
   properties: {
@@ -161,14 +161,14 @@ export interface ChatCompletionBody {
 /** The header that addresses an agent when `model` is not `agent:<id>`. */
 export const AGENT_HEADER = "x-agent-id";
 
-export const chatCompletionHeaders = {
+const chatCompletionHeaders = {
   type: "object",
   properties: { [AGENT_HEADER]: { type: "string", description: "The agent's id, when model is not agent:<id>" } },
 } as const;
 
 /**
- * Every request schema by route, as the routes use them (`/events` with the default buffer bounds):
- * for clients, docs and generators. Bodies not listed here take no body.
+ * Every request schema by route: the routes take theirs from here (`/events` builds its own from the
+ * server's buffer options; this one has the defaults). For clients, docs and generators.
  */
 export const REQUEST_SCHEMAS = {
   "POST /agents": { body: spawnBody },

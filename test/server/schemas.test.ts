@@ -167,7 +167,12 @@ describe("request schemas: fastify checks every body, query and param, and answe
     expect(served.runtime.list()).toEqual([]);
   });
 
-  it("exports the request schemas, and every x-error-code in them is a real code", () => {
+  it("exports the request schemas by route, each a route the server has, and every x-error-code in them is a real code", async () => {
+    served = await serveFake();
+    for (const route of Object.keys(REQUEST_SCHEMAS)) {
+      const [method, url] = route.split(" ") as [string, string];
+      expect(served.app.hasRoute({ method: method as "GET", url }), route).toBe(true);
+    }
     expect(Object.keys(REQUEST_SCHEMAS)).toEqual([
       "POST /agents",
       "GET /agents/:id",
