@@ -25,7 +25,7 @@ async function main(argv: string[]): Promise<void> {
       return demoCommand(rest);
     }
     case "serve": {
-      const { serveCommand } = await import("../src/server/cli-serve.js");
+      const { serveCommand } = await import("../src/cli/serve.js");
       return serveCommand(rest);
     }
     default:

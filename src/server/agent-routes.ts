@@ -1,29 +1,36 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import type { SamplingOptions } from "../engines/engine.js";
 import type { AgentInfo } from "../actor/agent.js";
 import type { AgentMemory } from "../runtime/memory.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
-import { agentrtErrorJson, HttpError, sendError, toErrorBody } from "./errors.js";
+import { agentrtErrorJson, toErrorBody } from "./errors.js";
+import { REQUEST_SCHEMAS, type AgentParams, type MessageBody, type SpawnBody } from "./schemas.js";
 import { disconnectSignal, openTurnStream, wantsEventStream, type SseOptions } from "./sse.js";
 
-/** Actions addressed as `POST /agents/<id>/<action>`; agent ids may contain `/`, so the action is the last segment. */
+/** Actions addressed as `POST /agents/<id>/<action>`. */
 const ACTIONS = ["messages", "passivate"] as const;
-type Action = (typeof ACTIONS)[number];
 
-function body(request: FastifyRequest): Record<string, unknown> {
-  const value = request.body ?? {};
-  if (typeof value !== "object" || Array.isArray(value)) throw new HttpError("ERR_INVALID_ARGUMENT", "The body must be a JSON object");
-  return value as Record<string, unknown>;
-}
-
-/** `support/42/messages` → `{ id: "support/42", action: "messages" }`. */
-function splitAction(path: string): { id: string; action: Action } {
-  const slash = path.lastIndexOf("/");
-  const action = path.slice(slash + 1);
-  if (slash <= 0 || !(ACTIONS as readonly string[]).includes(action)) {
-    throw new HttpError("ERR_ROUTE_NOT_FOUND", `POST /agents/<id>/<action> takes an action of ${ACTIONS.join(", ")}`);
+/**
+ * Agent ids contain `/`, so the router would see `support/42` as two segments: this rewrites the URL
+ * (fastify's `rewriteUrl`) so the id is one segment, `/agents/support%2F42`, and the routes below can
+ * say `/agents/:id`. `GET`/`DELETE` take the whole rest of the path as the id; `POST` the rest minus
+ * its last segment, the action (an agent named `x/messages` is `POST /agents/x/messages/messages`).
+ * Anything else is left as it is (and is a 404 if no route takes it).
+ */
+export function foldAgentId(method: string | undefined, url: string): string {
+  const prefix = "/agents/";
+  if (!url.startsWith(prefix)) return url;
+  const queryAt = url.indexOf("?");
+  const path = queryAt < 0 ? url : url.slice(0, queryAt);
+  const query = queryAt < 0 ? "" : url.slice(queryAt);
+  let id = path.slice(prefix.length);
+  let action = "";
+  if (method === "POST") {
+    const slash = id.lastIndexOf("/");
+    if (slash <= 0 || !(ACTIONS as readonly string[]).includes(id.slice(slash + 1))) return url;
+    action = id.slice(slash);
+    id = id.slice(0, slash);
   }
-  return { id: path.slice(0, slash), action: action as Action };
+  return id.includes("/") ? `${prefix}${id.replaceAll("/", "%2F")}${action}${query}` : url;
 }
 
 export interface AgentRoutesOptions {
@@ -42,38 +49,47 @@ export function registerAgentRoutes(app: FastifyInstance, runtime: AgentRuntime,
 
   app.get("/agents", async () => ({ agents: await withMemory(runtime.list()) }));
 
-  app.post("/agents", async (request, reply) => {
-    const { id, role, systemPrompt, sampling } = body(request);
+  app.post<{ Body: SpawnBody }>("/agents", { schema: REQUEST_SCHEMAS["POST /agents"] }, async (request, reply) => {
+    const { id, systemPrompt, role, sampling, behaviour } = request.body;
     const info = await runtime.spawn(
-      { id: id as string, systemPrompt: systemPrompt as string, ...(role !== undefined ? { role: role as string } : {}), ...(sampling !== undefined ? { sampling: sampling as SamplingOptions } : {}) },
+      {
+        id,
+        systemPrompt,
+        ...(role !== undefined ? { role } : {}),
+        ...(sampling !== undefined ? { sampling } : {}),
+        // A name, resolved by the runtime's behaviour registry (ERR_BEHAVIOUR_NOT_FOUND when unknown).
+        ...(behaviour !== undefined ? { behaviour: behaviour as never } : {}),
+      },
       { signal: disconnectSignal(reply) },
     );
     return reply.code(201).header("location", `/agents/${info.id}`).send(info);
   });
 
-  app.get("/agents/*", async (request) => {
-    const id = (request.params as { "*": string })["*"];
-    const [agent] = await withMemory([runtime.get(id)]);
+  app.get<{ Params: AgentParams }>("/agents/:id", { schema: REQUEST_SCHEMAS["GET /agents/:id"] }, async (request) => {
+    const [agent] = await withMemory([runtime.get(request.params.id)]);
     return agent;
   });
 
-  app.delete("/agents/*", async (request, reply) => {
-    await runtime.remove((request.params as { "*": string })["*"]);
+  app.delete<{ Params: AgentParams }>("/agents/:id", { schema: REQUEST_SCHEMAS["DELETE /agents/:id"] }, async (request, reply) => {
+    await runtime.remove(request.params.id);
     return reply.code(204).send();
   });
 
-  app.post("/agents/*", async (request, reply) => {
-    const { id, action } = splitAction((request.params as { "*": string })["*"]);
-    if (action === "passivate") {
-      await runtime.passivate(id);
-      return runtime.get(id);
-    }
-    const { text, maxTokens } = body(request);
-    if (maxTokens !== undefined && typeof maxTokens !== "number") throw new HttpError("ERR_INVALID_ARGUMENT", "maxTokens must be a number", "maxTokens");
-    if (wantsEventStream(request.headers.accept)) return streamReply(request, reply, runtime, id, text as string, maxTokens, options.sse);
-    const result = await runtime.send(id, text as string, { signal: disconnectSignal(reply), ...(maxTokens !== undefined ? { maxTokens } : {}) }).result;
-    return result;
+  app.post<{ Params: AgentParams }>("/agents/:id/passivate", { schema: REQUEST_SCHEMAS["POST /agents/:id/passivate"] }, async (request) => {
+    await runtime.passivate(request.params.id);
+    return runtime.get(request.params.id);
   });
+
+  app.post<{ Params: AgentParams; Body: MessageBody }>(
+    "/agents/:id/messages",
+    { schema: REQUEST_SCHEMAS["POST /agents/:id/messages"] },
+    async (request, reply) => {
+      const { id } = request.params;
+      const { text, maxTokens } = request.body;
+      if (wantsEventStream(request.headers.accept)) return streamReply(request, reply, runtime, id, text, maxTokens, options.sse);
+      return runtime.send(id, text, { signal: disconnectSignal(reply), ...(maxTokens !== undefined ? { maxTokens } : {}) }).result;
+    },
+  );
 }
 
 /**
@@ -102,6 +118,6 @@ async function streamReply(
   } catch (error) {
     if (!stream.closed) stream.send({ event: "error", data: agentrtErrorJson(toErrorBody(error)) });
   } finally {
-    stream.end();
+    stream.dispose();
   }
 }

@@ -1,14 +1,16 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import type { Logger } from "pino";
+import type { Clock } from "../clock.js";
 import type { EventStream } from "../runtime/event-stream.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
-import { registerAgentRoutes } from "./agent-routes.js";
+import { foldAgentId, registerAgentRoutes } from "./agent-routes.js";
 import { registerAuth } from "./auth.js";
 import { registerDashboard } from "./dashboard.js";
 import { HttpError, sendError } from "./errors.js";
 import { registerEventsRoute } from "./events-route.js";
 import { registerMetrics } from "./metrics.js";
 import { registerOpenAiRoutes } from "./openai-routes.js";
+import { AJV_OPTIONS, checkErrorCodes, schemaErrorFormatter } from "./validation.js";
 
 export interface ServerOptions {
   /** Bearer token every request must carry (except `/healthz` and the dashboard's files). Default: none, auth off. */
@@ -29,6 +31,8 @@ export interface ServerOptions {
   processMetrics?: boolean;
   /** pino logger for requests and errors. Default: silent. */
   logger?: Logger;
+  /** Times event-stream heartbeats and the linger of dropped subscribers (tests pass a manual one). Default: the system clock. */
+  clock?: Clock;
 }
 
 /**
@@ -43,10 +47,23 @@ export async function createServer(runtime: AgentRuntime, options: ServerOptions
     ...(options.logger ? { loggerInstance: options.logger as FastifyBaseLogger } : { logger: false }),
     // Fastify closes idle keep-alive sockets on close; open event streams are ended in preClose.
     forceCloseConnections: "idle",
+    ajv: AJV_OPTIONS,
+    rewriteUrl: (request) => foldAgentId(request.method, request.url ?? "/"),
+    // An agent id is one route param (see foldAgentId); any length reaches the runtime, which judges it
+    // (ERR_INVALID_AGENT_ID). Node's 16 KiB header limit bounds the URL already.
+    routerOptions: { maxParamLength: 16 * 1024 },
+    // A malformed URL (`%ZZ`) is answered in agentrt's error shape too.
+    frameworkErrors: (error, request, reply) => void sendError(request, reply, error),
   });
-  const sse = { heartbeatMs: options.heartbeatMs ?? 15_000 };
+  const sse = { heartbeatMs: options.heartbeatMs ?? 15_000, ...(options.clock ? { clock: options.clock } : {}) };
   const streams = new Set<EventStream>();
 
+  // Every route's schema failures answer with agentrt's codes (set here, before any route is added).
+  app.addHook("onRoute", (route) => {
+    if (route.schema === undefined) return;
+    checkErrorCodes(route.schema, `${String(route.method)} ${route.url}`);
+    route.schemaErrorFormatter ??= schemaErrorFormatter(route.schema);
+  });
   app.setErrorHandler((error, request, reply) => sendError(request, reply, error));
   app.setNotFoundHandler((request, reply) =>
     sendError(request, reply, new HttpError("ERR_ROUTE_NOT_FOUND", `No endpoint ${request.method} ${request.url.split("?", 1)[0]}`)),

@@ -1,5 +1,5 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from "fastify";
-import { isAgentRuntimeError, type ErrorCode } from "../errors.js";
+import { ERROR_CODES, isAgentRuntimeError, type ErrorCode } from "../errors.js";
 
 /**
  * Codes only the HTTP front raises (the runtime's own codes are in ERROR_CODES). Stable like those:
@@ -57,13 +57,17 @@ export const STATUS_BY_CODE: Record<ErrorCode | HttpErrorCode, number> = {
   ERR_INTERNAL: 500,
 };
 
-/** An error raised by the HTTP front itself. */
+/**
+ * An error raised by the HTTP front itself: its own codes, or a runtime code for input the front
+ * refuses before the runtime sees it (a schema check, e.g. a missing `text` is ERR_INVALID_MESSAGE).
+ */
 export class HttpError extends Error {
   override readonly name = "HttpError";
-  readonly code: HttpErrorCode;
+  readonly code: ErrorCode | HttpErrorCode;
+  /** The request field at fault (OpenAI's `param`), e.g. `messages[0].role`. */
   readonly param: string | undefined;
 
-  constructor(code: HttpErrorCode, message: string = HTTP_ERROR_CODES[code], param?: string) {
+  constructor(code: ErrorCode | HttpErrorCode, message: string = { ...ERROR_CODES, ...HTTP_ERROR_CODES }[code], param?: string) {
     super(message);
     this.code = code;
     this.param = param;
@@ -85,6 +89,8 @@ const FASTIFY_CODES: Record<string, HttpErrorCode> = {
   FST_ERR_CTP_EMPTY_JSON_BODY: "ERR_INVALID_JSON",
   FST_ERR_CTP_INVALID_JSON_BODY: "ERR_INVALID_JSON",
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: "ERR_INVALID_ARGUMENT",
+  FST_ERR_BAD_URL: "ERR_INVALID_ARGUMENT",
+  FST_ERR_MAX_PARAM_LENGTH: "ERR_INVALID_ARGUMENT",
 };
 
 /** Maps anything thrown in a handler to a status, a stable code and a message safe to show. */

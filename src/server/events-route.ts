@@ -2,8 +2,9 @@ import type { FastifyInstance } from "fastify";
 import type { RuntimeEventName } from "../events.js";
 import type { EventStream, StreamEvent } from "../runtime/event-stream.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
-import { HttpError } from "./errors.js";
+import { eventsQuery, type EventsQuery } from "./schemas.js";
 import { SseStream, type SseOptions } from "./sse.js";
+import { numericQuery } from "./validation.js";
 
 export interface EventsRouteOptions {
   sse: SseOptions;
@@ -16,10 +17,10 @@ export interface EventsRouteOptions {
 }
 
 /** `?agent=a&agent=b,c` → `["a", "b", "c"]`. */
-function list(value: unknown): string[] | undefined {
+function list(value: string | string[] | undefined): string[] | undefined {
   if (value === undefined) return undefined;
   const values = Array.isArray(value) ? value : [value];
-  return values.flatMap((item) => String(item).split(",")).map((item) => item.trim()).filter((item) => item.length > 0);
+  return values.flatMap((item) => item.split(",")).map((item) => item.trim()).filter((item) => item.length > 0);
 }
 
 /** Event payloads as JSON: errors become `{ code, message }` (an Error serializes to `{}`). */
@@ -38,14 +39,11 @@ export function eventJson(event: StreamEvent): unknown {
  * `event: stream:dropped` and the stream ends; the runtime never waits for it.
  */
 export function registerEventsRoute(app: FastifyInstance, runtime: AgentRuntime, options: EventsRouteOptions, open: Set<EventStream>): void {
-  app.get("/events", async (request, reply) => {
-    const query = request.query as Record<string, unknown>;
-    const buffer = query.buffer === undefined ? options.defaultBufferSize : Number(query.buffer);
-    if (!Number.isInteger(buffer) || buffer < 1 || buffer > options.maxBufferSize) {
-      throw new HttpError("ERR_INVALID_ARGUMENT", `buffer must be an integer in [1, ${options.maxBufferSize}]`, "buffer");
-    }
-    const agents = list(query.agent);
-    const types = list(query.type) as RuntimeEventName[] | undefined;
+  const schema = { querystring: eventsQuery(options) };
+  app.get<{ Querystring: EventsQuery }>("/events", { schema, preValidation: numericQuery("buffer") }, async (request, reply) => {
+    const { buffer = options.defaultBufferSize } = request.query;
+    const agents = list(request.query.agent);
+    const types = list(request.query.type) as RuntimeEventName[] | undefined;
     // Validates the filters before the 200 goes out, so a bad filter is a 400.
     const events = runtime.events({ bufferSize: buffer, ...(agents ? { agents } : {}), ...(types ? { types } : {}) });
     const stream = SseStream.open(reply, options.sse);

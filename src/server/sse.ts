@@ -1,10 +1,19 @@
 import type { ServerResponse } from "node:http";
 import type { FastifyReply, FastifyRequest } from "fastify";
+import { systemClock, type Clock } from "../clock.js";
 import { sendError } from "./errors.js";
 
 export interface SseOptions {
   /** A `: ping` comment this often keeps proxies from closing an idle stream. Default 15 000 ms. */
   heartbeatMs?: number;
+  /** Times the heartbeat and the linger of a dropped stream. Default: the system clock. */
+  clock?: Clock;
+}
+
+/** A system timer must not keep the process alive for a stream's sake; other clocks' handles pass through. */
+function unref(handle: unknown): unknown {
+  (handle as { unref?: () => void } | null)?.unref?.();
+  return handle;
 }
 
 /** Whether the client asked for a Server-Sent Events answer. */
@@ -19,18 +28,38 @@ export function wantsEventStream(accept: string | undefined): boolean {
 export class SseStream {
   readonly #raw: ServerResponse;
   readonly #controller = new AbortController();
-  readonly #heartbeat: NodeJS.Timeout;
-  #lingerTimer: NodeJS.Timeout | undefined;
+  readonly #clock: Clock;
+  readonly #heartbeatMs: number;
+  #heartbeat: unknown;
+  #lingerTimer: unknown;
 
-  private constructor(raw: ServerResponse, heartbeatMs: number) {
+  private constructor(raw: ServerResponse, heartbeatMs: number, clock: Clock) {
     this.#raw = raw;
+    this.#clock = clock;
+    this.#heartbeatMs = heartbeatMs;
     raw.on("close", () => {
-      clearInterval(this.#heartbeat);
-      clearTimeout(this.#lingerTimer);
+      this.#stopTimers();
       if (!raw.writableFinished) this.#controller.abort(new DisconnectedError());
     });
-    this.#heartbeat = setInterval(() => this.comment("ping"), heartbeatMs);
-    this.#heartbeat.unref();
+    this.#beat();
+  }
+
+  /** One `: ping` after `heartbeatMs`, then the next (a Clock has timeouts, not intervals). */
+  #beat(): void {
+    this.#heartbeat = unref(
+      this.#clock.setTimeout(() => {
+        this.#heartbeat = undefined;
+        if (this.closed) return;
+        this.comment("ping");
+        this.#beat();
+      }, this.#heartbeatMs),
+    );
+  }
+
+  #stopTimers(): void {
+    if (this.#heartbeat !== undefined) this.#clock.clearTimeout(this.#heartbeat);
+    if (this.#lingerTimer !== undefined) this.#clock.clearTimeout(this.#lingerTimer);
+    this.#heartbeat = this.#lingerTimer = undefined;
   }
 
   /** Sends the 200 headers now, so clients see the stream open before the first event. */
@@ -46,7 +75,7 @@ export class SseStream {
       ...headers,
     });
     raw.flushHeaders();
-    return new SseStream(raw, options.heartbeatMs ?? 15_000);
+    return new SseStream(raw, options.heartbeatMs ?? 15_000, options.clock ?? systemClock);
   }
 
   /** Aborted when the client goes away before the stream ends. */
@@ -98,13 +127,23 @@ export class SseStream {
    * (a dropped subscriber must not hold its socket and buffers forever).
    */
   end(lingerMs?: number): void {
-    clearInterval(this.#heartbeat);
+    if (this.#heartbeat !== undefined) this.#clock.clearTimeout(this.#heartbeat);
+    this.#heartbeat = undefined;
     if (this.closed) return;
     this.#raw.end();
     if (lingerMs !== undefined) {
-      this.#lingerTimer = setTimeout(() => this.#raw.destroy(), lingerMs);
-      this.#lingerTimer.unref();
+      this.#lingerTimer = unref(this.#clock.setTimeout(() => this.#raw.destroy(), lingerMs));
     }
+  }
+
+  /** Ends the stream if it is still open and stops its timers now (no linger); idempotent. */
+  dispose(): void {
+    this.end();
+    this.#stopTimers();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
   }
 }
 

@@ -1,8 +1,8 @@
 import { spawn as spawnProcess, spawnSync } from "node:child_process";
-import { connect } from "node:net";
+import { connect, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import type { AgentBehaviour } from "../../src/index.js";
-import { eventually, json, parseSse, readSse, serveFake, type Served } from "./helpers.js";
+import { eventually, json, ManualClock, parseSse, readSse, serveFake, type Served } from "./helpers.js";
 
 let served: Served | undefined;
 afterEach(async () => {
@@ -52,7 +52,7 @@ describe("GET /events: runtime events as Server-Sent Events", () => {
     expect(badBuffer.status).toBe(400);
   });
 
-  it("drops a subscriber that stops reading, with a final stream:dropped event, while the runtime keeps going", async () => {
+  it("drops a subscriber that stops reading, with a final stream:dropped event, while the runtime keeps going; one that never reads is cut off after the linger", async () => {
     // Messages of ~30 KB whose history is not kept: each turn-start event is big, so a few hundred KB of
     // events fill the socket buffers quickly and the server has to hold events for the stuck client.
     const forgetful: AgentBehaviour = {
@@ -60,23 +60,24 @@ describe("GET /events: runtime events as Server-Sent Events", () => {
       prompt: (agent, text) => [{ role: "system", content: agent.systemPrompt }, { role: "user", content: text }],
       record: () => [],
     };
+    // The linger runs on this clock: it passes only when the test says so, however slow the machine.
+    const clock = new ManualClock();
     served = await serveFake({
       runtime: { behaviour: forgetful },
       engine: { contextSize: 100_000 },
-      server: { droppedLingerMs: 60_000 },
+      server: { droppedLingerMs: 10_000, clock },
     });
     const { url } = served;
     await json(`${url}/agents`, { json: { id: "chatty", systemPrompt: "s" } });
 
-    // A raw client that sends the request and then reads nothing.
-    const port = new URL(url).port;
-    const socket = connect(Number(port), "127.0.0.1");
-    await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
-    socket.write(`GET /events?buffer=64 HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n`);
-    const chunks: Buffer[] = [];
-    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
-    await eventually(() => Buffer.concat(chunks).includes(": agentrt events"), "the stream to open");
-    socket.pause();
+    // Raw clients that send the request and then read nothing: one will read later, one never will.
+    const accepted: Socket[] = [];
+    served.app.server.on("connection", (socket: Socket) => accepted.push(socket));
+    const { socket, chunks } = await stuckSubscriber(url);
+    const never = await stuckSubscriber(url);
+    // The server's end of the never-reading client's connection.
+    const neverOnServer = accepted.find((accepted) => accepted.remotePort === never.socket.localPort)!;
+    expect(neverOnServer).toBeDefined();
 
     // A healthy subscriber alongside it sees every turn.
     const healthy = runtimeTurnEnds(served);
@@ -110,7 +111,58 @@ describe("GET /events: runtime events as Server-Sent Events", () => {
     // Sequence numbers have no gaps: the client lost nothing before the drop.
     expect(frames.map((frame) => Number(frame.id))).toEqual(frames.map((_, index) => index + 1));
     healthy.stop();
+
+    // The one that never reads keeps its connection for the linger, then loses it.
+    clock.advance(9_999);
+    await json(`${url}/healthz`); // a round trip, so a premature cut would have been seen
+    expect(neverOnServer.destroyed, "cut off before the linger was over").toBe(false);
+    clock.advance(1);
+    await eventually(() => neverOnServer.destroyed, "the never-reading client to be cut off at the end of the linger");
+    never.socket.destroy();
   }, 60_000);
+
+  it("pings an idle stream every heartbeatMs on the server's clock, and stops its timer when the client leaves", async () => {
+    const clock = new ManualClock();
+    served = await serveFake({ server: { heartbeatMs: 1000, clock } });
+    const controller = new AbortController();
+    const response = await fetch(`${served.url}/events`, { signal: controller.signal });
+    const reader = response.body!.getReader();
+    const decoder = new TextDecoder();
+    let raw = "";
+    const readUntil = async (done: () => boolean, what: string) => {
+      while (!done()) {
+        const chunk = await reader.read();
+        if (chunk.done) throw new Error(`the stream ended before ${what}`);
+        raw += decoder.decode(chunk.value, { stream: true });
+      }
+    };
+    const pings = () => raw.split(": ping\n\n").length - 1;
+    await readUntil(() => raw.includes(": agentrt events\n\n"), "it opened");
+    clock.advance(999);
+    // Bytes arrive in order: had a ping been sent at 999 ms, it would come before this event.
+    await served.runtime.spawn({ id: "a", systemPrompt: "s" });
+    await readUntil(() => raw.includes("event: agent:spawned"), "the spawn event");
+    expect(pings(), "no ping before heartbeatMs").toBe(0);
+    clock.advance(1);
+    await readUntil(() => pings() === 1, "the first ping");
+    clock.advance(2000);
+    await readUntil(() => pings() === 3, "two more pings");
+    expect(clock.pending, "one heartbeat armed").toBe(1);
+    controller.abort();
+    await eventually(() => clock.pending === 0, "the heartbeat to stop with the stream");
+  });
+
+  it("closing the server (await using, or app.close()) ends open event streams and leaves the runtime open", async () => {
+    served = await serveFake();
+    const response = await fetch(`${served.url}/events`);
+    expect(response.status).toBe(200);
+    const reading = readSse(response);
+    await served.app[Symbol.asyncDispose]();
+    const { raw } = await reading;
+    expect(raw, "the stream was open, then ended").toBe(": agentrt events\n\n");
+    const info = await served.runtime.spawn({ id: "after", systemPrompt: "s" });
+    expect(info.status, "the runtime still works").toBe("resident");
+  });
 
   it.skipIf(!hasCurl)("serves a message stream that curl -N reads event by event", async () => {
     served = await serveFake();
@@ -132,6 +184,18 @@ describe("GET /events: runtime events as Server-Sent Events", () => {
     expect(frames.slice(0, -1).map((frame) => JSON.parse(frame.data).text).join("")).toBe(JSON.parse(frames.at(-1)!.data).reply);
   });
 });
+
+/** A raw client that asks for `/events` with a 64-event buffer, sees the stream open, then stops reading. */
+async function stuckSubscriber(url: string): Promise<{ socket: Socket; chunks: Buffer[] }> {
+  const socket = connect(Number(new URL(url).port), "127.0.0.1");
+  await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+  socket.write(`GET /events?buffer=64 HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n`);
+  const chunks: Buffer[] = [];
+  socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+  await eventually(() => Buffer.concat(chunks).includes(": agentrt events"), "the stream to open");
+  socket.pause();
+  return { socket, chunks };
+}
 
 function runtimeTurnEnds(served: Served): { count: number; stop(): void } {
   const state = { count: 0, stop: () => {} };

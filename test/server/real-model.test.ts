@@ -2,7 +2,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startServe } from "../../src/server/cli-serve.js";
+import { startServe } from "../../src/cli/serve.js";
 import { json, readSse } from "./helpers.js";
 
 /**

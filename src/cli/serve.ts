@@ -1,8 +1,8 @@
 import { resolve } from "node:path";
 import pino from "pino";
-import { integer, parseCommon } from "../cli/args.js";
-import { AgentRuntime } from "../runtime/runtime.js";
-import { createServer } from "./app.js";
+import { AgentRuntime } from "../index.js";
+import { createServer } from "../server/index.js";
+import { integer, parseCommon } from "./args.js";
 
 const USAGE = `usage: agentrt serve [options]
 
@@ -22,7 +22,6 @@ const USAGE = `usage: agentrt serve [options]
   --token <token>               require "Authorization: Bearer <token>" (default $AGENTRT_TOKEN; off when unset)
   -v, --verbose                 request and debug logs on stderr
 `;
-
 
 /**
  * `agentrt serve`: loads the model, opens the runtime on the state folder and serves it over HTTP until
