@@ -58,7 +58,7 @@ export function registerAgentRoutes(app: FastifyInstance, runtime: AgentRuntime,
         ...(role !== undefined ? { role } : {}),
         ...(sampling !== undefined ? { sampling } : {}),
         // A name, resolved by the runtime's behaviour registry (ERR_BEHAVIOUR_NOT_FOUND when unknown).
-        ...(behaviour !== undefined ? { behaviour: behaviour as never } : {}),
+        ...(behaviour !== undefined ? { behaviour } : {}),
       },
       { signal: disconnectSignal(reply) },
     );

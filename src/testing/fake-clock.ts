@@ -9,7 +9,7 @@ export class FakeClock implements Clock {
   #timers: Array<{ at: number; callback: () => void; handle: number }> = [];
   #nextHandle = 1;
 
-  constructor(start = 1_000_000) {
+  constructor(start = 0) {
     this.#now = start;
   }
 
@@ -25,6 +25,11 @@ export class FakeClock implements Clock {
 
   clearTimeout(handle: unknown): void {
     this.#timers = this.#timers.filter((timer) => timer.handle !== handle);
+  }
+
+  /** Timers waiting to fire. */
+  get pending(): number {
+    return this.#timers.length;
   }
 
   /** Moves time forward by `ms`, firing the timers that fall due, oldest first. */

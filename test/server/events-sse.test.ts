@@ -2,7 +2,8 @@ import { spawn as spawnProcess, spawnSync } from "node:child_process";
 import { connect, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import type { AgentBehaviour } from "../../src/index.js";
-import { eventually, json, ManualClock, parseSse, readSse, serveFake, type Served } from "./helpers.js";
+import { FakeClock } from "../../src/testing/index.js";
+import { eventually, json, parseSse, readSse, serveFake, type Served } from "./helpers.js";
 
 let served: Served | undefined;
 afterEach(async () => {
@@ -61,7 +62,7 @@ describe("GET /events: runtime events as Server-Sent Events", () => {
       record: () => [],
     };
     // The linger runs on this clock: it passes only when the test says so, however slow the machine.
-    const clock = new ManualClock();
+    const clock = new FakeClock();
     served = await serveFake({
       runtime: { behaviour: forgetful },
       engine: { contextSize: 100_000 },
@@ -122,7 +123,7 @@ describe("GET /events: runtime events as Server-Sent Events", () => {
   }, 60_000);
 
   it("pings an idle stream every heartbeatMs on the server's clock, and stops its timer when the client leaves", async () => {
-    const clock = new ManualClock();
+    const clock = new FakeClock();
     served = await serveFake({ server: { heartbeatMs: 1000, clock } });
     const controller = new AbortController();
     const response = await fetch(`${served.url}/events`, { signal: controller.signal });

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { FastifyInstance } from "fastify";
-import { AgentRuntime, type AgentRuntimeOptions, type Clock } from "../../src/index.js";
+import { AgentRuntime, type AgentRuntimeOptions } from "../../src/index.js";
 import { createServer, type ServerOptions } from "../../src/server/index.js";
 import { FakeEngine, type FakeEngineOptions } from "../../src/testing/index.js";
 
@@ -147,40 +147,3 @@ export function responseClosed(app: FastifyInstance, suffix: string): Promise<vo
   });
 }
 
-/** A clock that moves only when told: `advance(ms)` runs, in order, every timer due by then. */
-export class ManualClock implements Clock {
-  #now = 0;
-  #next = 1;
-  readonly #timers = new Map<number, { at: number; callback: () => void }>();
-
-  now(): number {
-    return this.#now;
-  }
-
-  setTimeout(callback: () => void, ms: number): unknown {
-    const handle = this.#next++;
-    this.#timers.set(handle, { at: this.#now + ms, callback });
-    return handle;
-  }
-
-  clearTimeout(handle: unknown): void {
-    this.#timers.delete(handle as number);
-  }
-
-  /** Timers waiting to run. */
-  get pending(): number {
-    return this.#timers.size;
-  }
-
-  advance(ms: number): void {
-    const until = this.#now + ms;
-    while (true) {
-      const due = [...this.#timers].filter(([, timer]) => timer.at <= until).sort(([, a], [, b]) => a.at - b.at)[0];
-      if (!due) break;
-      this.#timers.delete(due[0]);
-      this.#now = due[1].at;
-      due[1].callback();
-    }
-    this.#now = until;
-  }
-}
