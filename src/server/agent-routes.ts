@@ -3,17 +3,19 @@ import type { AgentInfo } from "../actor/agent.js";
 import type { AgentMemory } from "../runtime/memory.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
 import { agentrtErrorJson, toErrorBody } from "./errors.js";
-import { REQUEST_SCHEMAS, type AgentParams, type MessageBody, type SpawnBody } from "./schemas.js";
+import { REQUEST_SCHEMAS, type AgentParams, type HistoryQuery, type MessageBody, type SpawnBody } from "./schemas.js";
+import { numericQuery } from "./validation.js";
 import { disconnectSignal, openTurnStream, wantsEventStream, type SseOptions } from "./sse.js";
 
-/** Actions addressed as `POST /agents/<id>/<action>`. */
-const ACTIONS = ["messages", "passivate"] as const;
+/** Actions addressed as `POST /agents/<id>/<action>` and `GET /agents/<id>/<action>`. */
+const ACTIONS: Record<string, readonly string[]> = { POST: ["messages", "passivate"], GET: ["history"] };
 
 /**
  * Agent ids contain `/`, so the router would see `support/42` as two segments: this rewrites the URL
  * (fastify's `rewriteUrl`) so the id is one segment, `/agents/support%2F42`, and the routes below can
- * say `/agents/:id`. `GET`/`DELETE` take the whole rest of the path as the id; `POST` the rest minus
- * its last segment, the action (an agent named `x/messages` is `POST /agents/x/messages/messages`).
+ * say `/agents/:id`. `DELETE` takes the whole rest of the path as the id; `POST` the rest minus its
+ * last segment, the action (an agent named `x/messages` is `POST /agents/x/messages/messages`); `GET`
+ * too when the last segment is `history` (agent `x/history` itself is `GET /agents/x%2Fhistory`).
  * Anything else is left as it is (and is a 404 if no route takes it).
  */
 export function foldAgentId(method: string | undefined, url: string): string {
@@ -24,11 +26,12 @@ export function foldAgentId(method: string | undefined, url: string): string {
   const query = queryAt < 0 ? "" : url.slice(queryAt);
   let id = path.slice(prefix.length);
   let action = "";
-  if (method === "POST") {
-    const slash = id.lastIndexOf("/");
-    if (slash <= 0 || !(ACTIONS as readonly string[]).includes(id.slice(slash + 1))) return url;
+  const slash = id.lastIndexOf("/");
+  if (slash > 0 && ACTIONS[method ?? ""]?.includes(id.slice(slash + 1))) {
     action = id.slice(slash);
     id = id.slice(0, slash);
+  } else if (method === "POST") {
+    return url;
   }
   return id.includes("/") ? `${prefix}${id.replaceAll("/", "%2F")}${action}${query}` : url;
 }
@@ -69,6 +72,10 @@ export function registerAgentRoutes(app: FastifyInstance, runtime: AgentRuntime,
     const [agent] = await withMemory([runtime.get(request.params.id)]);
     return agent;
   });
+
+  app.get<{ Params: AgentParams; Querystring: HistoryQuery }>("/agents/:id/history", { schema: REQUEST_SCHEMAS["GET /agents/:id/history"], preValidation: numericQuery("before", "limit") }, async (request) =>
+    runtime.history(request.params.id, request.query),
+  );
 
   app.delete<{ Params: AgentParams }>("/agents/:id", { schema: REQUEST_SCHEMAS["DELETE /agents/:id"] }, async (request, reply) => {
     await runtime.remove(request.params.id);

@@ -86,6 +86,20 @@ export interface MessageBody {
   maxTokens?: number;
 }
 
+/** `GET /agents/<id>/history`; the numbers arrive as text and are made numbers first (see `numericQuery`). */
+const historyQuery = {
+  type: "object",
+  properties: {
+    before: { type: "integer", minimum: 0, description: "Index just past the page's last message. Default: the newest" },
+    limit: { type: "integer", minimum: 1, maximum: 1000, description: "Messages per page. Default 50" },
+  },
+} as const;
+
+export interface HistoryQuery {
+  before?: number;
+  limit?: number;
+}
+
 /** A query parameter given once, repeated, or comma-separated: `?agent=a&agent=b,c`. */
 function stringList(description: string) {
   return { anyOf: [{ type: "string" }, { type: "array", items: { type: "string" } }], description } as const;
@@ -173,6 +187,7 @@ const chatCompletionHeaders = {
 export const REQUEST_SCHEMAS = {
   "POST /agents": { body: spawnBody },
   "GET /agents/:id": { params: agentParams },
+  "GET /agents/:id/history": { params: agentParams, querystring: historyQuery },
   "DELETE /agents/:id": { params: agentParams },
   "POST /agents/:id/messages": { params: agentParams, body: messageBody },
   "POST /agents/:id/passivate": { params: agentParams },

@@ -57,6 +57,23 @@ describe("agent API over HTTP (fake engine)", () => {
     expect(info.body).toMatchObject({ turns: 2, historyLength: 4, lastTurn: { generatedTokens: 4 } });
   });
 
+  it("pages an agent's history with ?before and ?limit, newest last; bad paging is a 400 naming the field", async () => {
+    served = await serveFake();
+    await spawn(served.url, "support/42");
+    for (const text of ["one", "two", "three"]) await json(`${served.url}/agents/support/42/messages`, { json: { text } });
+    const newest = await json(`${served.url}/agents/support/42/history?limit=2`);
+    expect(newest.status, JSON.stringify(newest.body)).toBe(200);
+    expect(newest.body).toMatchObject({ id: "support/42", start: 4, total: 6 });
+    expect(newest.body.messages.map((m: { role: string; content: string }) => m.role)).toEqual(["user", "assistant"]);
+    expect(newest.body.messages[0].content).toBe("three");
+    const older = await json(`${served.url}/agents/support%2F42/history?before=4&limit=4`);
+    expect(older.body.messages.filter((m: { role: string }) => m.role === "user").map((m: { content: string }) => m.content)).toEqual(["one", "two"]);
+    const bad = await json(`${served.url}/agents/support/42/history?limit=0`);
+    expect(bad.status).toBe(400);
+    expect(bad.body.error.message).toMatch(/limit/);
+    expect((await json(`${served.url}/agents/nobody/history`)).status).toBe(404);
+  });
+
   it("streams a message as Server-Sent Events when asked for text/event-stream", async () => {
     served = await serveFake();
     await spawn(served.url, "support/42");

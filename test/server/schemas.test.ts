@@ -176,6 +176,7 @@ describe("request schemas: fastify checks every body, query and param, and answe
     expect(Object.keys(REQUEST_SCHEMAS)).toEqual([
       "POST /agents",
       "GET /agents/:id",
+      "GET /agents/:id/history",
       "DELETE /agents/:id",
       "POST /agents/:id/messages",
       "POST /agents/:id/passivate",
