@@ -159,7 +159,12 @@ export class AgentRuntime extends EventEmitter<RuntimeEvents> {
   }
 
   async #restore(): Promise<void> {
-    for (const id of await this.#store.list()) {
+    const ids: string[] = [];
+    for (let page = await this.#store.list({ limit: 1000 }); ; page = await this.#store.list({ after: page.next, limit: 1000 })) {
+      ids.push(...page.ids);
+      if (page.next === undefined) break;
+    }
+    for (const id of ids) {
       const now = this.#clock.now();
       const common = { behaviour: this.#defaultBehaviour, mailboxCapacity: this.#options.mailboxCapacity, log: this.#log.child({ agent: id }) };
       try {
