@@ -325,13 +325,15 @@ export class DirectoryStore implements StateStore {
     const journalPath = join(dir, JOURNAL_FILE);
     let identity: FileIdentity | undefined;
     let journal: FileIdentity | undefined;
+    let created = false;
     try {
       if (bytes > MAX_RECORD_BYTES) throw new Error(`the record would be ${bytes} bytes, over the ${MAX_RECORD_BYTES} limit`);
-      if (await this.#ensureDir(dir)) this.#index.added(record.id);
+      created = await this.#ensureDir(dir);
+      if (created) this.#index.added(record.id);
       await writeFileAtomic(recordPath, text, { fsync: this.#fsync });
       identity = await identityOf(recordPath);
       // Not fsynced: until this is durable, the reader skips the journal's older generation anyway.
-      journal = await truncate(journalPath, 0).then(
+      journal = created ? undefined : await truncate(journalPath, 0).then(
         () => identityOf(journalPath),
         async (error: NodeJS.ErrnoException) => {
           // Not a file we can empty (a hostile directory, say): it goes, since the record no longer needs it.
@@ -355,7 +357,7 @@ export class DirectoryStore implements StateStore {
       seq: 0,
       validEnd: 0,
     });
-    await this.#sweep(dir, record.kv?.file);
+    if (!created) await this.#sweep(dir, record.kv?.file);
   }
 
   async appendTurn(id: string, turn: TurnAppend): Promise<void> {
