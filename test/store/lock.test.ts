@@ -1,0 +1,78 @@
+import { mkdtemp, readFile, rm, symlink } from "node:fs/promises";
+import { hostname, tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { DirectoryStore } from "../../src/store/directory-store.js";
+import { startFixture, type Child } from "./child.js";
+
+let root: string;
+const children: Child[] = [];
+beforeEach(async () => {
+  root = await mkdtemp(join(tmpdir(), "agentrt-lock-"));
+});
+afterEach(async () => {
+  for (const child of children.splice(0)) child.process.kill("SIGKILL");
+  await rm(root, { recursive: true, force: true });
+});
+
+function holder(dir: string): Child {
+  const child = startFixture("lock-holder.ts", [dir]);
+  children.push(child);
+  return child;
+}
+
+describe("one writer per state directory", () => {
+  it("a second store in the same process gets ERR_STATE_LOCKED naming this process; open() is idempotent", async () => {
+    await using first = await DirectoryStore.open(root);
+    await first.open();
+    const second = new DirectoryStore(root);
+    await expect(second.open()).rejects.toMatchObject({
+      code: "ERR_STATE_LOCKED",
+      details: { pid: process.pid, host: hostname() },
+      message: expect.stringContaining(`process ${process.pid}`),
+    });
+    // The LOCK file says who holds it, for humans.
+    expect(JSON.parse(await readFile(join(root, "LOCK"), "utf8"))).toMatchObject({ pid: process.pid });
+    await first.dispose();
+    await second.open();
+    await second.dispose();
+  });
+
+  it("a store in another process gets ERR_STATE_LOCKED with our pid, and we get it with theirs", async () => {
+    const store = await DirectoryStore.open(root);
+    const refused = await holder(root).next("locked", "refused");
+    expect(refused).toMatchObject({ ev: "refused", code: "ERR_STATE_LOCKED", details: { pid: process.pid } });
+    await store.dispose();
+
+    const child = holder(root);
+    const locked = await child.next("locked", "refused");
+    expect(locked).toMatchObject({ ev: "locked", pid: child.process.pid });
+    await expect(new DirectoryStore(root).open()).rejects.toMatchObject({ code: "ERR_STATE_LOCKED", details: { pid: child.process.pid } });
+    // Released on dispose: the child says "quit", and the directory is ours.
+    child.process.stdin.write("quit\n");
+    await child.next("released");
+    await (await DirectoryStore.open(root)).dispose();
+  });
+
+  it("after the holder is SIGKILLed, a new store opens at once without any cleanup", async () => {
+    const child = holder(root);
+    await child.next("locked");
+    await expect(new DirectoryStore(root).open()).rejects.toMatchObject({ code: "ERR_STATE_LOCKED" });
+    child.process.kill("SIGKILL");
+    await child.exited;
+    // The stale LOCK file is still there (informational only): it does not matter.
+    expect(JSON.parse(await readFile(join(root, "LOCK"), "utf8")).pid).toBe(child.process.pid);
+    const store = await DirectoryStore.open(root);
+    expect(JSON.parse(await readFile(join(root, "LOCK"), "utf8")).pid).toBe(process.pid);
+    await store.dispose();
+  });
+
+  it("the lock follows the directory, not the spelling of its path", async () => {
+    await using store = await DirectoryStore.open(root);
+    const alias = join(root, "alias");
+    await symlink(root, alias);
+    await expect(new DirectoryStore(alias).open()).rejects.toMatchObject({ code: "ERR_STATE_LOCKED" });
+    await using other = await DirectoryStore.open(join(root, "elsewhere"));
+    expect(other.location).toContain("elsewhere");
+  });
+});
