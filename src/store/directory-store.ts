@@ -300,10 +300,17 @@ export class DirectoryStore implements StateStore {
   async write(record: AgentRecord): Promise<void> {
     const dir = this.#dir(record.id);
     return this.#exclusive(record.id, async () => {
-      // The new generation must be above every entry in the journal, so that none is replayed onto it.
-      let generation: number | undefined;
+      let created: boolean;
       try {
-        const state = await this.#current(record.id, dir);
+        created = await this.#ensureDir(dir);
+      } catch (error) {
+        throw writeFailed(record.id, "write the record", error);
+      }
+      if (created) this.#index.added(record.id);
+      // The new generation must be above every entry in the journal, so that none is replayed onto it.
+      let generation: number | undefined = created ? 1 : undefined;
+      try {
+        const state = generation === undefined ? await this.#current(record.id, dir) : undefined;
         if (state) generation = Math.max(state.generation, state.journalGeneration ?? 0) + 1;
       } catch {
         // Replacing a damaged record: only the journal's generations matter now.
@@ -313,23 +320,20 @@ export class DirectoryStore implements StateStore {
         const journal = await readBounded(join(dir, JOURNAL_FILE), MAX_RECORD_BYTES, "journal", record.id).catch(() => undefined);
         generation = (journal ? highestGeneration(journal.bytes) : 0) + 1;
       }
-      await this.#writeRecord(record, dir, generation);
+      await this.#writeRecord(record, dir, generation, created);
     });
   }
 
   /** Writes `record` as generation `generation`, then empties the journal it supersedes and sweeps. */
-  async #writeRecord(record: AgentRecord, dir: string, generation: number): Promise<void> {
+  async #writeRecord(record: AgentRecord, dir: string, generation: number, created = false): Promise<void> {
     const text = encodeRecord(record, generation);
     const bytes = Buffer.byteLength(text);
     const recordPath = join(dir, RECORD_FILE);
     const journalPath = join(dir, JOURNAL_FILE);
     let identity: FileIdentity | undefined;
     let journal: FileIdentity | undefined;
-    let created = false;
     try {
       if (bytes > MAX_RECORD_BYTES) throw new Error(`the record would be ${bytes} bytes, over the ${MAX_RECORD_BYTES} limit`);
-      created = await this.#ensureDir(dir);
-      if (created) this.#index.added(record.id);
       await writeFileAtomic(recordPath, text, { fsync: this.#fsync });
       identity = await identityOf(recordPath);
       // Not fsynced: until this is durable, the reader skips the journal's older generation anyway.

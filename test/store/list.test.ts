@@ -91,3 +91,32 @@ describe("DirectoryStore list and count", () => {
     expect((await store.list({ prefix: "sales/n" })).ids).toEqual([]);
   });
 });
+
+describe("folder names", () => {
+  it("the index's id rule agrees with validateAgentId", async () => {
+    const { validateAgentId, agentIdToKey } = await import("../../src/agent-id.js");
+    const { folderToAgentId } = await import("../../src/store/agent-index.js");
+    const samples = [
+      "a", "support/42", "a.b-c_d", "0", "a/b/c/d/e/f/g/h", "a/b/c/d/e/f/g/h/i", "x".repeat(64), "x".repeat(65),
+      `${"x".repeat(64)}/${"y".repeat(63)}`, `${"x".repeat(64)}/${"y".repeat(64)}`, "", ".", "..", "a/", "/a", "a//b", "A", "a b",
+      "-a", "_a", ".a", "a/.b", "a\u0000", "ａ", "а", "a\u200b", "%", "a%2", "support%2F42", "sup/port%2f1",
+    ];
+    for (const id of samples) {
+      let valid = true;
+      try {
+        validateAgentId(id);
+      } catch {
+        valid = false;
+      }
+      const key = (() => {
+        try {
+          return agentIdToKey(id);
+        } catch {
+          return id;
+        }
+      })();
+      expect(folderToAgentId(key), JSON.stringify(id)).toBe(valid ? id : undefined);
+    }
+    expect(folderToAgentId("%E0%A4%A")).toBeUndefined(); // a malformed escape is not an agent
+  });
+});
