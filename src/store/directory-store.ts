@@ -119,6 +119,11 @@ function checkMessages(messages: unknown): asserts messages is ChatMessage[] {
 /**
  * Stores each agent in `<root>/agents/<encoded id>/` (see the layout above). `open()` takes the
  * directory's single-writer lock; every other method also works unlocked (tools, tests, inspection).
+ *
+ * `list()` and `count()` see agent folders, indexed by one `readdir` on first use and kept up to date by
+ * this object's writes and removals (another process's writes are not seen: there is one writer). A
+ * folder whose record is gone (a removal a crash interrupted) is listed until `remove()` or a new
+ * `write()` of that id; `read()` returns undefined for it.
  */
 export class DirectoryStore implements StateStore {
   readonly location: string;

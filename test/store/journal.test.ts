@@ -175,6 +175,35 @@ describe("journal: appends and reads", () => {
   });
 });
 
+describe("journal: concurrency within one store object", () => {
+  it("concurrent appends to one agent are all durable, in call order, through compactions", async () => {
+    const store = new DirectoryStore(root, { compaction: { minBytes: 512, ratio: 0.2 } });
+    await spawnWithTurns(store, "a", 0);
+    await Promise.all(Array.from({ length: 60 }, (_, n) => store.appendTurn("a", turn(n))));
+    expect(store.stats.compactions).toBeGreaterThan(0);
+    expect((await new DirectoryStore(root).read("a"))?.history).toEqual(expectedHistory(60));
+  });
+
+  it("reads interleaved with appends and compactions see whole turns only, never fewer than already acknowledged", async () => {
+    const store = new DirectoryStore(root, { compaction: { minBytes: 256, ratio: 0.1 } });
+    await spawnWithTurns(store, "a", 0);
+    let acknowledged = 0;
+    const reads: Promise<void>[] = [];
+    for (let n = 0; n < 40; n++) {
+      const floor = acknowledged;
+      reads.push(
+        store.read("a").then((record) => {
+          expect(record!.history.length % 2).toBe(0);
+          expect(record!.history.length / 2).toBeGreaterThanOrEqual(floor);
+        }),
+      );
+      await store.appendTurn("a", turn(n));
+      acknowledged = n + 1;
+    }
+    await Promise.all(reads);
+  });
+});
+
 describe("journal: damage", () => {
   it("a torn last entry, cut at every byte offset, is dropped; the next append replaces it", async () => {
     const store = new DirectoryStore(root, noCompaction);
