@@ -9,7 +9,9 @@
  * - Windows: a named pipe of the same name (also released by the kernel).
  * - Elsewhere (macOS, BSD): a socket file (`<dir>/.lock.sock`, or under /tmp when that path is too long
  *   for sun_path). A socket file outlives its process, so a refused bind is followed by a connect: a
- *   live holder answers; a dead one's file refuses the connection and is replaced.
+ *   live holder answers; a dead one's file refuses the connection and is replaced. (Two processes that
+ *   find the same dead file at the same instant can both replace it: a narrow race after a crash that
+ *   the Linux and Windows kinds do not have.)
  *
  * The holder answers every connection with `{ pid, host, since, location }`, which is how a second
  * process names it in ERR_STATE_LOCKED. The server is unref'd: holding the lock never keeps a process alive.
@@ -105,11 +107,14 @@ export class StateLock {
     this.holder = holder;
   }
 
-  /** Takes the lock on `dir` (created if missing) or throws ERR_STATE_LOCKED naming the holder. */
-  static async acquire(dir: string): Promise<StateLock> {
+  /**
+   * Takes the lock on `dir` (created if missing) or throws ERR_STATE_LOCKED naming the holder.
+   * `platform` picks the kind of address (tests run the socket-file kind on Linux with it).
+   */
+  static async acquire(dir: string, platform: NodeJS.Platform = process.platform): Promise<StateLock> {
     await mkdir(dir, { recursive: true });
     const real = await realpath(dir);
-    const address = lockAddress(real);
+    const address = lockAddress(real, platform);
     const holder: LockHolder = { pid: process.pid, host: hostname(), since: Date.now(), location: real };
     const answer = JSON.stringify(holder);
     // A few rounds: the holder may die between our refused listen and our question.

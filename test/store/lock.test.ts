@@ -1,8 +1,9 @@
-import { mkdtemp, readFile, rm, symlink } from "node:fs/promises";
+import { access, mkdtemp, readFile, rm, symlink } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { DirectoryStore } from "../../src/store/directory-store.js";
+import { StateLock } from "../../src/store/state-lock.js";
 import { startFixture, type Child } from "./child.js";
 
 let root: string;
@@ -15,8 +16,8 @@ afterEach(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-function holder(dir: string): Child {
-  const child = startFixture("lock-holder.ts", [dir]);
+function holder(dir: string, platform?: string): Child {
+  const child = startFixture("lock-holder.ts", platform ? [dir, platform] : [dir]);
   children.push(child);
   return child;
 }
@@ -74,5 +75,22 @@ describe("one writer per state directory", () => {
     await expect(new DirectoryStore(alias).open()).rejects.toMatchObject({ code: "ERR_STATE_LOCKED" });
     await using other = await DirectoryStore.open(join(root, "elsewhere"));
     expect(other.location).toContain("elsewhere");
+  });
+
+  it("the socket-file kind (macOS, BSD): a live holder refuses, a SIGKILLed holder's leftover file is replaced", async () => {
+    const child = holder(root, "darwin");
+    await child.next("locked");
+    expect(await access(join(root, ".lock.sock")).then(() => true)).toBe(true);
+    await expect(StateLock.acquire(root, "darwin")).rejects.toMatchObject({ code: "ERR_STATE_LOCKED", details: { pid: child.process.pid } });
+    child.process.kill("SIGKILL");
+    await child.exited;
+    // The socket file outlived its process; nobody answers on it any more.
+    expect(await access(join(root, ".lock.sock")).then(() => true)).toBe(true);
+    const lock = await StateLock.acquire(root, "darwin");
+    expect(lock.holder.pid).toBe(process.pid);
+    const refused = await holder(root, "darwin").next("locked", "refused");
+    expect(refused).toMatchObject({ ev: "refused", code: "ERR_STATE_LOCKED", details: { pid: process.pid } });
+    await lock.release();
+    await (await StateLock.acquire(root, "darwin")).release();
   });
 });
