@@ -16,16 +16,15 @@
  *
  * Torn tails, damage and foreign entries: see `journal.ts`. Locking: see `state-lock.ts`.
  */
-import { randomBytes } from "node:crypto";
 import { constants, type BigIntStats } from "node:fs";
-import { mkdir, open, readdir, rename, rm, stat, truncate, unlink } from "node:fs/promises";
+import { mkdir, open, readdir, rm, stat, truncate, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { agentIdToKey, validateAgentId } from "../agent-id.js";
 import type { ChatMessage } from "../engines/engine.js";
 import { AgentRuntimeError } from "../errors.js";
 import { AgentIndex, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT } from "./agent-index.js";
 import { fsyncPath, writeFileAtomic } from "./atomic-file.js";
-import { sha256File } from "./checksum.js";
+import { KvFiles } from "./kv-files.js";
 import { encodeEntry, entriesFor, highestGeneration, JournalDamage, scanJournal, type JournalEntry, type ScannedJournal } from "./journal.js";
 import { encodeRecord, MAX_RECORD_BYTES, parseRecord, readBounded, sameIdentity, type FileIdentity } from "./record-file.js";
 import { StateLock } from "./state-lock.js";
@@ -133,6 +132,7 @@ export class DirectoryStore implements StateStore {
   readonly #ratio: number;
   readonly #onTornTail: DirectoryStoreOptions["onTornTail"];
   readonly #index: AgentIndex;
+  readonly #kv: KvFiles;
   readonly #states = new Map<string, AgentState>();
   /** Per-agent queue: one mutation or read of an agent's files at a time within this object. */
   readonly #queues = new Map<string, Promise<void>>();
@@ -149,6 +149,7 @@ export class DirectoryStore implements StateStore {
     if (!(this.#ratio > 0)) throw new RangeError("compaction.ratio must be a number > 0");
     this.#onTornTail = options.onTornTail;
     this.#index = new AgentIndex(this.#agentsDir);
+    this.#kv = new KvFiles(this.#fsync);
   }
 
   /** A store on `root` with its lock taken. */
@@ -485,78 +486,12 @@ export class DirectoryStore implements StateStore {
   }
 
   async stageKv(id: string, extension = ".bin"): Promise<StagedKv> {
-    if (!/^\.[a-z0-9]{1,16}$/.test(extension)) throw new RangeError(`Invalid state file extension: ${extension}`);
     const dir = this.#dir(id);
-    await mkdir(dir, { recursive: true });
-    // The staging name already carries the final extension: some engines pick their reader or writer by it.
-    const path = join(dir, `staging-${randomBytes(6).toString("hex")}.tmp${extension}`);
-    return {
-      path,
-      commit: async () => {
-        try {
-          if (this.#fsync) await fsyncPath(path, "r+");
-          const sha256 = await sha256File(path);
-          const file = `kv-${sha256.slice(0, 16)}${extension}`;
-          await rename(path, join(dir, file));
-          if (this.#fsync) await fsyncPath(dir);
-          const info = await stat(join(dir, file), { bigint: true });
-          this.#rememberChecked(join(dir, file), info, sha256);
-          return { file, bytes: Number(info.size), sha256 };
-        } catch (error) {
-          await unlink(path).catch(() => {});
-          throw writeFailed(id, "commit the KV state", error);
-        }
-      },
-      discard: async () => {
-        await unlink(path).catch(() => {});
-      },
-    };
+    return this.#kv.stage(id, dir, extension);
   }
 
   async openKv(id: string, kv: KvDescriptor): Promise<string> {
-    if (!/^kv-[0-9a-f]{16}\.[a-z0-9]{1,16}$/.test(kv.file)) {
-      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `Invalid KV file name in the record of ${id}`, { details: { id, file: kv.file } });
-    }
-    const path = join(this.#dir(id), kv.file);
-    let size: number;
-    let identity: BigIntStats;
-    try {
-      identity = await stat(path, { bigint: true });
-      if (!identity.isFile()) throw new Error("not a regular file");
-      size = Number(identity.size);
-    } catch (error) {
-      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} is missing or not a regular file`, {
-        cause: error,
-        details: { id, path },
-      });
-    }
-    if (size !== kv.bytes) {
-      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} is ${size} bytes, expected ${kv.bytes}`, {
-        details: { id, path, size, expected: kv.bytes },
-      });
-    }
-    const known = this.#checked.get(path);
-    if (known && known.sha256 === kv.sha256 && sameIdentity(known.identity, identity)) return path;
-    const sha256 = await sha256File(path);
-    if (sha256 !== kv.sha256) {
-      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} fails its checksum`, { details: { id, path } });
-    }
-    this.#rememberChecked(path, identity, sha256);
-    return path;
-  }
-
-  /**
-   * Files this store hashed itself (at commit or a full check), by inode, size and ctime: a file that
-   * still has all three is the same bytes, since any write or replacement changes the ctime. Rehydrating
-   * within one process then skips re-hashing; a new process (or a touched file) hashes in full.
-   */
-  readonly #checked = new Map<string, { identity: BigIntStats; sha256: string }>();
-
-  #rememberChecked(path: string, identity: BigIntStats, sha256: string): void {
-    this.#checked.delete(path);
-    this.#checked.set(path, { identity, sha256 });
-    // Bounded: the oldest entries go first (Map keeps insertion order).
-    if (this.#checked.size > 4096) this.#checked.delete(this.#checked.keys().next().value!);
+    return this.#kv.open(id, this.#dir(id), kv);
   }
 
   async remove(id: string): Promise<void> {
