@@ -85,6 +85,11 @@ describe("DirectoryStore list and count", () => {
     expect((await store.list({ prefix: "sales/n" })).ids).toEqual(["sales/new"]);
     await store.write(populationRecord("sales/new", 2)); // a rewrite is not a new agent
     expect(await store.count()).toBe(2501);
+    // Listed in order among the others once the sorted index exists.
+    await store.write(populationRecord("sales/0500x", 1));
+    expect((await store.list({ prefix: "sales/", after: "sales/049", limit: 3 })).ids).toEqual(["sales/050", "sales/0500x", "sales/051"]);
+    await store.remove("sales/0500x");
+    expect((await store.list({ prefix: "sales/", after: "sales/049", limit: 3 })).ids).toEqual(["sales/050", "sales/051", "sales/052"]);
     await store.remove("sales/new");
     expect(await store.count()).toBe(2500);
     expect(await store.has("sales/new")).toBe(false);
