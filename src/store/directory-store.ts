@@ -116,6 +116,20 @@ function checkMessages(messages: unknown): asserts messages is ChatMessage[] {
 }
 
 /**
+ * The journal's frames; a journal whose every entry is of a generation older than the record's (folded
+ * in by a compaction that crashed before emptying it) is skipped even when damaged, since nothing in it
+ * is needed.
+ */
+function scanOrSkip(bytes: Buffer, generation: number): ScannedJournal {
+  try {
+    return scanJournal(bytes);
+  } catch (error) {
+    if (error instanceof JournalDamage && highestGeneration(bytes) < generation) return { entries: [], validEnd: 0, tornBytes: 0 };
+    throw error;
+  }
+}
+
+/**
  * Stores each agent in `<root>/agents/<encoded id>/` (see the layout above). `open()` takes the
  * directory's single-writer lock; every other method also works unlocked (tools, tests, inspection).
  *
@@ -261,7 +275,7 @@ export class DirectoryStore implements StateStore {
       let scanned: ScannedJournal = { entries: [], validEnd: 0, tornBytes: 0 };
       let entries: JournalEntry[];
       try {
-        if (journal) scanned = scanJournal(journal.bytes);
+        if (journal) scanned = scanOrSkip(journal.bytes, loaded.generation);
         entries = entriesFor(id, loaded.generation, scanned);
       } catch (error) {
         if (!(error instanceof JournalDamage)) throw error;

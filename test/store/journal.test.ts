@@ -354,6 +354,24 @@ describe("journal: a crash at each step of a compaction loses no acknowledged tu
     }
   });
 
+  it("a damaged journal that a compaction already folded in (not yet emptied) does not fail the agent", async () => {
+    const store = new DirectoryStore(root, noCompaction);
+    await spawnWithTurns(store, "a", 3);
+    const oldJournal = await readFile(journalPath("a"));
+    await store.write((await store.read("a"))!); // the compaction's record, generation + 1
+    const { starts } = await (async () => {
+      await writeFile(journalPath("a"), oldJournal);
+      return frameOffsets("a");
+    })();
+    const damaged = Buffer.from(oldJournal);
+    damaged[starts[1]! + 20] = damaged[starts[1]! + 20]! ^ 1;
+    await writeFile(journalPath("a"), damaged);
+    const restarted = new DirectoryStore(root, noCompaction);
+    expect((await restarted.read("a"))?.history).toEqual(expectedHistory(3));
+    await restarted.appendTurn("a", turn(3));
+    expect((await new DirectoryStore(root).read("a"))?.history).toEqual(expectedHistory(4));
+  });
+
   it("a leftover journal from a removal a crash interrupted is never replayed onto a new agent of that id", async () => {
     const store = new DirectoryStore(root, noCompaction);
     await spawnWithTurns(store, "a", 3);
