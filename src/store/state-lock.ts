@@ -4,8 +4,10 @@
  * Node has no flock(2). What it has is listening sockets, and a listening address is exclusive and dies
  * with its process:
  *
- * - Linux: an *abstract* Unix socket, `\0agentrt-lock-<sha256 of the directory's real path>`. It has no
- *   file, so a SIGKILLed holder leaves nothing behind: the name is free the moment the process is gone.
+ * - Linux: an *abstract* Unix socket, `\0agentrt-lock-<sha256 of the directory's device and inode>`. It
+ *   has no file, so a SIGKILLed holder leaves nothing behind: the name is free the moment the process is
+ *   gone. Device and inode rather than the path: a symlink or a second bind mount of the same directory
+ *   names the same lock.
  * - Windows: a named pipe of the same name (also released by the kernel).
  * - Elsewhere (macOS, BSD): a socket file (`<dir>/.lock.sock`, or under /tmp when that path is too long
  *   for sun_path). A socket file outlives its process, so a refused bind is followed by a connect: a
@@ -22,7 +24,7 @@
  * none of this works across machines (NFS). Run one writer per state directory there by deployment.
  */
 import { createHash } from "node:crypto";
-import { mkdir, realpath, unlink, writeFile } from "node:fs/promises";
+import { mkdir, realpath, stat, unlink, writeFile } from "node:fs/promises";
 import { createConnection, createServer, type Server } from "node:net";
 import { hostname } from "node:os";
 import { join } from "node:path";
@@ -39,9 +41,9 @@ export interface LockHolder {
 
 const LOCK_INFO_FILE = "LOCK";
 
-/** The address to listen on for `realDir`, per platform. */
-export function lockAddress(realDir: string, platform: NodeJS.Platform = process.platform): string {
-  const digest = createHash("sha256").update(realDir).digest("hex");
+/** The address to listen on for the directory `realDir` (whose device and inode are `identity`), per platform. */
+export function lockAddress(realDir: string, identity: string, platform: NodeJS.Platform = process.platform): string {
+  const digest = createHash("sha256").update(identity).digest("hex");
   if (platform === "linux") return `\0agentrt-lock-${digest}`;
   if (platform === "win32") return `\\\\?\\pipe\\agentrt-lock-${digest}`;
   const beside = join(realDir, ".lock.sock");
@@ -114,7 +116,8 @@ export class StateLock {
   static async acquire(dir: string, platform: NodeJS.Platform = process.platform): Promise<StateLock> {
     await mkdir(dir, { recursive: true });
     const real = await realpath(dir);
-    const address = lockAddress(real, platform);
+    const info = await stat(real, { bigint: true });
+    const address = lockAddress(real, `${info.dev}:${info.ino}`, platform);
     const holder: LockHolder = { pid: process.pid, host: hostname(), since: Date.now(), location: real };
     const answer = JSON.stringify(holder);
     // A few rounds: the holder may die between our refused listen and our question.

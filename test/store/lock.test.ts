@@ -3,7 +3,7 @@ import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { DirectoryStore } from "../../src/store/directory-store.js";
-import { StateLock } from "../../src/store/state-lock.js";
+import { lockAddress, StateLock } from "../../src/store/state-lock.js";
 import { startFixture, type Child } from "./child.js";
 
 let root: string;
@@ -92,5 +92,32 @@ describe("one writer per state directory", () => {
     expect(refused).toMatchObject({ ev: "refused", code: "ERR_STATE_LOCKED", details: { pid: process.pid } });
     await lock.release();
     await (await StateLock.acquire(root, "darwin")).release();
+  });
+
+  it("a second mount of the same directory names the same lock (bind mount where this machine allows one)", async () => {
+    const { execFileSync } = await import("node:child_process");
+    const { mkdir } = await import("node:fs/promises");
+    const real = join(root, "real");
+    const mounted = join(root, "mounted");
+    await mkdir(real);
+    await mkdir(mounted);
+    let bound = false;
+    try {
+      execFileSync("mount", ["--bind", real, mounted], { stdio: "ignore" });
+      bound = true;
+    } catch {
+      console.log("[figures] lock: bind mounts not permitted here; checked the address rule only");
+    }
+    try {
+      if (bound) {
+        await using store = await DirectoryStore.open(real);
+        await expect(new DirectoryStore(mounted).open()).rejects.toMatchObject({ code: "ERR_STATE_LOCKED", details: { pid: process.pid } });
+      }
+      // The address depends on the directory's identity, not on the path it was reached by.
+      expect(lockAddress("/one/path", "64769:1234", "linux")).toBe(lockAddress("/another/path", "64769:1234", "linux"));
+      expect(lockAddress("/one/path", "64769:1234", "linux")).not.toBe(lockAddress("/one/path", "64769:1235", "linux"));
+    } finally {
+      if (bound) execFileSync("umount", [mounted]);
+    }
   });
 });
