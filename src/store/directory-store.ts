@@ -185,9 +185,11 @@ export class DirectoryStore implements StateStore {
     await this.#lock;
   }
 
+  /** Waits for the operations in flight, then releases the lock (another process may then write at once). */
   async dispose(): Promise<void> {
     const lock = this.#lock;
     this.#lock = undefined;
+    await Promise.all(this.#queues.values());
     await (await lock?.catch(() => undefined))?.release();
   }
 

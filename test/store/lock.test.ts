@@ -39,6 +39,21 @@ describe("one writer per state directory", () => {
     await second.dispose();
   });
 
+  it("dispose() waits for the appends in flight before it lets another writer in", async () => {
+    const store = await DirectoryStore.open(root);
+    await store.write({ formatVersion: 2, id: "a", role: "r", systemPrompt: "s", sampling: {}, history: [], createdAt: 1, updatedAt: 1 });
+    let done = 0;
+    const appends = Array.from({ length: 20 }, (_, n) =>
+      store.appendTurn("a", { messages: [{ role: "user", content: `m${n}` }], updatedAt: 2 + n }).then(() => done++),
+    );
+    await store.dispose();
+    expect(done, "appends finished when dispose() resolved").toBe(20);
+    await Promise.all(appends);
+    const next = await DirectoryStore.open(root);
+    expect((await next.read("a"))?.history).toHaveLength(20);
+    await next.dispose();
+  });
+
   it("a store in another process gets ERR_STATE_LOCKED with our pid, and we get it with theirs", async () => {
     const store = await DirectoryStore.open(root);
     const refused = await holder(root).next("locked", "refused");
