@@ -26,7 +26,7 @@ import { AgentIndex, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT } from "./agent-index.js
 import { fsyncPath, writeFileAtomic } from "./atomic-file.js";
 import { KvFiles } from "./kv-files.js";
 import { encodeEntry, entriesFor, highestGeneration, JournalDamage, scanJournal, type JournalEntry, type ScannedJournal } from "./journal.js";
-import { encodeRecord, MAX_RECORD_BYTES, parseRecord, readBounded, sameIdentity, type FileIdentity } from "./record-file.js";
+import { encodeRecord, MAX_RECORD_BYTES, parseRecord, readBounded, recordProblem, sameIdentity, type FileIdentity } from "./record-file.js";
 import { StateLock } from "./state-lock.js";
 import type {
   AgentRecord,
@@ -320,7 +320,11 @@ export class DirectoryStore implements StateStore {
   }
 
   async write(record: AgentRecord): Promise<void> {
+    if (typeof record !== "object" || record === null) throw new TypeError("record must be an object");
     const dir = this.#dir(record.id);
+    // Refused before writing: a record that a read would refuse would turn a spawn into a failed agent.
+    const problem = recordProblem(record);
+    if (problem) throw new TypeError(`The record of ${record.id} has ${problem}`);
     return this.#exclusive(record.id, async () => {
       let created: boolean;
       try {

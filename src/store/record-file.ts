@@ -99,6 +99,17 @@ export async function readBounded(
   }
 }
 
+/** What is wrong with a record's fields (the checks both a read and a write make), or undefined. */
+export function recordProblem(record: AgentRecord): string | undefined {
+  const messagesValid =
+    Array.isArray(record.history) &&
+    record.history.every((m) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
+  if (!messagesValid || typeof record.systemPrompt !== "string" || typeof record.role !== "string") return "invalid fields";
+  if (record.behaviour !== undefined && typeof record.behaviour !== "string") return "invalid behaviour";
+  if (!Number.isFinite(record.createdAt) || !Number.isFinite(record.updatedAt)) return "invalid timestamps";
+  return undefined;
+}
+
 export function parseRecord(id: string, path: string, text: string): LoadedRecord {
   const corrupt = (why: string, cause?: unknown): never => {
     throw new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent record of ${id} is unreadable: ${why}`, {
@@ -130,12 +141,8 @@ export function parseRecord(id: string, path: string, text: string): LoadedRecor
     });
   }
   if (stored.id !== id) corrupt(`it belongs to ${JSON.stringify(stored.id)}`);
-  const messagesValid =
-    Array.isArray(stored.history) &&
-    stored.history.every((m) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
-  if (!messagesValid || typeof stored.systemPrompt !== "string" || typeof stored.role !== "string") corrupt("invalid fields");
-  if (stored.behaviour !== undefined && typeof stored.behaviour !== "string") corrupt("invalid behaviour");
-  if (!Number.isFinite(stored.createdAt) || !Number.isFinite(stored.updatedAt)) corrupt("invalid timestamps");
+  const problem = recordProblem(stored);
+  if (problem) corrupt(problem);
   const generation = format === 1 ? 0 : stored.generation;
   if (typeof generation !== "number" || !Number.isSafeInteger(generation) || generation < 0) corrupt("invalid generation");
   try {

@@ -154,6 +154,13 @@ describe("journal: appends and reads", () => {
     await expect(store.appendTurn("../x", turn(0))).rejects.toMatchObject({ code: "ERR_INVALID_AGENT_ID" });
   });
 
+  it("write() refuses a record a read would refuse (nothing is written)", async () => {
+    const store = new DirectoryStore(root);
+    await expect(store.write({ ...populationRecord("a", 0), history: [{ role: "system", content: "x" }] } as never)).rejects.toThrow(TypeError);
+    await expect(store.write({ ...populationRecord("a", 0), updatedAt: Number.NaN })).rejects.toThrow(/timestamps/);
+    expect(await store.has("a")).toBe(false);
+  });
+
   it("reads a format-1 record (no journal), and its first append rewrites it in the current format", async () => {
     const { createHash } = await import("node:crypto");
     const legacy = { ...populationRecord("old", 2), formatVersion: 1 };
