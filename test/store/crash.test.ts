@@ -60,6 +60,7 @@ describe("store crash harness", () => {
         if (record!.kv) await access(join(root, "agents", encodeURIComponent(id), record!.kv.file));
       }
     }
+    console.log(`[figures] store crash: ${KILLS} kills, ${acks} acknowledged appends checked, ${compactions} compactions in the longest-lived child`);
     expect(acks, "the children acknowledged turns").toBeGreaterThan(KILLS);
     expect(compactions, "compactions ran").toBeGreaterThan(0);
     // The last child was SIGKILLed holding the lock: it is free at once.
