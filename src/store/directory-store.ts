@@ -442,7 +442,8 @@ export class DirectoryStore implements StateStore {
       if (state.recordBytes + base + frame.length > MAX_RECORD_BYTES) {
         throw new Error(`the agent's state would exceed ${MAX_RECORD_BYTES} bytes`);
       }
-      const handle = await open(path, constants.O_WRONLY | constants.O_CREAT, 0o644);
+      // O_NONBLOCK: a FIFO swapped in fails (ENXIO) instead of blocking the open until a reader comes.
+      const handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NONBLOCK, 0o644);
       try {
         // Drops a torn tail (or an older generation) before writing: appends only ever follow whole entries.
         if (state.journal === undefined || state.journal.size !== BigInt(base)) await handle.truncate(base);
