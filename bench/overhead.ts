@@ -26,11 +26,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { GeneralChatWrapper, resolveChatWrapper, type ChatWrapper } from "node-llama-cpp";
-import { AgentRuntime, DirectoryStore, type AgentRecord, type KvDescriptor, type StagedKv, type StateStore } from "../src/index.js";
+import { AgentRuntime, DirectoryStore, type AgentRecord } from "../src/index.js";
 import { formatTable } from "../src/cli/table.js";
 import { commonPrefixLength } from "../src/engines/chat-history.js";
 import { createEngine } from "../src/engines/create-engine.js";
 import type { ChatMessage, Engine, EngineName } from "../src/engines/engine.js";
+import { DelegatingStore } from "../src/store/delegating-store.js";
+import type { TurnAppend } from "../src/store/state-store.js";
 import { RemoteEngine } from "../src/worker/remote-engine.js";
 import { CORES, DEFAULT_THREADS, engineOption, interleave, intOption, median, MODEL_OPTIONS, percent, pinMlxThreads, plotName, progress, resolveModel, writeResult } from "./lib.js";
 import { barChart } from "./plot.js";
@@ -86,49 +88,29 @@ interface EngineSetup {
 }
 
 /** The directory store agentrt uses by default, timing its record writes (passed as `store`). */
-class TimedStore implements StateStore {
+class TimedStore extends DelegatingStore {
   writeMs = 0;
-  readonly #inner: DirectoryStore;
 
   constructor(root: string) {
-    this.#inner = new DirectoryStore(root);
+    super(new DirectoryStore(root));
   }
 
-  get location(): string {
-    return this.#inner.location;
-  }
-
-  list(): Promise<string[]> {
-    return this.#inner.list();
-  }
-
-  read(id: string): Promise<AgentRecord | undefined> {
-    return this.#inner.read(id);
-  }
-
-  async write(record: AgentRecord): Promise<void> {
+  override async write(record: AgentRecord): Promise<void> {
     const started = performance.now();
     try {
-      await this.#inner.write(record);
+      await this.inner.write(record);
     } finally {
       this.writeMs += performance.now() - started;
     }
   }
 
-  stageKv(id: string, extension?: string): Promise<StagedKv> {
-    return this.#inner.stageKv(id, extension);
-  }
-
-  openKv(id: string, kv: KvDescriptor): Promise<string> {
-    return this.#inner.openKv(id, kv);
-  }
-
-  remove(id: string): Promise<void> {
-    return this.#inner.remove(id);
-  }
-
-  bytesOnDisk(id: string): Promise<number> {
-    return this.#inner.bytesOnDisk(id);
+  override async appendTurn(id: string, turn: TurnAppend): Promise<void> {
+    const started = performance.now();
+    try {
+      await this.inner.appendTurn(id, turn);
+    } finally {
+      this.writeMs += performance.now() - started;
+    }
   }
 }
 

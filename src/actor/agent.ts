@@ -107,6 +107,8 @@ export class Agent {
   /** How the last load from history went: tokens served by the shared prompt cache, tokens evaluated. */
   lastLoad = { sharedPrefixTokens: 0, evaluatedTokens: 0 };
   #history: ChatMessage[];
+  /** The history was replaced (a stateless client's conversation): the next commit rewrites the record. */
+  #rewritten = false;
   #status: AgentStatus;
   #removed = false;
 
@@ -178,10 +180,12 @@ export class Agent {
   async withHistory<T>(history: ChatMessage[], work: () => Promise<T>): Promise<T> {
     const kept = this.#history;
     this.#history = history;
+    this.#rewritten = true;
     try {
       return await work();
     } catch (error) {
       this.#history = kept;
+      this.#rewritten = false;
       throw error;
     }
   }
@@ -215,9 +219,14 @@ export class Agent {
     }
     if (output.stopReason === "aborted") throw signal?.reason ?? new AgentRuntimeError("ERR_ABORTED");
     const previous = this.#history;
-    this.#history = [...previous, ...this.behaviour.record(this, text, output.text)];
+    const added = this.behaviour.record(this, text, output.text);
+    this.#history = [...previous, ...added];
     try {
-      await store.write(this.toRecord(clock.now()));
+      // One journal entry per turn (bytes independent of the history's length); a replaced history is
+      // rewritten whole.
+      if (this.#rewritten) await store.write(this.toRecord(clock.now()));
+      else await store.appendTurn(this.id, { messages: added, updatedAt: clock.now() });
+      this.#rewritten = false;
     } catch (error) {
       // Not durable, so not acknowledged: the history stays as it was (the cache is rewound next turn).
       this.#history = previous;

@@ -47,7 +47,12 @@ export class AgentDirectory {
   /** Reads every stored agent. One that cannot be used is kept as `failed` (its files untouched). */
   async restore(): Promise<void> {
     const { store, behaviours, log, clock, emit } = this.#options;
-    for (const id of await store.list()) {
+    const ids: string[] = [];
+    for (let page = await store.list({ limit: 1000 }); ; page = await store.list({ after: page.next, limit: 1000 })) {
+      ids.push(...page.ids);
+      if (page.next === undefined) break;
+    }
+    for (const id of ids) {
       try {
         const record = await store.read(id);
         if (!record) continue;

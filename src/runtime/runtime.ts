@@ -101,7 +101,12 @@ export class AgentRuntime {
         log.child({ component: "worker" }),
         options.signal,
       );
-    const host = await EngineHost.start(factory, { clock, log });
+    // The store is claimed before the model loads: a second writer fails at once (ERR_STATE_LOCKED).
+    await store.open();
+    const host = await EngineHost.start(factory, { clock, log }).catch(async (error: unknown) => {
+      await store.dispose();
+      throw error;
+    });
     const prefixDir = options.prefixCacheDir ?? (options.stateDir ? join(options.stateDir, "prefixes") : undefined);
     const prefixes = options.sharedPrefixes === false || !prefixDir ? undefined : new PrefixCache(prefixDir, options.sharedPrefixMinTokens ?? 32);
     const runtime = new AgentRuntime({ options: resolved, store, log, clock, host, prefixes, behaviours, defaultBehaviour });
@@ -109,6 +114,7 @@ export class AgentRuntime {
       await runtime.#directory.restore();
     } catch (error) {
       await host.dispose();
+      await store.dispose();
       throw error;
     }
     return runtime;
@@ -282,6 +288,7 @@ export class AgentRuntime {
       await Promise.allSettled(this.#directory.removals);
       await this.#supervisor.passivateAll();
       await this.#host.dispose();
+      await this.#store.dispose();
     })();
     return this.#closed;
   }
@@ -293,6 +300,7 @@ export class AgentRuntime {
     const error = new AgentRuntimeError("ERR_RUNTIME_CLOSED");
     for (const agent of this.#directory.agents) agent.mailbox.rejectPending(error);
     await this.#host.dispose();
+    await this.#store.dispose();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

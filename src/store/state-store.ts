@@ -1,7 +1,11 @@
 import type { ChatMessage, EngineName, SamplingOptions } from "../engines/engine.js";
 
-/** Version of the agent record layout; a record of another version is refused as foreign. */
-export const RECORD_FORMAT_VERSION = 1;
+/**
+ * Version of the agent record layout. 2: the record is the state as of its last compaction and a journal
+ * holds the turns since. Format-1 records (history only in the record) are still read; an older agentrt
+ * refuses a format-2 record as foreign instead of silently ignoring its journal.
+ */
+export const RECORD_FORMAT_VERSION = 2;
 
 /** Describes a saved KV cache file and what it may be loaded into. */
 export interface KvDescriptor {
@@ -24,8 +28,6 @@ export interface AgentRecord {
   formatVersion: typeof RECORD_FORMAT_VERSION;
   id: string;
   role: string;
-  /** Name of the agent's behaviour in the runtime's registry; absent in older records ("conversation"). */
-  behaviour?: string | undefined;
   systemPrompt: string;
   sampling: SamplingOptions;
   /** User and assistant messages, oldest first (the system prompt is kept apart). */
@@ -33,6 +35,46 @@ export interface AgentRecord {
   createdAt: number;
   updatedAt: number;
   kv?: KvDescriptor | undefined;
+  /** Name of the agent's behaviour; absent in records written before behaviours were stored ("conversation"). */
+  behaviour?: string | undefined;
+}
+
+/** One page of stored agent ids. */
+export interface StoredAgentPage {
+  /** Ids in lexicographic order. */
+  ids: string[];
+  /** Present when more ids match: pass it as `after` to get the next page. */
+  next?: string | undefined;
+}
+
+export interface ListOptions {
+  /** Only ids starting with this (`"support/"`). Default: all. */
+  prefix?: string | undefined;
+  /** Only ids after this one (exclusive): the previous page's `next`. */
+  after?: string | undefined;
+  /** Ids per page, 1–1000. Default 100. */
+  limit?: number | undefined;
+}
+
+export interface HistoryOptions {
+  /** Index one past the last message wanted. Default: the history's length (the newest messages). */
+  before?: number | undefined;
+  /** Messages per page, 1–1000. Default 100. */
+  limit?: number | undefined;
+}
+
+/** A page of an agent's history, oldest first: messages `[start, start + messages.length)` of `total`. */
+export interface HistoryPage {
+  messages: ChatMessage[];
+  start: number;
+  total: number;
+}
+
+/** One acknowledged turn's additions to the history. */
+export interface TurnAppend {
+  messages: ChatMessage[];
+  /** The record's `updatedAt` after this turn. */
+  updatedAt: number;
 }
 
 /** A KV file being written: the engine writes `path`, then `commit` makes it durable and checksummed. */
@@ -43,18 +85,54 @@ export interface StagedKv {
 }
 
 /**
- * Where agents live when they are not in memory. A directory today; an object store tomorrow —
- * which is why KV files are staged and opened through local paths the store hands out.
+ * Where agents live when they are not in memory. A directory today; an object store or a cluster
+ * tomorrow — which is why KV files are staged and opened through local paths the store hands out.
+ *
+ * The store is the directory of agents: nothing requires a caller to hold every agent (or every id) in
+ * memory. Listing never reads records; a record is read when an agent is needed.
+ *
+ * **Single writer.** Every operation assumes that at most one process writes an agent at a time. Who
+ * enforces that is the implementation's to say, in its `open()`: {@link DirectoryStore} takes an
+ * exclusive OS-released lock on its directory; a clustered store would hold a lease per agent (and fence
+ * writes with it). A caller that writes must call `open()` first and `dispose()` when done.
+ *
+ * **Durability.** Every mutation is durable when its promise resolves (fsynced, or the equivalent), and
+ * all or nothing: a crash during it leaves the state before or after, never a mix.
  */
 export interface StateStore {
   /** Human-readable location (a path or URL) for logs. */
   readonly location: string;
-  /** Ids of every stored agent. */
-  list(): Promise<string[]>;
-  /** The agent's record, or undefined when none exists. Throws ERR_STATE_CORRUPT / ERR_STATE_FOREIGN. */
+  /**
+   * Claims the store for this process as its single writer. Idempotent. Throws ERR_STATE_LOCKED naming the
+   * holder when another process (or another open store object) holds it.
+   */
+  open(): Promise<void>;
+  /** A page of stored agent ids in lexicographic order; never reads a record. RangeError for a bad limit. */
+  list(options?: ListOptions): Promise<StoredAgentPage>;
+  /** Number of stored agents (for `maxStoredAgents`); never reads a record. */
+  count(): Promise<number>;
+  /** Whether a record exists for `id` (damaged or not). */
+  has(id: string): Promise<boolean>;
+  /**
+   * The agent's whole record with every acknowledged change applied, or undefined when none exists.
+   * Throws ERR_STATE_CORRUPT / ERR_STATE_FOREIGN.
+   */
   read(id: string): Promise<AgentRecord | undefined>;
-  /** Replaces the agent's record atomically (all or nothing, durable when it resolves). */
+  /** Replaces the agent's record (spawn, a rewritten conversation); supersedes every earlier append. */
   write(record: AgentRecord): Promise<void>;
+  /**
+   * Appends one acknowledged turn's messages to the stored history; durable when it resolves. The bytes
+   * it writes do not grow with the history's length (amortised over compactions). ERR_AGENT_NOT_FOUND
+   * when no record exists.
+   */
+  appendTurn(id: string, turn: TurnAppend): Promise<void>;
+  /**
+   * Commits a new saved cache (or none) without rewriting the history; durable when it resolves. Saved
+   * cache files the committed state no longer names are deleted after.
+   */
+  setKv(id: string, kv: KvDescriptor | undefined, updatedAt: number): Promise<void>;
+  /** Messages `[max(0, end - limit), end)` of the history, `end = before ?? total`; RangeError for bad options. */
+  history(id: string, options?: HistoryOptions): Promise<HistoryPage>;
   /** Reserves a local path for a new KV file of `id`; `extension` (".bin", ".safetensors") names its format. */
   stageKv(id: string, extension?: string): Promise<StagedKv>;
   /** A local path to the verified KV file; throws ERR_STATE_CORRUPT when missing or its checksum differs. */
@@ -63,4 +141,6 @@ export interface StateStore {
   remove(id: string): Promise<void>;
   /** Bytes the agent occupies in the store. */
   bytesOnDisk(id: string): Promise<number>;
+  /** Releases what `open()` claimed. Idempotent. */
+  dispose(): Promise<void>;
 }

@@ -180,7 +180,7 @@ export class Supervisor {
         engine: engine.info.engine,
         historyLength: agent.history.length,
       };
-      await this.#store.write(agent.toRecord(this.#clock.now()));
+      await this.#store.setKv(agent.id, agent.kv, this.#clock.now());
     } catch (error) {
       await staged?.discard();
       agent.kv = previousKv;

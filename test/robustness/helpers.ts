@@ -19,6 +19,8 @@ import {
   type StagedKv,
   type StateStore,
   type RuntimeEvents,
+  type TurnAppend,
+  DelegatingStore,
 } from "../../src/index.js";
 import { FakeEngine, type FakeEngineOptions } from "../../src/testing/index.js";
 
@@ -191,6 +193,10 @@ export async function ensureDir(path: string): Promise<string> {
 /** Hooks a {@link HookedStore} awaits before each operation; throw from one to inject a fault. */
 export interface StoreHooks {
   beforeWrite?(record: AgentRecord): Promise<void> | void;
+  /** Before a turn's journal append. */
+  beforeAppend?(id: string, turn: TurnAppend): Promise<void> | void;
+  /** Before a passivation commits its KV descriptor. */
+  beforeSetKv?(id: string, kv: KvDescriptor | undefined): Promise<void> | void;
   beforeStage?(id: string): Promise<void> | void;
   beforeOpenKv?(id: string): Promise<void> | void;
   beforeCommit?(id: string, path: string): Promise<void> | void;
@@ -198,29 +204,30 @@ export interface StoreHooks {
 }
 
 /** A StateStore that delegates to another and runs hooks first: the seam for holds and injected faults. */
-export class HookedStore implements StateStore {
-  readonly location: string;
+export class HookedStore extends DelegatingStore {
   hooks: StoreHooks;
 
-  constructor(readonly inner: StateStore, hooks: StoreHooks = {}) {
-    this.location = inner.location;
+  constructor(inner: StateStore, hooks: StoreHooks = {}) {
+    super(inner);
     this.hooks = hooks;
   }
 
-  list(): Promise<string[]> {
-    return this.inner.list();
-  }
-
-  read(id: string): Promise<AgentRecord | undefined> {
-    return this.inner.read(id);
-  }
-
-  async write(record: AgentRecord): Promise<void> {
+  override async write(record: AgentRecord): Promise<void> {
     await this.hooks.beforeWrite?.(record);
     return this.inner.write(record);
   }
 
-  async stageKv(id: string, extension?: string): Promise<StagedKv> {
+  override async appendTurn(id: string, turn: TurnAppend): Promise<void> {
+    await this.hooks.beforeAppend?.(id, turn);
+    return this.inner.appendTurn(id, turn);
+  }
+
+  override async setKv(id: string, kv: KvDescriptor | undefined, updatedAt: number): Promise<void> {
+    await this.hooks.beforeSetKv?.(id, kv);
+    return this.inner.setKv(id, kv, updatedAt);
+  }
+
+  override async stageKv(id: string, extension?: string): Promise<StagedKv> {
     await this.hooks.beforeStage?.(id);
     const staged = await this.inner.stageKv(id, extension);
     return {
@@ -238,18 +245,14 @@ export class HookedStore implements StateStore {
     };
   }
 
-  async openKv(id: string, kv: KvDescriptor): Promise<string> {
+  override async openKv(id: string, kv: KvDescriptor): Promise<string> {
     await this.hooks.beforeOpenKv?.(id);
     return this.inner.openKv(id, kv);
   }
 
-  async remove(id: string): Promise<void> {
+  override async remove(id: string): Promise<void> {
     await this.hooks.beforeRemove?.(id);
     return this.inner.remove(id);
-  }
-
-  bytesOnDisk(id: string): Promise<number> {
-    return this.inner.bytesOnDisk(id);
   }
 }
 

@@ -325,9 +325,9 @@ describe("call order", () => {
     let holding = false;
     const stateDir = scratch.stateDir();
     const store = new HookedStore(new DirectoryStore(stateDir), {
-      beforeWrite: async (record) => {
-        // Hold the record write of a's passivation (the one naming a KV file).
-        if (record.id === "a" && record.kv && !holding) {
+      beforeSetKv: async (id, kv) => {
+        // Hold the commit of a's passivation (the one naming a KV file).
+        if (id === "a" && kv && !holding) {
           holding = true;
           writing.open();
           await held.promise;

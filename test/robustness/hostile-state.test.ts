@@ -132,7 +132,7 @@ const RECORD_DAMAGE: Array<{ kind: string; code: string; damage: Damage }> = [
     },
   },
   { kind: "random bytes", code: "ERR_STATE_CORRUPT", damage: (dir, id) => writeFile(recordPath(dir, id), Buffer.from([0xff, 0xfe, 0, 1, 2, 0x7b])) },
-  { kind: "wrong format version", code: "ERR_STATE_FOREIGN", damage: (dir, id) => rewriteRecord(dir, id, (b) => void (b.formatVersion = 2)) },
+  { kind: "wrong format version", code: "ERR_STATE_FOREIGN", damage: (dir, id) => rewriteRecord(dir, id, (b) => void (b.formatVersion = 99)) },
   {
     kind: "another program's JSON",
     code: "ERR_STATE_FOREIGN",

@@ -56,9 +56,9 @@ describe("injected filesystem errors during passivation (every step × errno)", 
         beforeCommit: () => {
           if (armed && point === "commit") throw fsError(code, "fsync");
         },
-        beforeWrite: (record) => {
-          // Only the passivation's record write; turns still save.
-          if (armed && point === "record" && runtime.get(record.id).status === "passivating") throw fsError(code, "rename");
+        beforeSetKv: () => {
+          // Only the passivation's commit; turns still save.
+          if (armed && point === "record") throw fsError(code, "rename");
         },
       });
       const { runtime } = await fakeRuntime(stateDir, { store, maxAgents: 1 });
@@ -92,11 +92,11 @@ describe("injected filesystem errors during passivation (every step × errno)", 
     },
   );
 
-  it.each(CODES)("%s on a turn's record write: the turn is refused (not acknowledged), the history unchanged, the next turn fine", async (code) => {
+  it.each(CODES)("%s on a turn's journal append: the turn is refused (not acknowledged), the history unchanged, the next turn fine", async (code) => {
     const stateDir = scratch.stateDir();
     let armed = false;
     const store = new HookedStore(new DirectoryStore(stateDir), {
-      beforeWrite: () => {
+      beforeAppend: () => {
         if (armed) throw fsError(code, "open");
       },
     });
@@ -159,6 +159,12 @@ describe("a real disk that fills up or turns read-only (tmpfs; injected errors w
         if (injected) throw fsError(injected === "full" ? "ENOSPC" : "EROFS", "open");
       },
       beforeWrite: () => {
+        if (injected === "read-only") throw fsError("EROFS", "open");
+      },
+      beforeAppend: () => {
+        if (injected === "read-only") throw fsError("EROFS", "open");
+      },
+      beforeSetKv: () => {
         if (injected === "read-only") throw fsError("EROFS", "open");
       },
     });

@@ -1,3 +1,4 @@
+import { DirectoryStore } from "../../src/store/directory-store.js";
 /** Helpers that damage stored agents the way disks, people and other programs do. */
 import { createHash } from "node:crypto";
 import { readdir, readFile, writeFile } from "node:fs/promises";
@@ -25,7 +26,18 @@ export const sha256 = (data: string | Uint8Array) => createHash("sha256").update
  * buggy tool (or a person with an editor) would leave behind. The checksum cannot catch this; the
  * record's own validation must.
  */
+/**
+ * Folds the agent's journal into its record (what a compaction does), so that the record alone holds
+ * the whole state and damage to it is damage to everything: the damage helpers below start from here.
+ */
+export async function compact(stateDir: string, id: string): Promise<void> {
+  const store = new DirectoryStore(stateDir);
+  const record = await store.read(id);
+  if (record) await store.write(record);
+}
+
 export async function rewriteRecord(stateDir: string, id: string, mutate: (body: Record<string, any>) => unknown): Promise<void> {
+  await compact(stateDir, id);
   const path = recordPath(stateDir, id);
   const envelope = JSON.parse(await readFile(path, "utf8")) as { format: string; sha256: string; body: string };
   const body = JSON.parse(envelope.body) as Record<string, any>;
@@ -35,6 +47,7 @@ export async function rewriteRecord(stateDir: string, id: string, mutate: (body:
 }
 
 export async function readRecordBody(stateDir: string, id: string): Promise<Record<string, any>> {
+  await compact(stateDir, id);
   const envelope = JSON.parse(await readFile(recordPath(stateDir, id), "utf8")) as { body: string };
   return JSON.parse(envelope.body) as Record<string, any>;
 }
