@@ -17,12 +17,12 @@ import type {
 } from "../engine.js";
 import type { ChatFrontend } from "./chat.js";
 import type { ModelConfig } from "./config.js";
-import { SequenceCache } from "./kvCache.js";
+import { SequenceCache } from "./kv-cache.js";
 import type { Mx, MxArray } from "./mlx.js";
 import type { LlamaModel } from "./model.js";
-import { loadPromptCache, savePromptCache } from "./promptCache.js";
+import { loadPromptCache, savePromptCache } from "./prompt-cache.js";
 import { Sampler } from "./sampler.js";
-import { TextStream } from "./textStream.js";
+import { TextStream } from "./text-stream.js";
 import { reclaimMajor, reclaimMinor } from "./reclaim.js";
 import { stat } from "node:fs/promises";
 

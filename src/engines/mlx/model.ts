@@ -7,7 +7,7 @@ import { int32Array, type Mx, type MxArray } from "./mlx.js";
 import type { ModelConfig } from "./config.js";
 import { makeRope, type Rope } from "./rope.js";
 import { embed, linear, type ModelWeights } from "./weights.js";
-import type { SequenceCache } from "./kvCache.js";
+import type { SequenceCache } from "./kv-cache.js";
 
 export class LlamaModel {
   private readonly rope: Rope;

@@ -12,7 +12,7 @@ import type { ChatMessage } from "../../../src/engines/engine.js";
 import { createMlxEngine, type MlxEngine } from "../../../src/engines/mlx/index.js";
 import { loadMlx, unavailable, type Mx, type MxArray } from "../../../src/engines/mlx/mlx.js";
 import { readSafetensorsHeader } from "../../../src/engines/mlx/safetensors.js";
-import { KV_STEP } from "../../../src/engines/mlx/kvCache.js";
+import { KV_STEP } from "../../../src/engines/mlx/kv-cache.js";
 import { MODEL, openEngine, reply, requireModel, treeFlatten } from "./helpers.js";
 
 const LAYERS = 4;

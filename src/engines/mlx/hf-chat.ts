@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { AgentRuntimeError } from "../../errors.js";
 import type { ChatMessage } from "../engine.js";
 import type { ChatFrontend, RenderedPrompt } from "./chat.js";
-import type { HfConfig } from "./hfSource.js";
+import type { HfConfig } from "./hf-source.js";
 
 /**
  * Used when a folder has no chat template: the same text node-llama-cpp's GeneralChatWrapper renders (what the
