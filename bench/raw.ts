@@ -170,7 +170,7 @@ export class RawMlx {
     reclaimMinor();
     const logits = this.model.forward(tokens, this.#cache);
     this.mx.eval(logits, ...this.#cache.arrays());
-    this.#cache.tokens.push(...tokens);
+    this.#cache.append(tokens);
     return logits;
   }
 

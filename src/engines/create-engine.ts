@@ -24,8 +24,8 @@ export async function createEngine(options: EngineLoadOptions, log?: EngineLogge
       return LlamaCppEngine.load(options, log);
     }
     case "mlx": {
-      const { createMlxEngine } = await import("./mlx/index.js");
-      return createMlxEngine(options);
+      const { MlxEngine } = await import("./mlx/index.js");
+      return MlxEngine.load(options);
     }
     default:
       throw new AgentRuntimeError("ERR_ENGINE_UNAVAILABLE", `Unknown engine: ${String(options.engine)}`);

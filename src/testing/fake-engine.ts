@@ -38,10 +38,15 @@ export class FakeEngine implements HostedEngine {
   readonly #caches = new Map<string, number[]>();
   readonly #crashListeners = new Set<(error: Error) => void>();
   #crashed = false;
-  /** Prompt tokens evaluated over the engine's life. */
-  evaluatedTokens = 0;
+  #disposed = false;
+  #evaluatedTokens = 0;
 
   constructor(options: FakeEngineOptions = {}) {
+    for (const name of ["sequences", "contextSize"] as const) {
+      const value = options[name];
+      const min = name === "contextSize" ? 2 : 1;
+      if (value !== undefined && (!Number.isInteger(value) || value < min)) throw new RangeError(`${name} must be an integer >= ${min}, got ${String(value)}`);
+    }
     this.#options = options;
     const model = options.model ?? "fake-model";
     this.info = {
@@ -69,22 +74,29 @@ export class FakeEngine implements HostedEngine {
     return `r${createHash("sha256").update(Uint32Array.from(prompt)).digest("hex").slice(0, 8)}`;
   }
 
+  /** Prompt tokens evaluated over the engine's life. */
+  get evaluatedTokens(): number {
+    return this.#evaluatedTokens;
+  }
+
   #check(): void {
     if (this.#crashed) throw new AgentRuntimeError("ERR_WORKER_CRASHED", "The fake engine crashed");
+    if (this.#disposed) throw new AgentRuntimeError("ERR_ENGINE_CLOSED", "The fake engine has been disposed");
   }
 
   #cache(key: string): number[] {
     this.#check();
     const cache = this.#caches.get(key);
-    if (!cache) throw new AgentRuntimeError("ERR_ENGINE_FAILED", `No open sequence for ${key}`);
+    if (!cache) throw new AgentRuntimeError("ERR_SEQUENCE_NOT_OPEN", `No sequence is open for ${key}`, { details: { key } });
     return cache;
   }
 
   async openSequence(key: string): Promise<void> {
     this.#check();
     if (this.#caches.has(key)) return;
-    if (this.#caches.size >= (this.#options.sequences ?? 3)) {
-      throw new AgentRuntimeError("ERR_ENGINE_FAILED", "No free sequence in the context");
+    const sequences = this.#options.sequences ?? 3;
+    if (this.#caches.size >= sequences) {
+      throw new AgentRuntimeError("ERR_NO_FREE_SEQUENCE", `All ${sequences} sequences are taken`, { details: { key, sequences } });
     }
     this.#caches.set(key, []);
   }
@@ -106,7 +118,7 @@ export class FakeEngine implements HostedEngine {
     const reused = commonPrefixLength(cache, tokens);
     cache.length = reused;
     cache.push(...tokens.slice(reused));
-    this.evaluatedTokens += tokens.length - reused;
+    this.#evaluatedTokens += tokens.length - reused;
     return { promptTokens: tokens.length, reusedTokens: reused, evaluatedTokens: tokens.length - reused, cacheTokens: cache.length };
   }
 
@@ -179,6 +191,11 @@ export class FakeEngine implements HostedEngine {
   }
 
   async dispose(): Promise<void> {
+    this.#disposed = true;
     this.#caches.clear();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.dispose();
   }
 }

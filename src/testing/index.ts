@@ -1,3 +1,5 @@
-// `agentrt/testing`: helpers for testing code built on agentrt without a model.
+// `agentrt/testing`: helpers for testing code built on agentrt without a model, and the MLX engine's test probe.
 export { FakeEngine } from "./fake-engine.js";
 export type { FakeEngineOptions } from "./fake-engine.js";
+export { MlxProbe } from "./mlx-probe.js";
+export type { MlxProbeOptions } from "./mlx-probe.js";

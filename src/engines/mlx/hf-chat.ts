@@ -33,86 +33,107 @@ const GENERIC_STOP_STRINGS = ["<end>", "### Human", "### Assistant", "### System
 type TokenizerInstance = import("@huggingface/tokenizers").Tokenizer;
 type TemplateInstance = import("@huggingface/jinja").Template;
 
-export async function loadHfChat(folder: string, config: HfConfig): Promise<ChatFrontend> {
-  const invalid = (message: string, cause?: unknown) =>
-    new AgentRuntimeError("ERR_MODEL_INVALID", `${folder}: ${message}`, cause ? { cause } : {});
-  const readJson = async (name: string, required: boolean): Promise<Record<string, unknown> | undefined> => {
-    try {
-      return JSON.parse(await readFile(join(folder, name), "utf8")) as Record<string, unknown>;
-    } catch (error) {
-      if (!required && (error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      throw invalid(`cannot read ${name}: ${(error as Error).message}`, error);
-    }
-  };
-  const tokenizerJson = (await readJson("tokenizer.json", true))!;
-  const tokenizerConfig = (await readJson("tokenizer_config.json", false)) ?? {};
-  const generationConfig = await readJson("generation_config.json", false);
-  const [{ Tokenizer }, { Template }] = await Promise.all([import("@huggingface/tokenizers"), import("@huggingface/jinja")]);
-  let tokenizer: TokenizerInstance;
-  try {
-    tokenizer = new Tokenizer(tokenizerJson, tokenizerConfig);
-  } catch (error) {
-    throw invalid(`tokenizer.json is not usable: ${(error as Error).message}`, error);
-  }
-  let source = pickTemplate(tokenizerConfig["chat_template"]);
-  if (source === undefined) {
-    try {
-      source = await readFile(join(folder, "chat_template.jinja"), "utf8");
-    } catch {
-      source = undefined;
-    }
-  }
-  const hasTemplate = source !== undefined;
-  let template: TemplateInstance;
-  try {
-    template = new Template(source ?? GENERIC_CHAT_TEMPLATE);
-  } catch (error) {
-    throw invalid(`the chat template does not parse: ${(error as Error).message}`, error);
-  }
-  const special: Record<string, string> = {};
-  for (const name of ["bos_token", "eos_token", "unk_token", "pad_token"]) {
-    const value = tokenString(tokenizerConfig[name]);
-    if (value !== undefined) special[name] = value;
-  }
-  const stopTokens = new Set<number>();
-  for (const id of [config.eos_token_id, generationConfig?.["eos_token_id"]].flat()) {
-    if (typeof id === "number") stopTokens.add(id);
-  }
-  if (special["eos_token"] !== undefined) {
-    const id = tokenizer.token_to_id(special["eos_token"]);
-    if (id !== undefined) stopTokens.add(id);
-  }
-  return new HfChat(tokenizer, template, special, stopTokens, hasTemplate ? templateName(tokenizerConfig) : "generic", hasTemplate, config.vocab_size ?? 0);
+/** Loads the mlx-community folder chat front end (see the file comment). */
+export function loadHfChat(folder: string, config: HfConfig): Promise<ChatFrontend> {
+  return HfChat.load(folder, config);
 }
 
 class HfChat implements ChatFrontend {
-  constructor(
-    private readonly tokenizer: TokenizerInstance,
-    private readonly template: TemplateInstance,
-    private readonly special: Record<string, string>,
-    private readonly stopTokens: ReadonlySet<number>,
-    readonly formatName: string,
-    private readonly hasTemplate: boolean,
-    readonly vocabSize: number,
-  ) {}
+  readonly formatName: string;
+  readonly vocabSize: number;
+  readonly #tokenizer: TokenizerInstance;
+  readonly #template: TemplateInstance;
+  readonly #special: Record<string, string>;
+  readonly #stopTokens: ReadonlySet<number>;
+  readonly #hasTemplate: boolean;
+
+  static async load(folder: string, config: HfConfig): Promise<HfChat> {
+    const invalid = (message: string, cause?: unknown) =>
+      new AgentRuntimeError("ERR_MODEL_INVALID", `${folder}: ${message}`, cause ? { cause } : {});
+    const readJson = async (name: string, required: boolean): Promise<Record<string, unknown> | undefined> => {
+      try {
+        return JSON.parse(await readFile(join(folder, name), "utf8")) as Record<string, unknown>;
+      } catch (error) {
+        if (!required && (error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+        throw invalid(`cannot read ${name}: ${(error as Error).message}`, error);
+      }
+    };
+    const tokenizerJson = (await readJson("tokenizer.json", true))!;
+    const tokenizerConfig = (await readJson("tokenizer_config.json", false)) ?? {};
+    const generationConfig = await readJson("generation_config.json", false);
+    const [{ Tokenizer }, { Template }] = await Promise.all([import("@huggingface/tokenizers"), import("@huggingface/jinja")]);
+    let tokenizer: TokenizerInstance;
+    try {
+      tokenizer = new Tokenizer(tokenizerJson, tokenizerConfig);
+    } catch (error) {
+      throw invalid(`tokenizer.json is not usable: ${(error as Error).message}`, error);
+    }
+    let source = pickTemplate(tokenizerConfig["chat_template"]);
+    if (source === undefined) {
+      try {
+        source = await readFile(join(folder, "chat_template.jinja"), "utf8");
+      } catch {
+        source = undefined;
+      }
+    }
+    const hasTemplate = source !== undefined;
+    let template: TemplateInstance;
+    try {
+      template = new Template(source ?? GENERIC_CHAT_TEMPLATE);
+    } catch (error) {
+      throw invalid(`the chat template does not parse: ${(error as Error).message}`, error);
+    }
+    const special: Record<string, string> = {};
+    for (const name of ["bos_token", "eos_token", "unk_token", "pad_token"]) {
+      const value = tokenString(tokenizerConfig[name]);
+      if (value !== undefined) special[name] = value;
+    }
+    const stopTokens = new Set<number>();
+    for (const id of [config.eos_token_id, generationConfig?.["eos_token_id"]].flat()) {
+      if (typeof id === "number") stopTokens.add(id);
+    }
+    if (special["eos_token"] !== undefined) {
+      const id = tokenizer.token_to_id(special["eos_token"]);
+      if (id !== undefined) stopTokens.add(id);
+    }
+    return new HfChat(tokenizer, template, special, stopTokens, hasTemplate ? templateName(tokenizerConfig) : "generic", hasTemplate, config.vocab_size ?? 0);
+  }
+
+  private constructor(
+    tokenizer: TokenizerInstance,
+    template: TemplateInstance,
+    special: Record<string, string>,
+    stopTokens: ReadonlySet<number>,
+    formatName: string,
+    hasTemplate: boolean,
+    vocabSize: number,
+  ) {
+    this.#tokenizer = tokenizer;
+    this.#template = template;
+    this.#special = special;
+    this.#stopTokens = stopTokens;
+    this.formatName = formatName;
+    this.#hasTemplate = hasTemplate;
+    this.vocabSize = vocabSize;
+  }
 
   render(messages: readonly ChatMessage[]): RenderedPrompt {
     let text: string;
     try {
-      text = this.template.render({
+      text = this.#template.render({
         messages: messages.map((m) => ({ role: m.role, content: m.content })),
         add_generation_prompt: messages.at(-1)?.role === "user",
-        ...this.special,
+        ...this.#special,
       });
     } catch (error) {
       throw new AgentRuntimeError("ERR_ENGINE_FAILED", `The chat template failed to render: ${(error as Error).message}`, { cause: error });
     }
-    const tokens = this.tokenizer.encode(text, { add_special_tokens: false }).ids;
-    return { tokens, stopTokens: this.stopTokens, stopStrings: this.hasTemplate ? [] : GENERIC_STOP_STRINGS };
+    const tokens = this.#tokenizer.encode(text, { add_special_tokens: false }).ids;
+    return { tokens, stopTokens: this.#stopTokens, stopStrings: this.#hasTemplate ? [] : GENERIC_STOP_STRINGS };
   }
 
   decode(tokens: readonly number[]): string {
-    return this.tokenizer.decode([...tokens], { skip_special_tokens: true });
+    return this.#tokenizer.decode([...tokens], { skip_special_tokens: true });
   }
 
   async dispose(): Promise<void> {}

@@ -18,12 +18,17 @@ export function makeRope(mx: Mx, rope: RopeConfig): Rope {
 
 /** RoPE from an explicit inverse-frequency table `inv` of shape [1, dims/2]; x is [B, heads, L, headDim]. */
 export function applyWithFreqs(mx: Mx, x: MxArray, offset: number, rope: RopeConfig, inv: MxArray): MxArray {
+  const length = x.shape[2]!;
+  const positions = mx.multiply(mx.arange(offset, offset + length, 1, mx.float32), rope.scale).reshape(-1, 1);
+  return rotate(mx, x, mx.matmul(positions, inv), rope); // theta: [L, half]
+}
+
+/** Turns each rotated pair of x [B, heads, L, headDim] by the angles `theta` ([L, dims/2], or [1, dims/2] for all rows). */
+function rotate(mx: Mx, x: MxArray, theta: MxArray, rope: RopeConfig): MxArray {
   const shape = x.shape;
   const length = shape[2]!;
   const headDim = shape[3]!;
   const half = rope.dims / 2;
-  const positions = mx.multiply(mx.arange(offset, offset + length, 1, mx.float32), rope.scale).reshape(-1, 1);
-  const theta = mx.matmul(positions, inv); // [L, half]
   const cos = mx.cos(theta);
   const sin = mx.sin(theta);
   const rotated = x.index("...", mx.Slice(0, rope.dims));
