@@ -10,6 +10,7 @@ import type {
   SequenceStats,
 } from "../engines/engine.js";
 import { commonPrefixLength } from "../engines/chat-history.js";
+import { findContextShift } from "../engines/context-shift.js";
 import { AgentRuntimeError } from "../errors.js";
 import type { HostedEngine } from "../engines/engine.js";
 
@@ -110,21 +111,39 @@ export class FakeEngine implements HostedEngine {
     return [...this.#caches.keys()];
   }
 
-  #evaluate(key: string, tokens: number[]): EvaluationCounts {
+  /** Brings the cache to `tokens`, shifting out a dropped middle as the real engines do when `contextShift` is set. */
+  #evaluate(key: string, tokens: number[], contextShift = false): EvaluationCounts & { shiftedTokens: number } {
     const cache = this.#cache(key);
     if (tokens.length >= this.info.contextSize) {
       throw new AgentRuntimeError("ERR_CONTEXT_FULL", `The conversation needs ${tokens.length} tokens`);
     }
-    const reused = commonPrefixLength(cache, tokens);
+    let reused = commonPrefixLength(cache, tokens);
+    const shift = contextShift ? findContextShift(cache, tokens, reused) : undefined;
+    if (shift) {
+      cache.splice(shift.prefix, shift.removed);
+      reused += shift.kept;
+    }
     cache.length = reused;
     cache.push(...tokens.slice(reused));
     this.#evaluatedTokens += tokens.length - reused;
-    return { promptTokens: tokens.length, reusedTokens: reused, evaluatedTokens: tokens.length - reused, cacheTokens: cache.length };
+    return {
+      promptTokens: tokens.length,
+      reusedTokens: reused,
+      evaluatedTokens: tokens.length - reused,
+      cacheTokens: cache.length,
+      shiftedTokens: shift?.removed ?? 0,
+    };
   }
 
   async prefill(key: string, messages: ChatMessage[], signal: AbortSignal): Promise<EvaluationCounts> {
     signal.throwIfAborted();
-    return this.#evaluate(key, FakeEngine.render(messages));
+    const { shiftedTokens: _, ...counts } = this.#evaluate(key, FakeEngine.render(messages));
+    return counts;
+  }
+
+  async countTokens(messages: ChatMessage[]): Promise<number> {
+    this.#check();
+    return FakeEngine.render(messages, true).length;
   }
 
   async generate(key: string, input: GenerateInput): Promise<GenerateOutput> {
@@ -132,7 +151,7 @@ export class FakeEngine implements HostedEngine {
     const started = performance.now();
     await this.#options.beforeGenerate?.(key, input.messages);
     const prompt = FakeEngine.render(input.messages, true);
-    const counts = this.#evaluate(key, prompt);
+    const counts = this.#evaluate(key, prompt, input.contextShift === true);
     const reply = FakeEngine.reply(prompt).slice(0, input.maxTokens);
     let text = "";
     for (const char of reply) {

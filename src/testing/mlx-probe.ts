@@ -87,6 +87,10 @@ export class MlxProbe implements Engine {
     return output;
   }
 
+  countTokens(messages: ChatMessage[]): Promise<number> {
+    return this.engine.countTokens(messages);
+  }
+
   saveState(key: string, filePath: string): Promise<SavedState> {
     return this.engine.saveState(key, filePath);
   }

@@ -14,6 +14,7 @@ import {
 } from "node-llama-cpp";
 import { AgentRuntimeError, isAgentRuntimeError } from "../../errors.js";
 import { commonPrefixLength, toChatHistory } from "../chat-history.js";
+import { findContextShift } from "../context-shift.js";
 import type {
   ChatMessage,
   Engine,
@@ -201,11 +202,41 @@ export class LlamaCppEngine implements Engine {
     };
   }
 
+  async countTokens(messages: ChatMessage[]): Promise<number> {
+    this.#checkOpen();
+    return this.#render(messages, true).length;
+  }
+
+  /**
+   * Removes D from a cache holding P + D + S when the prompt is P + S + N (see context-shift.ts): llama.cpp drops
+   * D's cells and moves S's down, re-rotating their keys. Returns the tokens removed and those evaluated again,
+   * which is only ever non-zero when llama.cpp could not shift and node-llama-cpp rebuilt the sequence.
+   */
+  async #shift(sequence: LlamaContextSequence, prompt: readonly Token[]): Promise<{ removed: number; evaluated: number }> {
+    const cached = sequence.contextTokens;
+    const prefix = commonPrefixLength(cached, prompt);
+    const shift = findContextShift(cached, prompt, prefix);
+    if (!shift) return { removed: 0, evaluated: 0 };
+    const before = sequence.tokenMeter.usedInputTokens;
+    const moved = cached.length - prefix - shift.removed;
+    await sequence.eraseContextTokenRanges([{ start: prefix, end: prefix + shift.removed }]);
+    // node-llama-cpp meters the moved tokens as input; anything beyond them was evaluated.
+    return { removed: shift.removed, evaluated: Math.max(0, sequence.tokenMeter.usedInputTokens - before - moved) };
+  }
+
   async generate(key: string, input: GenerateInput): Promise<GenerateOutput> {
     input.signal.throwIfAborted();
     const { sequence, chat } = this.#slot(key);
     const prompt = this.#render(input.messages, true);
     this.#assertFits(prompt.length, key);
+    let shifted = { removed: 0, evaluated: 0 };
+    if (input.contextShift) {
+      try {
+        shifted = await this.#shift(sequence, prompt);
+      } catch (error) {
+        throw this.#failed(error, key, input.signal);
+      }
+    }
     const reused = commonPrefixLength(sequence.contextTokens, prompt);
     const room = this.info.contextSize - prompt.length - 1;
     const maxTokens = Math.max(0, Math.min(input.maxTokens, room));
@@ -235,6 +266,7 @@ export class LlamaCppEngine implements Engine {
     const finished = performance.now();
     // The engine's own count over the turn, minus generated tokens fed back (the cache past the prompt).
     const evaluatedTokens =
+      shifted.evaluated +
       sequence.tokenMeter.usedInputTokens - inputBefore + sequence.tokenMeter.usedOutputTokens - outputBefore -
       Math.max(0, sequence.nextTokenIndex - prompt.length);
     if (firstTokenAt === 0) firstTokenAt = finished;
@@ -251,6 +283,7 @@ export class LlamaCppEngine implements Engine {
           : "eos";
     return {
       text: response.response,
+      shiftedTokens: shifted.removed,
       promptTokens: prompt.length,
       reusedTokens: reused,
       evaluatedTokens,

@@ -19,12 +19,14 @@ import type {
 } from "../engine.js";
 import type { ChatFrontend } from "./chat.js";
 import type { ModelConfig } from "./config.js";
-import { SequenceCache } from "./kv-cache.js";
+import { findContextShift } from "../context-shift.js";
+import { SequenceCache, type KeyShift } from "./kv-cache.js";
 import { loadMlxParts, type MlxEngineParts } from "./load.js";
 import type { Mx, MxArray } from "./mlx.js";
 import type { LlamaModel } from "./model.js";
 import { loadPromptCache, savePromptCache } from "./prompt-cache.js";
 import { reclaimMajor, reclaimMinor } from "./reclaim.js";
+import { makeKeyShift } from "./rope.js";
 import { Sampler } from "./sampler.js";
 import { TextStream } from "./text-stream.js";
 
@@ -37,6 +39,7 @@ export class MlxEngine implements Engine {
   readonly #config: ModelConfig;
   readonly #maxSequences: number;
   readonly #batchSize: number;
+  readonly #keyShift: KeyShift;
   readonly #sequences = new Map<string, SequenceCache>();
   #disposed = false;
 
@@ -48,6 +51,7 @@ export class MlxEngine implements Engine {
     this.#config = parts.model.config;
     this.#maxSequences = parts.maxSequences;
     this.#batchSize = parts.batchSize;
+    this.#keyShift = makeKeyShift(parts.mx, parts.model.config.rope);
   }
 
   /** Loads a GGUF file or an mlx-community folder (see load.ts). */
@@ -86,9 +90,14 @@ export class MlxEngine implements Engine {
     const seq = this.#sequence(key);
     const prompt = this.#chat.render(messages);
     if (prompt.tokens.length > this.info.contextSize) throw this.#contextFull(prompt.tokens.length);
-    const result = await this.#evaluatePrompt(seq, prompt.tokens, false, signal);
+    const result = await this.#evaluatePrompt(seq, prompt.tokens, false, false, signal);
     if (result.aborted) throw new AgentRuntimeError("ERR_ABORTED", "Prefill was aborted", { details: { key } });
     return this.#counts(prompt.tokens.length, result.reused, result.evaluated, seq);
+  }
+
+  async countTokens(messages: ChatMessage[]): Promise<number> {
+    this.#checkOpen();
+    return this.#chat.render(messages).tokens.length;
   }
 
   async generate(key: string, input: GenerateInput): Promise<GenerateOutput> {
@@ -98,7 +107,7 @@ export class MlxEngine implements Engine {
     // The prompt plus the first generated token must fit: the token after the prompt needs a cache slot.
     if (prompt.tokens.length >= this.info.contextSize) throw this.#contextFull(prompt.tokens.length);
     const sampler = new Sampler(input.sampling);
-    const evaluation = await this.#evaluatePrompt(seq, prompt.tokens, true, input.signal);
+    const evaluation = await this.#evaluatePrompt(seq, prompt.tokens, true, input.contextShift === true, input.signal);
     const counts = this.#counts(prompt.tokens.length, evaluation.reused, evaluation.evaluated, seq);
     const stream = new TextStream((t) => this.#chat.decode(t), prompt.stopStrings, input.onText);
     let stopReason: StopReason = "maxTokens";
@@ -149,6 +158,7 @@ export class MlxEngine implements Engine {
     return {
       ...counts,
       cacheTokens: seq.length,
+      shiftedTokens: evaluation.shifted,
       text,
       generatedTokens: generated,
       stopReason,
@@ -201,14 +211,16 @@ export class MlxEngine implements Engine {
   /**
    * Brings the cache to `tokens`: keeps the longest common prefix with the cached tokens, rewinds past it and
    * evaluates the rest in batches. With `needLogits`, at least the last prompt token is evaluated (its logits pick
-   * the first reply token), as mlx-lm does when the whole prompt is cached.
+   * the first reply token), as mlx-lm does when the whole prompt is cached. With `contextShift`, a cache holding
+   * P + D + S for a prompt P + S + N loses D first and keeps S (see context-shift.ts and LayerCache.erase).
    */
   async #evaluatePrompt(
     seq: SequenceCache,
     tokens: readonly number[],
     needLogits: boolean,
+    contextShift: boolean,
     signal: AbortSignal,
-  ): Promise<{ reused: number; evaluated: number; logits: MxArray | undefined; aborted: boolean }> {
+  ): Promise<{ reused: number; evaluated: number; shifted: number; logits: MxArray | undefined; aborted: boolean }> {
     let common = 0;
     const cached = seq.tokens;
     // Unknown (undefined) cached tokens come from an mlx-lm file without token ids. Like mlx-lm, which evaluates a
@@ -218,6 +230,18 @@ export class MlxEngine implements Engine {
     if (!opaque || tokens.length >= cached.length) {
       while (common < cached.length && common < tokens.length && (cached[common] === undefined || cached[common] === tokens[common])) common++;
     }
+    let shifted = 0;
+    const shift = contextShift && !opaque ? findContextShift(cached, tokens, common) : undefined;
+    if (shift) {
+      try {
+        seq.erase(shift.prefix, shift.prefix + shift.removed, this.#keyShift);
+        this.#mx.eval(...seq.arrays());
+      } catch (error) {
+        throw this.#failed(error, seq);
+      }
+      common += shift.kept;
+      shifted = shift.removed;
+    }
     if (needLogits && common === tokens.length) common = Math.max(0, common - 1);
     seq.trimTo(common);
     seq.confirm(tokens.slice(0, common));
@@ -226,7 +250,7 @@ export class MlxEngine implements Engine {
     const batch = this.#batchSize;
     try {
       for (let start = common; start < tokens.length; start += batch) {
-        if (signal.aborted) return { reused: common, evaluated, logits: undefined, aborted: true };
+        if (signal.aborted) return { reused: common, evaluated, shifted, logits: undefined, aborted: true };
         const chunk = tokens.slice(start, start + batch);
         logits = this.#step(chunk, seq);
         evaluated += chunk.length;
@@ -235,7 +259,7 @@ export class MlxEngine implements Engine {
     } catch (error) {
       throw this.#failed(error, seq);
     }
-    return { reused: common, evaluated, logits, aborted: false };
+    return { reused: common, evaluated, shifted, logits, aborted: false };
   }
 
   /** One forward call, evaluated right away so the lazy graph never spans more than one step. */

@@ -9,6 +9,9 @@ import type { Mx, MxArray } from "./mlx.js";
 /** Growth step, as mlx-lm's KVCache.step. */
 export const KV_STEP = 256;
 
+/** Re-rotates keys already rotated by RoPE by `delta` positions (see rope.ts `makeKeyShift`). */
+export type KeyShift = (keys: MxArray, delta: number) => MxArray;
+
 export class LayerCache {
   readonly #mx: Mx;
   #keys: MxArray | undefined;
@@ -70,6 +73,26 @@ export class LayerCache {
   /** Rewinds to the first `keep` positions (the arrays keep their capacity). */
   trim(keep: number): void {
     this.#offset = Math.max(0, Math.min(keep, this.#offset));
+  }
+
+  /**
+   * Removes positions [start, end) and moves the later ones down by `end − start`. Keys carry their position in
+   * their RoPE rotation, so `shift` re-rotates the moved keys by −(end − start): afterwards every key is rotated
+   * for the position it now holds, as if it had been evaluated there (values carry no position).
+   */
+  erase(start: number, end: number, shift: KeyShift): void {
+    const removed = end - start;
+    if (this.#keys === undefined || this.#values === undefined || removed <= 0) return;
+    const mx = this.#mx;
+    const last = this.#offset;
+    if (end < last) {
+      const keys = shift(this.#valid(this.#keys, end, last), -removed);
+      const values = this.#valid(this.#values, end, last);
+      // MLX arrays are values: the slices above read the arrays as they were before these writes.
+      this.#keys.indexPut_(["...", mx.Slice(start, last - removed), mx.Slice()], keys);
+      this.#values.indexPut_(["...", mx.Slice(start, last - removed), mx.Slice()], values);
+    }
+    this.#offset = last - removed;
   }
 
   /** The arrays a step must evaluate. */
@@ -138,6 +161,12 @@ export class SequenceCache {
     const target = Math.max(0, Math.min(keep, this.length));
     for (const layer of this.layers) layer.trim(target);
     this.#tokens.length = target;
+  }
+
+  /** Removes positions [start, end), moving (and re-rotating, see LayerCache.erase) the later ones down. */
+  erase(start: number, end: number, shift: KeyShift): void {
+    for (const layer of this.layers) layer.erase(start, end, shift);
+    this.#tokens.splice(start, Math.max(0, end - start));
   }
 
   /** Arrays to evaluate after a step so the lazy graph does not grow across steps. */

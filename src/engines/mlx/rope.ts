@@ -16,6 +16,19 @@ export function makeRope(mx: Mx, rope: RopeConfig): Rope {
   return (x, offset) => applyWithFreqs(mx, x, offset, rope, inv);
 }
 
+/**
+ * Re-rotates keys that RoPE already rotated, as if they sat `delta` positions further (negative: earlier). RoPE
+ * turns each pair of dimensions by an angle proportional to the position, so moving a key from p to p + delta is one
+ * more turn by delta's angle, the same for every row. Used when a context shift removes tokens before the keys.
+ */
+export function makeKeyShift(mx: Mx, rope: RopeConfig): (keys: MxArray, delta: number) => MxArray {
+  const half = rope.dims / 2;
+  // mx.fast.rope's frequencies: base^(-2i/dims); Llama 3 tables give wavelength divisors (see config.ts).
+  const inverse = rope.freqs ? rope.freqs.map((f) => 1 / f) : Array.from({ length: half }, (_, i) => rope.base ** (-(2 * i) / rope.dims));
+  const inv = mx.array(inverse, mx.float32).reshape(1, -1);
+  return (keys, delta) => (delta === 0 ? keys : rotate(mx, keys, mx.multiply(inv, delta * rope.scale), rope));
+}
+
 /** RoPE from an explicit inverse-frequency table `inv` of shape [1, dims/2]; x is [B, heads, L, headDim]. */
 export function applyWithFreqs(mx: Mx, x: MxArray, offset: number, rope: RopeConfig, inv: MxArray): MxArray {
   const length = x.shape[2]!;
