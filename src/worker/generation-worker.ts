@@ -65,9 +65,12 @@ async function handle(request: Exclude<WorkerRequest, { type: "cancel" }>, signa
         messages: request.messages,
         maxTokens: request.maxTokens,
         sampling: request.sampling,
+        ...(request.contextShift !== undefined ? { contextShift: request.contextShift } : {}),
         signal,
         onText: (text) => post({ type: "chunk", id: request.id, text }),
       });
+    case "count":
+      return requireEngine().countTokens(request.messages);
     case "save":
       return requireEngine().saveState(request.key, request.path);
     case "load":
@@ -101,7 +104,8 @@ port.on("message", (request: WorkerRequest) => {
   const controller = new AbortController();
   cancellations.set(request.id, controller);
   const run = () => handle(request, controller.signal);
-  const task = serialize && request.type !== "stats" && request.type !== "crash" ? (serial = serial.then(run, run)) : run();
+  // stats and count only read (count tokenizes): they need not wait behind a generation.
+  const task = serialize && request.type !== "stats" && request.type !== "count" && request.type !== "crash" ? (serial = serial.then(run, run)) : run();
   if (request.type !== "crash") {
     inFlight.add(task);
     void task.finally(() => inFlight.delete(task)).catch(() => {});
