@@ -1,5 +1,4 @@
 import { stat } from "node:fs/promises";
-import { AgentRuntimeError } from "../errors.js";
 import type { Engine, EngineLoadOptions, EngineName } from "./engine.js";
 import { isRemoteModel } from "./model-source.js";
 
@@ -28,6 +27,6 @@ export async function createEngine(options: EngineLoadOptions, log?: EngineLogge
       return MlxEngine.load(options);
     }
     default:
-      throw new AgentRuntimeError("ERR_ENGINE_UNAVAILABLE", `Unknown engine: ${String(options.engine)}`);
+      throw new TypeError(`engine must be "llama.cpp" or "mlx", got ${JSON.stringify(options.engine)}`);
   }
 }
