@@ -11,7 +11,7 @@ import { basename, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { defaultModel } from "../src/cli/defaults.js";
 import type { ChatMessage, EngineName } from "../src/engines/engine.js";
-import { loadGgufChat } from "../src/engines/mlx/ggufChat.js";
+import { loadGgufChat } from "../src/engines/mlx/gguf-chat.js";
 import { ensureSyntheticModel, isPresetName, PRESETS, type WeightType } from "./synthetic/synthetic-model.js";
 
 export const BENCH_DIR = dirname(fileURLToPath(import.meta.url));

@@ -7,9 +7,9 @@
 import { getLlama, LlamaChat, LlamaLogLevel, type ChatWrapper, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel, type Token } from "node-llama-cpp";
 import type { ChatMessage } from "../src/engines/engine.js";
 import type { ChatFrontend } from "../src/engines/mlx/chat.js";
-import { loadGgufChat } from "../src/engines/mlx/ggufChat.js";
-import { loadGgufWeights } from "../src/engines/mlx/ggufSource.js";
-import { SequenceCache } from "../src/engines/mlx/kvCache.js";
+import { loadGgufChat } from "../src/engines/mlx/gguf-chat.js";
+import { loadGgufWeights } from "../src/engines/mlx/gguf-source.js";
+import { SequenceCache } from "../src/engines/mlx/kv-cache.js";
 import { loadMlx, type Mx, type MxArray } from "../src/engines/mlx/mlx.js";
 import { LlamaModel as MlxLlamaModel } from "../src/engines/mlx/model.js";
 import { reclaimMajor, reclaimMinor } from "../src/engines/mlx/reclaim.js";
@@ -170,7 +170,7 @@ export class RawMlx {
     reclaimMinor();
     const logits = this.model.forward(tokens, this.#cache);
     this.mx.eval(logits, ...this.#cache.arrays());
-    this.#cache.tokens.push(...tokens);
+    this.#cache.append(tokens);
     return logits;
   }
 

@@ -1,5 +1,4 @@
 import { stat } from "node:fs/promises";
-import { AgentRuntimeError } from "../errors.js";
 import type { Engine, EngineLoadOptions, EngineName } from "./engine.js";
 import { isRemoteModel } from "./model-source.js";
 
@@ -24,10 +23,10 @@ export async function createEngine(options: EngineLoadOptions, log?: EngineLogge
       return LlamaCppEngine.load(options, log);
     }
     case "mlx": {
-      const { createMlxEngine } = await import("./mlx/index.js");
-      return createMlxEngine(options);
+      const { MlxEngine } = await import("./mlx/index.js");
+      return MlxEngine.load(options);
     }
     default:
-      throw new AgentRuntimeError("ERR_ENGINE_UNAVAILABLE", `Unknown engine: ${String(options.engine)}`);
+      throw new TypeError(`engine must be "llama.cpp" or "mlx", got ${JSON.stringify(options.engine)}`);
   }
 }

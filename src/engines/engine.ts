@@ -89,10 +89,20 @@ export interface GenerateInput {
   signal: AbortSignal;
   /** Called with each piece of text as soon as it is decoded. */
   onText: (text: string) => void;
+  /**
+   * When the cache holds P + D + S and `messages` render as P + S + N (the caller dropped whole turns D after the
+   * system prompt), remove D from the cache and keep S, shifting its positions, then evaluate only N; when the
+   * rendering is no such continuation (or S would be under 8 tokens), rewind to the common prefix as usual.
+   * Replies after a shift approximate those of a fresh cache: S's keys were computed with D in view.
+   * Default false (always rewind: exact, but S is evaluated again).
+   */
+  contextShift?: boolean;
 }
 
 export interface GenerateOutput extends EvaluationCounts {
   text: string;
+  /** Tokens a context shift removed from the cache before this turn (0 without a shift). */
+  shiftedTokens: number;
   generatedTokens: number;
   stopReason: StopReason;
   /** Milliseconds from the call to the first generated token. */
@@ -128,6 +138,11 @@ export interface Engine {
   prefill(key: string, messages: ChatMessage[], signal: AbortSignal): Promise<EvaluationCounts>;
   /** Renders `messages`, evaluates only what the cache lacks, then generates the assistant's reply. */
   generate(key: string, input: GenerateInput): Promise<GenerateOutput>;
+  /**
+   * Tokens the prompt `generate` would render for `messages` occupies (with the assistant's turn opened after a
+   * last user message): what `generate` reports as `promptTokens`. Tokenizes only; no sequence is needed.
+   */
+  countTokens(messages: ChatMessage[]): Promise<number>;
   /** Writes the sequence's KV state to `filePath` (the caller handles atomic rename and checksums). */
   saveState(key: string, filePath: string): Promise<SavedState>;
   /** Replaces the sequence's KV state with a file the caller has verified for this fingerprint. */

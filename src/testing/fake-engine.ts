@@ -10,6 +10,7 @@ import type {
   SequenceStats,
 } from "../engines/engine.js";
 import { commonPrefixLength } from "../engines/chat-history.js";
+import { findContextShift } from "../engines/context-shift.js";
 import { AgentRuntimeError } from "../errors.js";
 import type { HostedEngine } from "../engines/engine.js";
 
@@ -38,10 +39,15 @@ export class FakeEngine implements HostedEngine {
   readonly #caches = new Map<string, number[]>();
   readonly #crashListeners = new Set<(error: Error) => void>();
   #crashed = false;
-  /** Prompt tokens evaluated over the engine's life. */
-  evaluatedTokens = 0;
+  #disposed = false;
+  #evaluatedTokens = 0;
 
   constructor(options: FakeEngineOptions = {}) {
+    for (const name of ["sequences", "contextSize"] as const) {
+      const value = options[name];
+      const min = name === "contextSize" ? 2 : 1;
+      if (value !== undefined && (!Number.isInteger(value) || value < min)) throw new RangeError(`${name} must be an integer >= ${min}, got ${String(value)}`);
+    }
     this.#options = options;
     const model = options.model ?? "fake-model";
     this.info = {
@@ -69,22 +75,29 @@ export class FakeEngine implements HostedEngine {
     return `r${createHash("sha256").update(Uint32Array.from(prompt)).digest("hex").slice(0, 8)}`;
   }
 
+  /** Prompt tokens evaluated over the engine's life. */
+  get evaluatedTokens(): number {
+    return this.#evaluatedTokens;
+  }
+
   #check(): void {
     if (this.#crashed) throw new AgentRuntimeError("ERR_WORKER_CRASHED", "The fake engine crashed");
+    if (this.#disposed) throw new AgentRuntimeError("ERR_ENGINE_CLOSED", "The fake engine has been disposed");
   }
 
   #cache(key: string): number[] {
     this.#check();
     const cache = this.#caches.get(key);
-    if (!cache) throw new AgentRuntimeError("ERR_ENGINE_FAILED", `No open sequence for ${key}`);
+    if (!cache) throw new AgentRuntimeError("ERR_SEQUENCE_NOT_OPEN", `No sequence is open for ${key}`, { details: { key } });
     return cache;
   }
 
   async openSequence(key: string): Promise<void> {
     this.#check();
     if (this.#caches.has(key)) return;
-    if (this.#caches.size >= (this.#options.sequences ?? 3)) {
-      throw new AgentRuntimeError("ERR_ENGINE_FAILED", "No free sequence in the context");
+    const sequences = this.#options.sequences ?? 3;
+    if (this.#caches.size >= sequences) {
+      throw new AgentRuntimeError("ERR_NO_FREE_SEQUENCE", `All ${sequences} sequences are taken`, { details: { key, sequences } });
     }
     this.#caches.set(key, []);
   }
@@ -98,21 +111,39 @@ export class FakeEngine implements HostedEngine {
     return [...this.#caches.keys()];
   }
 
-  #evaluate(key: string, tokens: number[]): EvaluationCounts {
+  /** Brings the cache to `tokens`, shifting out a dropped middle as the real engines do when `contextShift` is set. */
+  #evaluate(key: string, tokens: number[], contextShift = false): EvaluationCounts & { shiftedTokens: number } {
     const cache = this.#cache(key);
     if (tokens.length >= this.info.contextSize) {
       throw new AgentRuntimeError("ERR_CONTEXT_FULL", `The conversation needs ${tokens.length} tokens`);
     }
-    const reused = commonPrefixLength(cache, tokens);
+    let reused = commonPrefixLength(cache, tokens);
+    const shift = contextShift ? findContextShift(cache, tokens, reused) : undefined;
+    if (shift) {
+      cache.splice(shift.prefix, shift.removed);
+      reused += shift.kept;
+    }
     cache.length = reused;
     cache.push(...tokens.slice(reused));
-    this.evaluatedTokens += tokens.length - reused;
-    return { promptTokens: tokens.length, reusedTokens: reused, evaluatedTokens: tokens.length - reused, cacheTokens: cache.length };
+    this.#evaluatedTokens += tokens.length - reused;
+    return {
+      promptTokens: tokens.length,
+      reusedTokens: reused,
+      evaluatedTokens: tokens.length - reused,
+      cacheTokens: cache.length,
+      shiftedTokens: shift?.removed ?? 0,
+    };
   }
 
   async prefill(key: string, messages: ChatMessage[], signal: AbortSignal): Promise<EvaluationCounts> {
     signal.throwIfAborted();
-    return this.#evaluate(key, FakeEngine.render(messages));
+    const { shiftedTokens: _, ...counts } = this.#evaluate(key, FakeEngine.render(messages));
+    return counts;
+  }
+
+  async countTokens(messages: ChatMessage[]): Promise<number> {
+    this.#check();
+    return FakeEngine.render(messages, true).length;
   }
 
   async generate(key: string, input: GenerateInput): Promise<GenerateOutput> {
@@ -120,7 +151,7 @@ export class FakeEngine implements HostedEngine {
     const started = performance.now();
     await this.#options.beforeGenerate?.(key, input.messages);
     const prompt = FakeEngine.render(input.messages, true);
-    const counts = this.#evaluate(key, prompt);
+    const counts = this.#evaluate(key, prompt, input.contextShift === true);
     const reply = FakeEngine.reply(prompt).slice(0, input.maxTokens);
     let text = "";
     for (const char of reply) {
@@ -179,6 +210,11 @@ export class FakeEngine implements HostedEngine {
   }
 
   async dispose(): Promise<void> {
+    this.#disposed = true;
     this.#caches.clear();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.dispose();
   }
 }

@@ -24,9 +24,11 @@ export interface RequestMap {
   close: { payload: { key: string }; result: null };
   prefill: { payload: { key: string; messages: ChatMessage[] }; result: EvaluationCounts };
   generate: {
-    payload: { key: string; messages: ChatMessage[]; maxTokens: number; sampling: SamplingOptions };
+    payload: { key: string; messages: ChatMessage[]; maxTokens: number; sampling: SamplingOptions; contextShift?: boolean };
     result: GenerateOutput;
   };
+  /** Tokens of the prompt `generate` would render for `messages` (tokenization only). */
+  count: { payload: { messages: ChatMessage[] }; result: number };
   save: { payload: { key: string; path: string }; result: SavedState };
   load: { payload: { key: string; path: string }; result: { tokens: number } };
   stats: { payload: { keys: string[] }; result: Record<string, SequenceStats> };

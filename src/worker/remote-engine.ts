@@ -54,8 +54,13 @@ export class RemoteEngine implements HostedEngine {
   }
 
   generate(key: string, input: GenerateInput): Promise<GenerateOutput> {
-    const { messages, maxTokens, sampling, signal, onText } = input;
-    return this.#worker.request("generate", { key, messages, maxTokens, sampling }, { signal, onChunk: onText });
+    const { messages, maxTokens, sampling, signal, onText, contextShift } = input;
+    const payload = { key, messages, maxTokens, sampling, ...(contextShift !== undefined ? { contextShift } : {}) };
+    return this.#worker.request("generate", payload, { signal, onChunk: onText });
+  }
+
+  countTokens(messages: ChatMessage[]): Promise<number> {
+    return this.#worker.request("count", { messages });
   }
 
   saveState(key: string, path: string): Promise<SavedState> {

@@ -80,9 +80,12 @@ export function runWorkerLoop(port: MessagePort): WorkerLoop {
           messages: request.messages,
           maxTokens: request.maxTokens,
           sampling: request.sampling,
+          ...(request.contextShift !== undefined ? { contextShift: request.contextShift } : {}),
           signal,
           onText: (text) => post({ type: "chunk", id: request.id, text }),
         });
+      case "count":
+        return requireEngine().countTokens(request.messages);
       case "save":
         return requireEngine().saveState(request.key, request.path);
       case "load":
@@ -110,7 +113,8 @@ export function runWorkerLoop(port: MessagePort): WorkerLoop {
     const controller = new AbortController();
     cancellations.set(request.id, controller);
     const run = () => handle(request, controller.signal);
-    const task = serialize && request.type !== "stats" ? (serial = serial.then(run, run)) : run();
+    // stats and count only read (count tokenizes): they need not wait behind a generation.
+    const task = serialize && request.type !== "stats" && request.type !== "count" ? (serial = serial.then(run, run)) : run();
     inFlight.add(task);
     void task.finally(() => inFlight.delete(task)).catch(() => {});
     task.then(

@@ -12,8 +12,9 @@ import {
   type LlamaModel,
   type Token,
 } from "node-llama-cpp";
-import { AgentRuntimeError } from "../../errors.js";
+import { AgentRuntimeError, isAgentRuntimeError } from "../../errors.js";
 import { commonPrefixLength, toChatHistory } from "../chat-history.js";
+import { findContextShift } from "../context-shift.js";
 import type {
   ChatMessage,
   Engine,
@@ -27,6 +28,7 @@ import type {
   StopReason,
 } from "../engine.js";
 import { modelFingerprint } from "../fingerprint.js";
+import { validateLoadOptions } from "../load-options.js";
 import { resolveGgufModel } from "../model-source.js";
 import { kvBytesPerToken } from "./kv-size.js";
 
@@ -47,6 +49,7 @@ export class LlamaCppEngine implements Engine {
   readonly #context: LlamaContext;
   readonly #chatWrapper: ChatWrapper;
   readonly #slots = new Map<string, SequenceSlot>();
+  #disposed = false;
 
   private constructor(llama: Llama, model: LlamaModel, context: LlamaContext, chatWrapper: ChatWrapper, info: ModelInfo) {
     this.#llama = llama;
@@ -57,6 +60,8 @@ export class LlamaCppEngine implements Engine {
   }
 
   static async load(options: EngineLoadOptions, onLog?: (level: "warn" | "info", msg: string) => void): Promise<LlamaCppEngine> {
+    validateLoadOptions(options);
+    if (options.engine !== "llama.cpp") throw new TypeError(`engine must be "llama.cpp" to load the llama.cpp engine, got "${options.engine}"`);
     const modelPath = await resolveGgufModel(options.model, options.modelCacheDir);
     const llama = await getLlama({
       gpu: "auto",
@@ -107,9 +112,12 @@ export class LlamaCppEngine implements Engine {
   }
 
   async openSequence(key: string): Promise<void> {
+    this.#checkOpen();
     if (this.#slots.has(key)) return;
     if (this.#context.sequencesLeft === 0) {
-      throw new AgentRuntimeError("ERR_ENGINE_FAILED", "No free sequence in the context", { details: { key } });
+      throw new AgentRuntimeError("ERR_NO_FREE_SEQUENCE", `All ${this.#context.totalSequences} sequences of the context are taken`, {
+        details: { key, sequences: this.#context.totalSequences },
+      });
     }
     const sequence = this.#context.getSequence();
     const chat = new LlamaChat({ contextSequence: sequence, chatWrapper: this.#chatWrapper, autoDisposeSequence: false });
@@ -125,10 +133,24 @@ export class LlamaCppEngine implements Engine {
     await slot.sequence.dispose();
   }
 
+  #checkOpen(): void {
+    if (this.#disposed) throw new AgentRuntimeError("ERR_ENGINE_CLOSED", "The llama.cpp engine has been disposed");
+  }
+
   #slot(key: string): SequenceSlot {
+    this.#checkOpen();
     const slot = this.#slots.get(key);
-    if (!slot) throw new AgentRuntimeError("ERR_ENGINE_FAILED", `No open sequence for ${key}`, { details: { key } });
+    if (!slot) throw new AgentRuntimeError("ERR_SEQUENCE_NOT_OPEN", `No sequence is open for ${key}`, { details: { key } });
     return slot;
+  }
+
+  /** node-llama-cpp's own failures mid-evaluation become ERR_ENGINE_FAILED; coded errors and aborts pass as they are. */
+  #failed(error: unknown, key: string, signal: AbortSignal): unknown {
+    if (isAgentRuntimeError(error) || signal.aborted) return error;
+    return new AgentRuntimeError("ERR_ENGINE_FAILED", `llama.cpp evaluation failed: ${(error as Error)?.message ?? String(error)}`, {
+      cause: error,
+      details: { key },
+    });
   }
 
   #render(messages: readonly ChatMessage[], openResponse: boolean): Token[] {
@@ -167,7 +189,11 @@ export class LlamaCppEngine implements Engine {
       await sequence.eraseContextTokenRanges([{ start: reused, end: sequence.nextTokenIndex }]);
     }
     const before = sequence.tokenMeter.usedInputTokens;
-    if (reused < tokens.length) await sequence.evaluateWithoutGeneratingNewTokens(tokens.slice(reused));
+    try {
+      if (reused < tokens.length) await sequence.evaluateWithoutGeneratingNewTokens(tokens.slice(reused));
+    } catch (error) {
+      throw this.#failed(error, key, signal);
+    }
     return {
       promptTokens: tokens.length,
       reusedTokens: reused,
@@ -176,11 +202,41 @@ export class LlamaCppEngine implements Engine {
     };
   }
 
+  async countTokens(messages: ChatMessage[]): Promise<number> {
+    this.#checkOpen();
+    return this.#render(messages, true).length;
+  }
+
+  /**
+   * Removes D from a cache holding P + D + S when the prompt is P + S + N (see context-shift.ts): llama.cpp drops
+   * D's cells and moves S's down, re-rotating their keys. Returns the tokens removed and those evaluated again,
+   * which is only ever non-zero when llama.cpp could not shift and node-llama-cpp rebuilt the sequence.
+   */
+  async #shift(sequence: LlamaContextSequence, prompt: readonly Token[]): Promise<{ removed: number; evaluated: number }> {
+    const cached = sequence.contextTokens;
+    const prefix = commonPrefixLength(cached, prompt);
+    const shift = findContextShift(cached, prompt, prefix);
+    if (!shift) return { removed: 0, evaluated: 0 };
+    const before = sequence.tokenMeter.usedInputTokens;
+    const moved = cached.length - prefix - shift.removed;
+    await sequence.eraseContextTokenRanges([{ start: prefix, end: prefix + shift.removed }]);
+    // node-llama-cpp meters the moved tokens as input; anything beyond them was evaluated.
+    return { removed: shift.removed, evaluated: Math.max(0, sequence.tokenMeter.usedInputTokens - before - moved) };
+  }
+
   async generate(key: string, input: GenerateInput): Promise<GenerateOutput> {
     input.signal.throwIfAborted();
     const { sequence, chat } = this.#slot(key);
     const prompt = this.#render(input.messages, true);
     this.#assertFits(prompt.length, key);
+    let shifted = { removed: 0, evaluated: 0 };
+    if (input.contextShift) {
+      try {
+        shifted = await this.#shift(sequence, prompt);
+      } catch (error) {
+        throw this.#failed(error, key, input.signal);
+      }
+    }
     const reused = commonPrefixLength(sequence.contextTokens, prompt);
     const room = this.info.contextSize - prompt.length - 1;
     const maxTokens = Math.max(0, Math.min(input.maxTokens, room));
@@ -190,21 +246,27 @@ export class LlamaCppEngine implements Engine {
     let firstTokenAt = 0;
     let generatedTokens = 0;
     const { temperature = 0, topK, topP, seed } = input.sampling;
-    const response = await chat.generateResponse(toChatHistory(input.messages, false), {
-      maxTokens: Math.max(1, maxTokens),
-      temperature,
-      ...(temperature > 0 ? { topK: topK ?? 40, topP: topP ?? 0.95, ...(seed !== undefined ? { seed } : {}) } : {}),
-      signal: input.signal,
-      stopOnAbortSignal: true,
-      onToken: (tokens) => {
-        if (firstTokenAt === 0) firstTokenAt = performance.now();
-        generatedTokens += tokens.length;
-      },
-      onTextChunk: (text) => input.onText(text),
-    });
+    let response: Awaited<ReturnType<LlamaChat["generateResponse"]>>;
+    try {
+      response = await chat.generateResponse(toChatHistory(input.messages, false), {
+        maxTokens: Math.max(1, maxTokens),
+        temperature,
+        ...(temperature > 0 ? { topK: topK ?? 40, topP: topP ?? 0.95, ...(seed !== undefined ? { seed } : {}) } : {}),
+        signal: input.signal,
+        stopOnAbortSignal: true,
+        onToken: (tokens) => {
+          if (firstTokenAt === 0) firstTokenAt = performance.now();
+          generatedTokens += tokens.length;
+        },
+        onTextChunk: (text) => input.onText(text),
+      });
+    } catch (error) {
+      throw this.#failed(error, key, input.signal);
+    }
     const finished = performance.now();
     // The engine's own count over the turn, minus generated tokens fed back (the cache past the prompt).
     const evaluatedTokens =
+      shifted.evaluated +
       sequence.tokenMeter.usedInputTokens - inputBefore + sequence.tokenMeter.usedOutputTokens - outputBefore -
       Math.max(0, sequence.nextTokenIndex - prompt.length);
     if (firstTokenAt === 0) firstTokenAt = finished;
@@ -221,6 +283,7 @@ export class LlamaCppEngine implements Engine {
           : "eos";
     return {
       text: response.response,
+      shiftedTokens: shifted.removed,
       promptTokens: prompt.length,
       reusedTokens: reused,
       evaluatedTokens,
@@ -234,8 +297,15 @@ export class LlamaCppEngine implements Engine {
 
   async saveState(key: string, filePath: string): Promise<SavedState> {
     const { sequence } = this.#slot(key);
-    const { fileSize } = await sequence.saveStateToFile(filePath);
-    return { bytes: fileSize, tokens: sequence.nextTokenIndex };
+    try {
+      const { fileSize } = await sequence.saveStateToFile(filePath);
+      return { bytes: fileSize, tokens: sequence.nextTokenIndex };
+    } catch (error) {
+      throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not write the KV state to ${filePath}: ${(error as Error)?.message ?? String(error)}`, {
+        cause: error,
+        details: { key, filePath },
+      });
+    }
   }
 
   async loadState(key: string, filePath: string): Promise<{ tokens: number }> {
@@ -245,16 +315,24 @@ export class LlamaCppEngine implements Engine {
     return { tokens: sequence.nextTokenIndex };
   }
 
+  /** A key without a sequence holds nothing. */
   stats(key: string): SequenceStats {
+    this.#checkOpen();
     const slot = this.#slots.get(key);
     const tokens = slot ? slot.sequence.nextTokenIndex : 0;
     return { tokens, bytes: tokens * this.info.kvBytesPerToken, allocatedBytes: slot ? this.info.contextSize * this.info.kvBytesPerToken : 0 };
   }
 
   async dispose(): Promise<void> {
+    if (this.#disposed) return;
+    this.#disposed = true;
     for (const key of [...this.#slots.keys()]) await this.closeSequence(key);
     await this.#context.dispose();
     await this.#model.dispose();
     await this.#llama.dispose();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.dispose();
   }
 }

@@ -16,9 +16,9 @@
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { AgentRuntimeError } from "../../errors.js";
-import { HF_NAMES } from "./buildWeights.js";
-import { loadGgufWeights } from "./ggufSource.js";
-import { GENERIC_CHAT_TEMPLATE } from "./hfChat.js";
+import { HF_NAMES } from "./build-weights.js";
+import { loadGgufWeights } from "./gguf-source.js";
+import { GENERIC_CHAT_TEMPLATE } from "./hf-chat.js";
 import { loadMlx, type Mx, type MxArray } from "./mlx.js";
 import { writeSafetensors, type TensorToWrite } from "./safetensors.js";
 import type { Linear } from "./weights.js";

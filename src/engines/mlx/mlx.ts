@@ -7,9 +7,9 @@
  */
 import { isMainThread } from "node:worker_threads";
 import { AgentRuntimeError } from "../../errors.js";
-import type { Mx, MxArray } from "./mlxTypes.js";
+import type { Mx, MxArray } from "./mlx-types.js";
 
-export type { Mx, MxArray, MxDtype } from "./mlxTypes.js";
+export type { Mx, MxArray, MxDtype } from "./mlx-types.js";
 
 let loading: Promise<Mx> | undefined;
 
@@ -27,7 +27,7 @@ export function loadMlx(threads: number): Promise<Mx> {
       }
       let mod: { core?: Mx; default?: { core?: Mx } };
       try {
-        // A non-literal specifier keeps TypeScript from type-checking the package's .ts sources (see mlxTypes.ts).
+        // A non-literal specifier keeps TypeScript from type-checking the package's .ts sources (see mlx-types.ts).
         const specifier: string = "@frost-beta/mlx";
         mod = (await import(specifier)) as typeof mod;
       } catch (error) {

@@ -7,19 +7,21 @@ import { int32Array, type Mx, type MxArray } from "./mlx.js";
 import type { ModelConfig } from "./config.js";
 import { makeRope, type Rope } from "./rope.js";
 import { embed, linear, type ModelWeights } from "./weights.js";
-import type { SequenceCache } from "./kvCache.js";
+import type { SequenceCache } from "./kv-cache.js";
 
 export class LlamaModel {
-  private readonly rope: Rope;
-  private readonly scale: number;
+  readonly config: ModelConfig;
+  readonly weights: ModelWeights;
+  readonly #mx: Mx;
+  readonly #rope: Rope;
+  readonly #scale: number;
 
-  constructor(
-    private readonly mx: Mx,
-    readonly config: ModelConfig,
-    readonly weights: ModelWeights,
-  ) {
-    this.rope = makeRope(mx, config.rope);
-    this.scale = 1 / Math.sqrt(config.headDim);
+  constructor(mx: Mx, config: ModelConfig, weights: ModelWeights) {
+    this.#mx = mx;
+    this.config = config;
+    this.weights = weights;
+    this.#rope = makeRope(mx, config.rope);
+    this.#scale = 1 / Math.sqrt(config.headDim);
   }
 
   /**
@@ -27,7 +29,7 @@ export class LlamaModel {
    * returns the (lazy) float32 logits of the last position, shape [vocab]. The caller evaluates.
    */
   forward(tokens: readonly number[], cache: SequenceCache): MxArray {
-    const mx = this.mx;
+    const mx = this.#mx;
     const { heads, kvHeads, headDim, rmsNormEps } = this.config;
     const length = tokens.length;
     const offset = cache.length;
@@ -39,10 +41,10 @@ export class LlamaModel {
       let q = linear(mx, h, layer.q).reshape(1, length, heads, headDim).transpose(0, 2, 1, 3);
       let k = linear(mx, h, layer.k).reshape(1, length, kvHeads, headDim).transpose(0, 2, 1, 3);
       const v = linear(mx, h, layer.v).reshape(1, length, kvHeads, headDim).transpose(0, 2, 1, 3);
-      q = this.rope(q, offset);
-      k = this.rope(k, offset);
+      q = this.#rope(q, offset);
+      k = this.#rope(k, offset);
       const [keys, values] = cache.layers[i]!.updateAndFetch(k, v);
-      const attn = mx.fast.scaledDotProductAttention(q, keys, values, this.scale, mask);
+      const attn = mx.fast.scaledDotProductAttention(q, keys, values, this.#scale, mask);
       x = mx.add(x, linear(mx, attn.transpose(0, 2, 1, 3).reshape(1, length, heads * headDim), layer.o));
       const h2 = mx.fast.rmsNorm(x, layer.postNorm, rmsNormEps);
       const gate = linear(mx, h2, layer.gate);

@@ -10,22 +10,22 @@ export const DEFAULT_TOP_K = 40;
 export const DEFAULT_TOP_P = 0.95;
 
 export class Sampler {
-  private readonly temperature: number;
-  private readonly topK: number;
-  private readonly topP: number;
-  private readonly random: () => number;
+  readonly #temperature: number;
+  readonly #topK: number;
+  readonly #topP: number;
+  readonly #random: () => number;
 
   constructor(options: SamplingOptions) {
-    this.temperature = Math.max(0, options.temperature ?? 0);
-    this.topK = Math.max(0, Math.floor(options.topK ?? DEFAULT_TOP_K));
+    this.#temperature = Math.max(0, options.temperature ?? 0);
+    this.#topK = Math.max(0, Math.floor(options.topK ?? DEFAULT_TOP_K));
     const topP = options.topP ?? DEFAULT_TOP_P;
-    this.topP = topP > 0 && topP <= 1 ? topP : 1;
+    this.#topP = topP > 0 && topP <= 1 ? topP : 1;
     const seed = options.seed ?? Math.floor(Math.random() * 2 ** 32);
-    this.random = mulberry32(seed >>> 0);
+    this.#random = mulberry32(seed >>> 0);
   }
 
   get greedy(): boolean {
-    return this.temperature === 0;
+    return this.#temperature === 0;
   }
 
   /** Picks the next token from float32 logits of shape [vocab]. */
@@ -34,20 +34,20 @@ export class Sampler {
     const vocab = logits.shape[0]!;
     let ids: number[];
     let values: number[];
-    if (this.topK > 0 && this.topK < vocab) {
-      const top = mx.argpartition(mx.negative(logits), this.topK - 1).index(mx.Slice(0, this.topK));
+    if (this.#topK > 0 && this.#topK < vocab) {
+      const top = mx.argpartition(mx.negative(logits), this.#topK - 1).index(mx.Slice(0, this.#topK));
       ids = top.tolist() as number[];
       values = mx.take(logits, top, 0).tolist() as number[];
     } else {
       values = logits.tolist() as number[];
       ids = values.map((_, i) => i);
     }
-    return this.draw(ids, values);
+    return this.#draw(ids, values);
   }
 
   /** Softmax at the temperature, nucleus cut, then one draw. Ties are ordered by token id so the order is stable. */
-  private draw(ids: number[], logits: number[]): number {
-    const order = ids.map((id, i) => ({ id, logit: logits[i]! / this.temperature }));
+  #draw(ids: number[], logits: number[]): number {
+    const order = ids.map((id, i) => ({ id, logit: logits[i]! / this.#temperature }));
     order.sort((a, b) => b.logit - a.logit || a.id - b.id);
     const max = order[0]!.logit;
     let total = 0;
@@ -57,11 +57,11 @@ export class Sampler {
       return w;
     });
     let keep = order.length;
-    if (this.topP < 1) {
+    if (this.#topP < 1) {
       let cumulative = 0;
       for (let i = 0; i < order.length; i++) {
         cumulative += weights[i]! / total;
-        if (cumulative >= this.topP) {
+        if (cumulative >= this.#topP) {
           keep = i + 1;
           break;
         }
@@ -69,7 +69,7 @@ export class Sampler {
     }
     let kept = 0;
     for (let i = 0; i < keep; i++) kept += weights[i]!;
-    let r = this.random() * kept;
+    let r = this.#random() * kept;
     for (let i = 0; i < keep; i++) {
       r -= weights[i]!;
       if (r < 0) return order[i]!.id;

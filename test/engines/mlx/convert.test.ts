@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { convertGgufToMlx, quantizeTensor } from "../../../src/engines/mlx/convert.js";
-import type { MlxEngine } from "../../../src/engines/mlx/index.js";
+import type { MlxProbe } from "../../../src/testing/index.js";
 import { loadMlx, type Mx, type MxArray } from "../../../src/engines/mlx/mlx.js";
 import { readSafetensorsHeader, writeSafetensors } from "../../../src/engines/mlx/safetensors.js";
 import { MODEL, openEngine, PROMPTS, reply, requireModel } from "./helpers.js";
@@ -23,8 +23,8 @@ const TOLERANCE = { 4: 1.5, 8: 0.2 } as const;
 
 describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
   let dir: string;
-  let gguf: MlxEngine;
-  let float: MlxEngine;
+  let gguf: MlxProbe;
+  let float: MlxProbe;
   let mx: Mx;
 
   beforeAll(async () => {
@@ -60,7 +60,7 @@ describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
     const a = await reply(gguf, `g${i}`, messages, 32);
     const b = await reply(float, `f${i}`, messages, 32);
     expect(b.promptTokens).toBe(a.promptTokens);
-    expect(float.cachedTokens(`f${i}`).slice(0, b.promptTokens)).toEqual(gguf.cachedTokens(`g${i}`).slice(0, a.promptTokens));
+    expect((await float.cachedTokens(`f${i}`)).slice(0, b.promptTokens)).toEqual((await gguf.cachedTokens(`g${i}`)).slice(0, a.promptTokens));
     expect(float.lastReplyTokens(`f${i}`)).toEqual(gguf.lastReplyTokens(`g${i}`));
     expect(b.text).toBe(a.text);
     expect(b.stopReason).toBe(a.stopReason);
@@ -79,7 +79,7 @@ describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
       try {
         await float.openSequence("h");
         await reply(float, "h", PROMPTS[0]!, 1);
-        const tokens = float.cachedTokens("h") as number[];
+        const tokens = (await float.cachedTokens("h")) as number[];
         await float.closeSequence("h");
         const reference = float.logitsAfter(tokens);
         const logits = engine.logitsAfter(tokens);
@@ -110,7 +110,7 @@ describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
     };
     await float.openSequence("b");
     await reply(float, "b", PROMPTS[1]!, 1);
-    const tokens = float.cachedTokens("b") as number[];
+    const tokens = (await float.cachedTokens("b")) as number[];
     await float.closeSequence("b");
     const reference = float.logitsAfter(tokens);
 
@@ -179,7 +179,7 @@ describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
       for (const [i, messages] of PROMPTS.entries()) {
         await float.openSequence("t");
         await reply(float, "t", messages, 1);
-        const tokens = float.cachedTokens("t") as number[];
+        const tokens = (await float.cachedTokens("t")) as number[];
         await float.closeSequence("t");
         const reference = float.logitsAfter(tokens);
         const logits = quantized.logitsAfter(tokens);

@@ -9,10 +9,11 @@ import { Worker } from "node:worker_threads";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentRuntimeError, isAgentRuntimeError } from "../../../src/errors.js";
 import type { ChatMessage } from "../../../src/engines/engine.js";
-import { createMlxEngine, type MlxEngine } from "../../../src/engines/mlx/index.js";
+import { MlxEngine } from "../../../src/engines/mlx/index.js";
+import type { MlxProbe } from "../../../src/testing/index.js";
 import { loadMlx, unavailable, type Mx, type MxArray } from "../../../src/engines/mlx/mlx.js";
 import { readSafetensorsHeader } from "../../../src/engines/mlx/safetensors.js";
-import { KV_STEP } from "../../../src/engines/mlx/kvCache.js";
+import { KV_STEP } from "../../../src/engines/mlx/kv-cache.js";
 import { MODEL, openEngine, reply, requireModel, treeFlatten } from "./helpers.js";
 
 const LAYERS = 4;
@@ -35,7 +36,7 @@ async function expectCode(promise: Promise<unknown>, code: string): Promise<Agen
 }
 
 describe("MLX engine", { timeout: 60_000 }, () => {
-  let engine: MlxEngine;
+  let engine: MlxProbe;
   let mx: Mx;
   let dir: string;
   let seq = 0;
@@ -118,7 +119,7 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     const reference = await reply(engine, fresh, branch);
     expect(reference.text).toBe(out.text);
     // The rewound cache holds exactly the branch's prompt (and reply) tokens.
-    expect(engine.cachedTokens(a)).toEqual(engine.cachedTokens(fresh));
+    expect(await engine.cachedTokens(a)).toEqual(await engine.cachedTokens(fresh));
     await engine.closeSequence(a);
     await engine.closeSequence(fresh);
   });
@@ -135,7 +136,8 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     } finally {
       await engine.closeSequence(a);
     }
-    await expectCode(Promise.resolve().then(() => engine.stats(a)), "ERR_ENGINE_FAILED");
+    // A key without a sequence holds nothing (as in the llama.cpp engine).
+    expect(engine.stats(a)).toEqual({ tokens: 0, bytes: 0, allocatedBytes: 0 });
   });
 
   it("save → load gives exactly the next reply of a never-saved sequence", async () => {
@@ -148,7 +150,7 @@ describe("MLX engine", { timeout: 60_000 }, () => {
 
     const b = await open();
     expect(await engine.loadState(b, file)).toEqual({ tokens: saved.tokens });
-    expect(engine.cachedTokens(b)).toEqual(engine.cachedTokens(a));
+    expect(await engine.cachedTokens(b)).toEqual(await engine.cachedTokens(a));
     const turn2: ChatMessage[] = [...turn1, { role: "assistant", content: first.text }, { role: "user", content: "Go on." }];
     const fromLoaded = await reply(engine, b, turn2);
     const fromOriginal = await reply(engine, a, turn2);
@@ -179,6 +181,9 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     await engine.saveState(a, file);
     const header = await readSafetensorsHeader(file);
     const tokens = engine.stats(a).tokens;
+    // The cache holds the prompt and the reply's tokens fed back (all but the last, unless an end token came).
+    const cached = [...engine.renderedTokens(turn1), ...engine.lastReplyTokens(a)].slice(0, tokens);
+    expect(cached).toHaveLength(tokens);
     // save_prompt_cache: tree_flatten([c.state for c in cache]) with KVCache.state = (keys, values).
     const stateTree = Array.from({ length: LAYERS }, () => ["k", "v"]);
     expect([...header.tensors.keys()].sort()).toEqual(treeFlatten(stateTree).map(([k]) => k).sort());
@@ -190,7 +195,7 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     const expected = Object.fromEntries(
       treeFlatten([
         Array(LAYERS).fill(""),
-        { model: "aidreams260K", agentrt_format: "1", agentrt_tokens: JSON.stringify(engine.cachedTokens(a)) },
+        { model: "aidreams260K", agentrt_format: "1", agentrt_tokens: JSON.stringify(cached) },
         Array(LAYERS).fill("KVCache"),
       ]),
     );
@@ -229,7 +234,7 @@ describe("MLX engine", { timeout: 60_000 }, () => {
       const b = await open();
       const { tokens } = await engine.loadState(b, file);
       expect(tokens).toBe(first.cacheTokens);
-      expect(engine.cachedTokens(b).every((t) => t === undefined)).toBe(true);
+      expect((await engine.cachedTokens(b)).every((t) => t === undefined)).toBe(true);
       const out = await reply(engine, b, turn2);
       expect(out.reusedTokens).toBe(tokens);
       expect(out.text).toBe(expected.text);
@@ -291,14 +296,14 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     });
 
     const b = await open();
-    const before = engine.cachedTokens(b);
+    const before = await engine.cachedTokens(b);
     for (const [name, file] of Object.entries(cases)) {
       const error = await expectCode(engine.loadState(b, file), "ERR_STATE_CORRUPT");
       expect(error.message, name).toContain(file);
     }
     await expectCode(engine.loadState(b, join(dir, "missing.safetensors")), "ERR_STATE_CORRUPT");
     // A refused file leaves the sequence as it was, and the engine keeps answering.
-    expect(engine.cachedTokens(b)).toEqual(before);
+    expect(await engine.cachedTokens(b)).toEqual(before);
     const out = await reply(engine, b, turn1, 4);
     expect(out.generatedTokens).toBeGreaterThan(0);
     await engine.closeSequence(a);
@@ -394,10 +399,21 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     await engine.closeSequence(key);
   });
 
-  it("limits open sequences", async () => {
+  it("limits open sequences (ERR_NO_FREE_SEQUENCE) and names a missing one (ERR_SEQUENCE_NOT_OPEN)", async () => {
     const keys = [await open(), await open(), await open(), await open()];
-    await expectCode(engine.openSequence("one-too-many"), "ERR_ENGINE_FAILED");
+    await expectCode(engine.openSequence("one-too-many"), "ERR_NO_FREE_SEQUENCE");
     for (const k of keys) await engine.closeSequence(k);
+    const signal = new AbortController().signal;
+    await expectCode(engine.generate("never-opened", { messages: turn1, maxTokens: 4, sampling: {}, signal, onText: () => {} }), "ERR_SEQUENCE_NOT_OPEN");
+    await expectCode(engine.prefill("never-opened", turn1, signal), "ERR_SEQUENCE_NOT_OPEN");
+    await expectCode(engine.saveState("never-opened", join(dir, "never.safetensors")), "ERR_SEQUENCE_NOT_OPEN");
+  });
+
+  it("a failed state write is ERR_STATE_WRITE_FAILED", async () => {
+    const a = await open();
+    await reply(engine, a, turn1, 4);
+    await expectCode(engine.saveState(a, join(dir, "no-such-folder", "a.safetensors")), "ERR_STATE_WRITE_FAILED");
+    await engine.closeSequence(a);
   });
 
   it("works inside a worker_threads worker", async () => {
@@ -422,12 +438,24 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     expect(dlopen.code).toBe("ERR_ENGINE_UNAVAILABLE");
     expect(dlopen.message).toContain("libopenblas0-pthread");
     expect(dlopen.message).toContain("liblapack3");
-    await expectCode(createMlxEngine({ engine: "mlx", model: join(dir, "nope.gguf"), contextSize: 64, sequences: 1, threads: 1 }), "ERR_MODEL_NOT_FOUND");
+    await expectCode(MlxEngine.load({ engine: "mlx", model: join(dir, "nope.gguf"), contextSize: 64, sequences: 1, threads: 1 }), "ERR_MODEL_NOT_FOUND");
     const notGguf = join(dir, "text.gguf");
     await writeFile(notGguf, "hello");
-    await expectCode(createMlxEngine({ engine: "mlx", model: notGguf, contextSize: 64, sequences: 1, threads: 1 }), "ERR_MODEL_INVALID");
+    await expectCode(MlxEngine.load({ engine: "mlx", model: notGguf, contextSize: 64, sequences: 1, threads: 1 }), "ERR_MODEL_INVALID");
     const emptyFolder = await mkdtemp(join(dir, "folder-"));
-    await expectCode(createMlxEngine({ engine: "mlx", model: emptyFolder, contextSize: 64, sequences: 1, threads: 1 }), "ERR_MODEL_INVALID");
+    await expectCode(MlxEngine.load({ engine: "mlx", model: emptyFolder, contextSize: 64, sequences: 1, threads: 1 }), "ERR_MODEL_INVALID");
     expect(isAgentRuntimeError(dlopen, "ERR_ENGINE_UNAVAILABLE")).toBe(true);
+  });
+
+  it("bad options are RangeError/TypeError naming the option", async () => {
+    const load = (patch: Record<string, unknown>) => MlxEngine.load({ engine: "mlx", model: MODEL, contextSize: 64, sequences: 1, threads: 1, ...patch } as never);
+    await expect(load({ contextSize: 1 })).rejects.toThrow(RangeError);
+    await expect(load({ contextSize: 1 })).rejects.toThrow(/contextSize/);
+    await expect(load({ contextSize: 10.5 })).rejects.toThrow(/contextSize/);
+    await expect(load({ sequences: 0 })).rejects.toThrow(/sequences/);
+    await expect(load({ threads: 0 })).rejects.toThrow(/threads/);
+    await expect(load({ batchSize: 0 })).rejects.toThrow(/batchSize/);
+    await expect(load({ model: "" })).rejects.toThrow(TypeError);
+    await expect(load({ engine: "llama.cpp" })).rejects.toThrow(/engine/);
   });
 });

@@ -1,8 +1,8 @@
 /** Shared test fixtures for the MLX engine: the real 260K-parameter GGUF from the workspace's shared/ folder. */
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import type { ChatMessage, GenerateOutput, SamplingOptions } from "../../../src/engines/engine.js";
-import { createMlxEngine, type MlxEngine } from "../../../src/engines/mlx/index.js";
+import type { ChatMessage, Engine, GenerateOutput, SamplingOptions } from "../../../src/engines/engine.js";
+import { MlxProbe } from "../../../src/testing/index.js";
 
 /** ../shared/models/aidreams260K.gguf relative to the repository root. */
 export const MODEL = fileURLToPath(new URL("../../../../shared/models/aidreams260K.gguf", import.meta.url));
@@ -18,12 +18,12 @@ export function requireModel(): string {
  * 2-core machine with llama.cpp's threads in the same process, the cross-engine test ran 4x slower (46 s vs 10 s).
  * For a 260K-parameter model one BLAS thread is also the fastest choice on its own.
  */
-export async function openEngine(model = requireModel(), contextSize = 512, sequences = 4, threads = 1): Promise<MlxEngine> {
-  return (await createMlxEngine({ engine: "mlx", model, contextSize, sequences, threads })) as MlxEngine;
+export async function openEngine(model = requireModel(), contextSize = 512, sequences = 4, threads = 1): Promise<MlxProbe> {
+  return MlxProbe.load({ model, contextSize, sequences, threads });
 }
 
 export async function reply(
-  engine: MlxEngine,
+  engine: Engine,
   key: string,
   messages: ChatMessage[],
   maxTokens = 24,

@@ -5,7 +5,7 @@
 import { describe, expect, it } from "vitest";
 import { llama3RopeFreqs } from "../../../src/engines/mlx/config.js";
 import { loadMlx } from "../../../src/engines/mlx/mlx.js";
-import { applyWithFreqs } from "../../../src/engines/mlx/rope.js";
+import { applyWithFreqs, makeKeyShift, makeRope } from "../../../src/engines/mlx/rope.js";
 
 describe("RoPE", () => {
   it.each([
@@ -21,6 +21,20 @@ describe("RoPE", () => {
     const expected = mx.fast.rope(x, dims, traditional, 10000, 0.5, 7);
     const actual = applyWithFreqs(mx, x, 7, { dims, base: 10000, traditional, scale: 0.5 }, inv);
     expect(mx.max(mx.abs(mx.subtract(expected, actual))).item()).toBeLessThan(1e-5);
+  });
+
+  it.each([
+    [true, 16, undefined],
+    [false, 8, undefined],
+    [false, 16, llama3RopeFreqs(16, 10000, { factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8 })],
+  ])("a context shift re-rotates keys to their new position (traditional=%s dims=%i, custom freqs: %s)", async (traditional, dims, freqs) => {
+    const mx = await loadMlx(1);
+    const config = { dims, base: 10000, traditional, scale: 1, ...(freqs ? { freqs } : {}) };
+    const rope = makeRope(mx, config);
+    const x = mx.array(Array.from({ length: 4 * 5 * 16 }, (_, i) => Math.cos(i * 0.3)), mx.float32).reshape(1, 4, 5, 16);
+    // Keys rotated at positions 40.. and moved down by 27 equal keys rotated at 13.. in the first place.
+    const moved = makeKeyShift(mx, config)(rope(x, 40), -27);
+    expect(mx.max(mx.abs(mx.subtract(moved, rope(x, 13)))).item()).toBeLessThan(1e-4);
   });
 
   it("Llama 3 scaling leaves high frequencies alone and divides low ones by the factor", () => {

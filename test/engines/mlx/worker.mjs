@@ -4,8 +4,8 @@ import { register } from "tsx/esm/api";
 
 register();
 try {
-  const { createMlxEngine } = await import(workerData.entry);
-  const engine = await createMlxEngine({ engine: "mlx", model: workerData.model, contextSize: 256, sequences: 1, threads: 1 });
+  const { MlxEngine } = await import(workerData.entry);
+  const engine = await MlxEngine.load({ engine: "mlx", model: workerData.model, contextSize: 256, sequences: 1, threads: 1 });
   await engine.openSequence("w");
   const out = await engine.generate("w", {
     messages: workerData.messages,

@@ -17,7 +17,7 @@ import { stat } from "node:fs/promises";
 import { AgentRuntimeError } from "../../errors.js";
 import { loadArrays, type Mx, type MxArray } from "./mlx.js";
 import type { ModelConfig } from "./config.js";
-import { SequenceCache } from "./kvCache.js";
+import { SequenceCache } from "./kv-cache.js";
 import { readSafetensorsHeader, SafetensorsFormatError, writeSafetensors } from "./safetensors.js";
 
 export const TOKENS_KEY = "agentrt_tokens";

@@ -8,9 +8,9 @@ import { basename, join } from "node:path";
 import { AgentRuntimeError } from "../../errors.js";
 import { loadArrays, type Mx, type MxArray } from "./mlx.js";
 import { llama3RopeFreqs, type ModelConfig, type RopeConfig } from "./config.js";
-import { buildWeights, HF_NAMES, type QuantizationLookup } from "./buildWeights.js";
+import { buildWeights, HF_NAMES, type QuantizationLookup } from "./build-weights.js";
 import { readSafetensorsHeader, SafetensorsFormatError } from "./safetensors.js";
-import type { LoadedWeights } from "./ggufSource.js";
+import type { LoadedWeights } from "./gguf-source.js";
 
 /** model_type values handled by the Llama forward pass (SmolLM ships as "llama"; Qwen2 adds q/k/v biases). */
 const SUPPORTED = new Set(["llama", "mistral", "qwen2"]);

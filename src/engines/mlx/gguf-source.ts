@@ -10,7 +10,7 @@ import { basename } from "node:path";
 import { AgentRuntimeError } from "../../errors.js";
 import { loadArrays, type Mx } from "./mlx.js";
 import type { ModelConfig } from "./config.js";
-import { buildWeights, GGUF_NAMES } from "./buildWeights.js";
+import { buildWeights, GGUF_NAMES } from "./build-weights.js";
 import type { ModelWeights } from "./weights.js";
 
 /** GGML tensor types the engine accepts; each is upcast to float32 (MLX CPU matmul takes float32 only). */
