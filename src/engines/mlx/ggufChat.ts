@@ -1,11 +1,12 @@
 /**
  * Tokenization and chat formatting for GGUF models, reusing node-llama-cpp with a vocabulary-only model load
  * (no weights) so the rendered prompt is token-for-token what the llama.cpp engine renders: a chat template in
- * the GGUF → resolveChatWrapper(model), else GeneralChatWrapper; rendered with
+ * the GGUF → resolveChatWrapper(model), else completionChatWrapper(); rendered with
  * `chatWrapper.generateContextState({chatHistory}).contextText.tokenize(model.tokenizer)`.
  */
 import type { ChatHistoryItem, ChatWrapper, Llama, LlamaModel, LlamaText } from "node-llama-cpp";
 import { AgentRuntimeError } from "../../errors.js";
+import { COMPLETION_FORMAT, completionChatWrapper } from "../chat-history.js";
 import type { ChatMessage } from "../engine.js";
 import type { ChatFrontend, RenderedPrompt } from "./chat.js";
 
@@ -33,7 +34,7 @@ export async function loadGgufChat(filePath: string): Promise<ChatFrontend> {
   }
   const template = (model.fileInfo.metadata as { tokenizer?: { chat_template?: unknown } }).tokenizer?.chat_template;
   const wrapper: ChatWrapper =
-    typeof template === "string" && template.length > 0 ? llamaCpp.resolveChatWrapper(model) : new llamaCpp.GeneralChatWrapper();
+    typeof template === "string" && template.length > 0 ? llamaCpp.resolveChatWrapper(model) : await completionChatWrapper();
   return new GgufChat(llama, model, wrapper, typeof template === "string" && template.length > 0, llamaCpp);
 }
 
@@ -51,7 +52,7 @@ class GgufChat implements ChatFrontend {
     hasTemplate: boolean,
     private readonly llamaCpp: LlamaCppModule,
   ) {
-    this.formatName = hasTemplate ? wrapper.wrapperName : "generic";
+    this.formatName = hasTemplate ? wrapper.wrapperName : COMPLETION_FORMAT;
     this.vocabSize = Number((model.fileInfo.metadata as unknown as { tokenizer?: { ggml?: { tokens?: readonly unknown[] } } }).tokenizer?.ggml?.tokens?.length ?? 0);
   }
 

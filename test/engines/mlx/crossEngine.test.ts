@@ -3,7 +3,8 @@
  * the same rendered prompt tokens must give the same tokens (or the split must sit on a near-tie in the logits).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { getLlama, GeneralChatWrapper, type Llama, type LlamaModel, type ChatHistoryItem } from "node-llama-cpp";
+import { getLlama, type ChatWrapper, type Llama, type LlamaModel, type ChatHistoryItem } from "node-llama-cpp";
+import { completionChatWrapper } from "../../../src/engines/chat-history.js";
 import type { ChatMessage } from "../../../src/engines/engine.js";
 import type { MlxEngine } from "../../../src/engines/mlx/index.js";
 import { openEngine, PROMPTS, reply, requireModel } from "./helpers.js";
@@ -14,8 +15,10 @@ describe("MLX vs node-llama-cpp, greedy", { timeout: 120_000 }, () => {
   let llama: Llama;
   let model: LlamaModel;
   let engine: MlxEngine;
+  let wrapper: ChatWrapper;
 
   beforeAll(async () => {
+    wrapper = await completionChatWrapper();
     const path = requireModel();
     llama = await getLlama({ gpu: false, build: "never" });
     model = await llama.loadModel({ modelPath: path });
@@ -27,13 +30,13 @@ describe("MLX vs node-llama-cpp, greedy", { timeout: 120_000 }, () => {
     await model?.dispose();
   });
 
-  /** What the llama.cpp engine does: history → GeneralChatWrapper (no template in this GGUF) → tokens. */
+  /** What the llama.cpp engine does: history → the completion format (no template in this GGUF) → tokens. */
   function render(messages: ChatMessage[]): number[] {
     const history: ChatHistoryItem[] = messages.map((m): ChatHistoryItem =>
       m.role === "user" ? { type: "user", text: m.content } : m.role === "system" ? { type: "system", text: m.content } : { type: "model", response: [m.content] },
     );
     if (messages.at(-1)?.role === "user") history.push({ type: "model", response: [] });
-    return new GeneralChatWrapper().generateContextState({ chatHistory: history }).contextText.tokenize(model.tokenizer).map(Number);
+    return wrapper.generateContextState({ chatHistory: history }).contextText.tokenize(model.tokenizer).map(Number);
   }
 
   async function llamaCppGreedy(tokens: number[], count: number): Promise<number[]> {
