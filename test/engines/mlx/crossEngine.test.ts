@@ -7,11 +7,15 @@ import { getLlama, type ChatWrapper, type Llama, type LlamaModel, type ChatHisto
 import { completionChatWrapper } from "../../../src/engines/chat-history.js";
 import type { ChatMessage } from "../../../src/engines/engine.js";
 import type { MlxEngine } from "../../../src/engines/mlx/index.js";
-import { openEngine, PROMPTS, reply, requireModel } from "./helpers.js";
+import { MODEL, openEngine, PROMPTS, reply, requireModel, STORIES } from "./helpers.js";
 
 const TOKENS = 32;
 
-describe("MLX vs node-llama-cpp, greedy", { timeout: 120_000 }, () => {
+// stories260K adds grouped-query attention: MLX must share each KV head among its query heads as llama.cpp does.
+describe.each([
+  ["aidreams260K", MODEL],
+  ["stories260K", STORIES],
+])("MLX vs node-llama-cpp, greedy (%s)", { timeout: 120_000 }, (_name, modelPath) => {
   let llama: Llama;
   let model: LlamaModel;
   let engine: MlxEngine;
@@ -19,7 +23,7 @@ describe("MLX vs node-llama-cpp, greedy", { timeout: 120_000 }, () => {
 
   beforeAll(async () => {
     wrapper = await completionChatWrapper();
-    const path = requireModel();
+    const path = requireModel(modelPath);
     llama = await getLlama({ gpu: false, build: "never" });
     model = await llama.loadModel({ modelPath: path });
     engine = await openEngine(path, 512);
