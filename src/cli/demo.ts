@@ -69,7 +69,9 @@ export async function demoCommand(argv: string[]): Promise<void> {
     "agent goes on (greedy decoding; a turn keeps the reply's complete sentences).\n\n");
 
   runtime.subscribe("agent:passivated", (e) => out(`  ⇣ passivated ${e.id}: ${e.tokens} cached tokens → ${formatBytes(e.bytes)} on disk in ${e.ms.toFixed(1)} ms\n`));
-  runtime.subscribe("agent:rehydrated", (e) => out(`  ⇡ rehydrated ${e.id}: ${e.tokens} tokens from ${e.source} in ${e.ms.toFixed(1)} ms\n`));
+  runtime.subscribe("agent:rehydrated", (e) =>
+    out(`  ⇡ rehydrated ${e.id}: ${e.tokens} tokens from ${e.source === "state" ? "its KV state file" : "its history, re-evaluated"} in ${e.ms.toFixed(1)} ms\n`),
+  );
   runtime.subscribe("agent:error", (e) => out(`  ! ${e.id ?? "runtime"}: ${e.error.code} ${e.error.message}\n`));
 
   const results: TurnResult[] = [];

@@ -90,7 +90,7 @@ describe.each(ENGINES)("npm run demo on %s", (engine) => {
 
   it("passivates the least recently used agent, rehydrates it, and it goes on as if it had never left memory", () => {
     expect(stdout).toMatch(/⇣ passivated garden: \d+ cached tokens/);
-    expect(stdout).toMatch(/⇡ rehydrated garden: \d+ tokens from state/);
+    expect(stdout).toMatch(/⇡ rehydrated garden: \d+ tokens from its KV state file/);
     expect(stdout).toContain("✓ identical");
     expect(stdout).not.toContain("DIFFERENT");
   });
