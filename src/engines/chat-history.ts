@@ -80,6 +80,16 @@ export function completionSeparator(before: string, after: string, afterIsReply:
   return after.startsWith('"') && openQuote ? "" : " ";
 }
 
+/** The completion format's text of a conversation, after BOS (for tokenizers outside node-llama-cpp). */
+export function completionText(messages: readonly ChatMessage[]): string {
+  let text = "";
+  for (const message of messages) {
+    if (message.content.length === 0) continue;
+    text += completionSeparator(text, message.content, message.role === "assistant") + message.content;
+  }
+  return text;
+}
+
 /** `ModelInfo.chatFormat` of models without a chat template: they get {@link completionChatWrapper}'s format. */
 export const COMPLETION_FORMAT = "completion";
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { SpecialToken, type ChatHistoryItem } from "node-llama-cpp";
-import { completionChatWrapper, completionSeparator, toChatHistory } from "../../src/engines/chat-history.js";
+import { completionChatWrapper, completionSeparator, completionText, toChatHistory } from "../../src/engines/chat-history.js";
 import type { ChatMessage } from "../../src/engines/engine.js";
 
 /** The prompt format of models without a chat template, as text (BOS written as <s>). */
@@ -41,6 +41,16 @@ describe("completion format (models without a chat template)", () => {
     // User text after a reply is a new sentence: always one space, none when either side has whitespace.
     expect(completionSeparator("It was fun.", ", said Tom", false)).toBe(" ");
     expect(completionSeparator("It was fun.\n", "The next day", false)).toBe("");
+  });
+
+  it("renders the same text for mlx-community folders without a template (completionText)", async () => {
+    const conversations: ChatMessage[][] = [
+      story,
+      story.slice(0, 2),
+      [{ role: "user", content: "Once upon a time" }, { role: "assistant", content: ", there was a cat." }, { role: "user", content: "The end." }],
+      [{ role: "system", content: 'Tom said, "Hi' }, { role: "user", content: "there" }, { role: "assistant", content: '" and ran.' }, { role: "user", content: "\nThen" }],
+    ];
+    for (const messages of conversations) expect("<BOS>" + completionText(messages)).toBe((await render(messages)).text);
   });
 
   it("stops at EOS and at BOS (where a base model starts a new document)", async () => {
