@@ -25,10 +25,10 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { GeneralChatWrapper, resolveChatWrapper, type ChatWrapper } from "node-llama-cpp";
+import { resolveChatWrapper, type ChatWrapper } from "node-llama-cpp";
 import { AgentRuntime, DirectoryStore, type AgentRecord } from "../src/index.js";
 import { formatTable } from "../src/cli/table.js";
-import { commonPrefixLength } from "../src/engines/chat-history.js";
+import { commonPrefixLength, completionChatWrapper } from "../src/engines/chat-history.js";
 import { createEngine } from "../src/engines/create-engine.js";
 import type { ChatMessage, Engine, EngineName } from "../src/engines/engine.js";
 import { DelegatingStore } from "../src/store/delegating-store.js";
@@ -178,7 +178,7 @@ async function setUp(engine: EngineName, root: string, renderer: PromptRenderer)
     const raw = await RawLlama.load(choice.path);
     const context: RawLlamaContext = await raw.context({ contextSize, threads, sequences: 1 });
     const hasTemplate = typeof (raw.model.fileInfo.metadata as { tokenizer?: { chat_template?: unknown } }).tokenizer?.chat_template === "string";
-    const wrapper: ChatWrapper = (hasTemplate ? resolveChatWrapper(raw.model) : null) ?? new GeneralChatWrapper();
+    const wrapper: ChatWrapper = (hasTemplate ? resolveChatWrapper(raw.model) : null) ?? (await completionChatWrapper());
     setup.raw = {
       "raw evaluate": async () => {
         await context.reset(setup.prefix);

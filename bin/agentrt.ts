@@ -4,11 +4,12 @@ import { AgentRuntimeError } from "../src/errors.js";
 const USAGE = `usage: agentrt <command> [options]
 
 commands:
-  demo     the three-agent scenario on the default model
-  serve    serve agents over HTTP
+  demo     storytelling agents on the default model: passivation, rehydration, memory, timings
+  serve    serve agents over HTTP (agent API, OpenAI-compatible /v1/chat/completions); serve --help
 
 common options:
-  --model <path|hf:uri|folder>   model (default $AGENTRT_MODEL or ../shared/models/aidreams260K.gguf)
+  --model <path|hf:uri|folder>   model (default $AGENTRT_MODEL, else stories260K.gguf found in
+                                 ../shared/models/ beside the repository, ./models/ or ../shared/models/)
   --engine llama.cpp|mlx         engine (default: from the model)
   --state-dir <dir>              agent state folder
   --threads <n>                  engine threads (default: cores − 1, at least 1)

@@ -47,7 +47,8 @@ export function parseCommon(
     throw new RangeError(`--engine must be "llama.cpp" or "mlx", got ${engine}`);
   }
   const common: CommonArgs = {
-    model: (values.model as string | undefined) ?? defaultModel(),
+    // `--help` must work where no default model can be found (a project that installed agentrt).
+    model: (values.model as string | undefined) ?? ((values as Record<string, unknown>).help === true ? "" : defaultModel()),
     engine: engine as EngineName | undefined,
     stateDir: (values["state-dir"] as string | undefined) ?? defaults.stateDir,
     threads: integer("threads", values.threads as string | undefined),

@@ -6,7 +6,7 @@ import { integer, parseCommon } from "./args.js";
 
 const USAGE = `usage: agentrt serve [options]
 
-  --model <path|hf:uri|folder>  model (default $AGENTRT_MODEL or ../shared/models/aidreams260K.gguf)
+  --model <path|hf:uri|folder>  model (default $AGENTRT_MODEL, else stories260K.gguf: see agentrt --help)
   --engine llama.cpp|mlx        engine (default: from the model)
   --state-dir <dir>             agent state folder (default ./.state)
   --host <addr>                 address to listen on (default 127.0.0.1)

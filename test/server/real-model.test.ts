@@ -6,7 +6,7 @@ import { startServe } from "../../src/cli/serve.js";
 import { json, readSse } from "./helpers.js";
 
 /**
- * `agentrt serve` end to end: the CLI entry on the default model (../shared/models/aidreams260K.gguf),
+ * `agentrt serve` end to end: the CLI entry on the default model (../shared/models/stories260K.gguf),
  * a real generation worker, real HTTP on an ephemeral port.
  */
 describe("agentrt serve on the default model", () => {
@@ -30,7 +30,7 @@ describe("agentrt serve on the default model", () => {
   it("listens on 127.0.0.1 and reports the model", async () => {
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     const health = await json(`${url}/healthz`);
-    expect(health.body).toMatchObject({ status: "ok", model: "aidreams260K", engine: "llama.cpp" });
+    expect(health.body).toMatchObject({ status: "ok", model: "stories260K", engine: "llama.cpp" });
   });
 
   it("answers a message as JSON from a real worker", async () => {

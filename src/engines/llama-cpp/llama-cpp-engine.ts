@@ -1,6 +1,5 @@
 import { basename } from "node:path";
 import {
-  GeneralChatWrapper,
   getLlama,
   LlamaChat,
   LlamaLogLevel,
@@ -13,7 +12,7 @@ import {
   type Token,
 } from "node-llama-cpp";
 import { AgentRuntimeError, isAgentRuntimeError } from "../../errors.js";
-import { commonPrefixLength, toChatHistory } from "../chat-history.js";
+import { COMPLETION_FORMAT, commonPrefixLength, completionChatWrapper, toChatHistory } from "../chat-history.js";
 import { findContextShift } from "../context-shift.js";
 import type {
   ChatMessage,
@@ -88,8 +87,8 @@ export class LlamaCppEngine implements Engine {
     const metadata = model.fileInfo.metadata as unknown as Record<string, unknown>;
     const architecture = String((metadata.general as Record<string, unknown> | undefined)?.architecture ?? "llama");
     const hasTemplate = typeof (metadata.tokenizer as Record<string, unknown> | undefined)?.chat_template === "string";
-    // Without a template, resolveChatWrapper guesses from the model's name; a generic format is the honest choice.
-    const chatWrapper = (hasTemplate ? resolveChatWrapper(model) : null) ?? new GeneralChatWrapper();
+    // Without a template, resolveChatWrapper guesses from the model's name; a base model continues text.
+    const chatWrapper = (hasTemplate ? resolveChatWrapper(model) : null) ?? (await completionChatWrapper());
     const fingerprint = await modelFingerprint(modelPath, [
       "llama.cpp",
       STATE_FORMAT,
@@ -104,7 +103,7 @@ export class LlamaCppEngine implements Engine {
       modelBytes: model.size,
       contextSize: context.contextSize,
       kvBytesPerToken: kvBytesPerToken(metadata, architecture, context.kvCacheKeyType, context.kvCacheValueType),
-      chatFormat: hasTemplate ? chatWrapper.wrapperName : "generic",
+      chatFormat: hasTemplate ? chatWrapper.wrapperName : COMPLETION_FORMAT,
       stateFileExtension: ".bin",
       threads: options.threads,
     };

@@ -5,7 +5,7 @@
  *  - config.json (plus mlx-lm's "quantization" block when quantized);
  *  - tokenizer.json (a byte-fallback BPE built from the GGUF's SentencePiece vocabulary: merges ordered by the
  *    merged piece's score, which is how llama.cpp's SPM tokenizer picks merges) and tokenizer_config.json whose
- *    chat_template reproduces the GGUF's chat format when it has none (GeneralChatWrapper's layout).
+ *    chat_template is the GGUF's own (none when it has none: both then get the completion format).
  *
  * Quantization follows mlx-lm's `convert -q`: MLX affine quantization (per group of `groupSize` inputs:
  * scale = (max - min) / (2^bits - 1), bias = min, w ≈ scale·q + bias, 32/bits values packed per uint32,
@@ -18,7 +18,6 @@ import { join } from "node:path";
 import { AgentRuntimeError } from "../../errors.js";
 import { HF_NAMES } from "./build-weights.js";
 import { loadGgufWeights } from "./gguf-source.js";
-import { GENERIC_CHAT_TEMPLATE } from "./hf-chat.js";
 import { loadMlx, type Mx, type MxArray } from "./mlx.js";
 import { writeSafetensors, type TensorToWrite } from "./safetensors.js";
 import type { Linear } from "./weights.js";
@@ -132,9 +131,7 @@ export async function convertGgufToMlx(ggufPath: string, folder: string, options
         clean_up_tokenization_spaces: false,
         legacy: false,
         model_max_length: config.trainedContext ?? 2048,
-        chat_template: hasTemplate
-          ? (info.metadata as unknown as { tokenizer: { chat_template: string } }).tokenizer.chat_template
-          : GENERIC_CHAT_TEMPLATE,
+        ...(hasTemplate ? { chat_template: (info.metadata as unknown as { tokenizer: { chat_template: string } }).tokenizer.chat_template } : {}),
       },
       null,
       2,
@@ -210,7 +207,13 @@ export function buildTokenizerJson(vocab: GgufVocab): Record<string, unknown> {
     post_processor: null,
     decoder: {
       type: "Sequence",
-      decoders: [{ type: "Replace", pattern: { String: "▁" }, content: " " }, { type: "ByteFallback" }, { type: "Fuse" }],
+      // Strip: the text's first space is the one SentencePiece prefixed, as in HF's Llama tokenizer and llama.cpp.
+      decoders: [
+        { type: "Replace", pattern: { String: "▁" }, content: " " },
+        { type: "ByteFallback" },
+        { type: "Fuse" },
+        { type: "Strip", content: " ", start: 1, stop: 0 },
+      ],
     },
     model: {
       type: "BPE",

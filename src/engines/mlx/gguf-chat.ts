@@ -1,12 +1,12 @@
 /**
  * Tokenization and chat formatting for GGUF models, reusing node-llama-cpp with a vocabulary-only model load
  * (no weights) so the rendered prompt is token-for-token what the llama.cpp engine renders: a chat template in
- * the GGUF → resolveChatWrapper(model), else GeneralChatWrapper; rendered with
+ * the GGUF → resolveChatWrapper(model), else completionChatWrapper(); rendered with
  * `chatWrapper.generateContextState({chatHistory}).contextText.tokenize(model.tokenizer)`.
  */
 import type { ChatWrapper, Llama, LlamaModel, LlamaText } from "node-llama-cpp";
 import { AgentRuntimeError } from "../../errors.js";
-import { toChatHistory } from "../chat-history.js";
+import { COMPLETION_FORMAT, completionChatWrapper, toChatHistory } from "../chat-history.js";
 import type { ChatMessage } from "../engine.js";
 import type { ChatFrontend, RenderedPrompt } from "./chat.js";
 
@@ -50,7 +50,7 @@ class GgufChat implements ChatFrontend {
     }
     const template = (model.fileInfo.metadata as { tokenizer?: { chat_template?: unknown } }).tokenizer?.chat_template;
     const wrapper: ChatWrapper =
-      typeof template === "string" && template.length > 0 ? llamaCpp.resolveChatWrapper(model) : new llamaCpp.GeneralChatWrapper();
+      typeof template === "string" && template.length > 0 ? llamaCpp.resolveChatWrapper(model) : await completionChatWrapper();
     return new GgufChat(llama, model, wrapper, typeof template === "string" && template.length > 0, llamaCpp);
   }
 
@@ -59,7 +59,7 @@ class GgufChat implements ChatFrontend {
     this.#model = model;
     this.#wrapper = wrapper;
     this.#llamaCpp = llamaCpp;
-    this.formatName = hasTemplate ? wrapper.wrapperName : "generic";
+    this.formatName = hasTemplate ? wrapper.wrapperName : COMPLETION_FORMAT;
     this.vocabSize = Number((model.fileInfo.metadata as unknown as { tokenizer?: { ggml?: { tokens?: readonly unknown[] } } }).tokenizer?.ggml?.tokens?.length ?? 0);
   }
 

@@ -7,28 +7,10 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { AgentRuntimeError } from "../../errors.js";
+import { COMPLETION_FORMAT, completionText } from "../chat-history.js";
 import type { ChatMessage } from "../engine.js";
 import type { ChatFrontend, RenderedPrompt } from "./chat.js";
 import type { HfConfig } from "./hf-source.js";
-
-/**
- * Used when a folder has no chat template: the same text node-llama-cpp's GeneralChatWrapper renders (what the
- * llama.cpp engine uses for template-less models), for conversations of leading system messages then turns.
- * Newlines right after a block tag are written as expressions: Jinja chat templates run with trim_blocks, which
- * drops the first newline after a `{% … %}` tag.
- */
-export const GENERIC_CHAT_TEMPLATE =
-  "{{ bos_token }}{% for message in messages %}" +
-  "{% if message['role'] == 'system' %}{% if not loop.first %}### System\n{% endif %}{{ message['content'] }}\n\n" +
-  "{% elif message['role'] == 'user' %}### Human\n{{ message['content'] }}\n\n" +
-  "{% elif message['role'] == 'assistant' %}### Assistant\n{{ message['content'] }}{% if not loop.last %}{{ '\n\n' }}{% endif %}" +
-  "{% endif %}{% endfor %}" +
-  "{% if add_generation_prompt or (messages | length > 0 and messages[-1]['role'] == 'system') %}### Assistant\n{% endif %}";
-
-/** Stop strings of the generic format (GeneralChatWrapper's text triggers). */
-const GENERIC_STOP_STRINGS = ["<end>", "### Human", "### Assistant", "### System"].flatMap((s) =>
-  s === "<end>" ? [s] : [s, `\n${s}`, `\n\n${s}`],
-);
 
 type TokenizerInstance = import("@huggingface/tokenizers").Tokenizer;
 type TemplateInstance = import("@huggingface/jinja").Template;
@@ -42,10 +24,9 @@ class HfChat implements ChatFrontend {
   readonly formatName: string;
   readonly vocabSize: number;
   readonly #tokenizer: TokenizerInstance;
-  readonly #template: TemplateInstance;
+  readonly #template: TemplateInstance | undefined;
   readonly #special: Record<string, string>;
   readonly #stopTokens: ReadonlySet<number>;
-  readonly #hasTemplate: boolean;
 
   static async load(folder: string, config: HfConfig): Promise<HfChat> {
     const invalid = (message: string, cause?: unknown) =>
@@ -76,10 +57,10 @@ class HfChat implements ChatFrontend {
         source = undefined;
       }
     }
-    const hasTemplate = source !== undefined;
-    let template: TemplateInstance;
+    // Without a template the folder gets the completion format, as a GGUF without one does.
+    let template: TemplateInstance | undefined;
     try {
-      template = new Template(source ?? GENERIC_CHAT_TEMPLATE);
+      template = source === undefined ? undefined : new Template(source);
     } catch (error) {
       throw invalid(`the chat template does not parse: ${(error as Error).message}`, error);
     }
@@ -96,16 +77,20 @@ class HfChat implements ChatFrontend {
       const id = tokenizer.token_to_id(special["eos_token"]);
       if (id !== undefined) stopTokens.add(id);
     }
-    return new HfChat(tokenizer, template, special, stopTokens, hasTemplate ? templateName(tokenizerConfig) : "generic", hasTemplate, config.vocab_size ?? 0);
+    if (template === undefined && special["bos_token"] !== undefined) {
+      // The completion format ends a reply where a base model starts a new document.
+      const id = tokenizer.token_to_id(special["bos_token"]);
+      if (id !== undefined) stopTokens.add(id);
+    }
+    return new HfChat(tokenizer, template, special, stopTokens, template ? templateName(tokenizerConfig) : COMPLETION_FORMAT, config.vocab_size ?? 0);
   }
 
   private constructor(
     tokenizer: TokenizerInstance,
-    template: TemplateInstance,
+    template: TemplateInstance | undefined,
     special: Record<string, string>,
     stopTokens: ReadonlySet<number>,
     formatName: string,
-    hasTemplate: boolean,
     vocabSize: number,
   ) {
     this.#tokenizer = tokenizer;
@@ -113,23 +98,24 @@ class HfChat implements ChatFrontend {
     this.#special = special;
     this.#stopTokens = stopTokens;
     this.formatName = formatName;
-    this.#hasTemplate = hasTemplate;
     this.vocabSize = vocabSize;
   }
 
   render(messages: readonly ChatMessage[]): RenderedPrompt {
     let text: string;
     try {
-      text = this.#template.render({
-        messages: messages.map((m) => ({ role: m.role, content: m.content })),
-        add_generation_prompt: messages.at(-1)?.role === "user",
-        ...this.#special,
-      });
+      text = !this.#template
+        ? (this.#special["bos_token"] ?? "") + completionText(messages)
+        : this.#template.render({
+            messages: messages.map((m) => ({ role: m.role, content: m.content })),
+            add_generation_prompt: messages.at(-1)?.role === "user",
+            ...this.#special,
+          });
     } catch (error) {
       throw new AgentRuntimeError("ERR_ENGINE_FAILED", `The chat template failed to render: ${(error as Error).message}`, { cause: error });
     }
     const tokens = this.#tokenizer.encode(text, { add_special_tokens: false }).ids;
-    return { tokens, stopTokens: this.#stopTokens, stopStrings: this.#hasTemplate ? [] : GENERIC_STOP_STRINGS };
+    return { tokens, stopTokens: this.#stopTokens, stopStrings: [] };
   }
 
   decode(tokens: readonly number[]): string {

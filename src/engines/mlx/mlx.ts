@@ -60,7 +60,7 @@ export function unavailable(error: unknown): AgentRuntimeError {
     );
   }
   if (code === "ERR_MODULE_NOT_FOUND" || code === "MODULE_NOT_FOUND") {
-    return new AgentRuntimeError("ERR_ENGINE_UNAVAILABLE", "The MLX engine needs the npm package @frost-beta/mlx", {
+    return new AgentRuntimeError("ERR_ENGINE_UNAVAILABLE", "The MLX engine needs the optional package @frost-beta/mlx: npm i @frost-beta/mlx@0.0.7", {
       cause: error,
     });
   }

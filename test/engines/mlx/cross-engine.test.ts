@@ -3,20 +3,27 @@
  * the same rendered prompt tokens must give the same tokens (or the split must sit on a near-tie in the logits).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { getLlama, GeneralChatWrapper, type Llama, type LlamaModel, type ChatHistoryItem } from "node-llama-cpp";
+import { getLlama, type ChatWrapper, type Llama, type LlamaModel, type ChatHistoryItem } from "node-llama-cpp";
+import { completionChatWrapper } from "../../../src/engines/chat-history.js";
 import type { ChatMessage } from "../../../src/engines/engine.js";
 import type { MlxProbe } from "../../../src/testing/index.js";
-import { openEngine, PROMPTS, reply, requireModel } from "./helpers.js";
+import { MODEL, openEngine, PROMPTS, reply, requireModel, STORIES } from "./helpers.js";
 
 const TOKENS = 32;
 
-describe("MLX vs node-llama-cpp, greedy", { timeout: 120_000 }, () => {
+// stories260K adds grouped-query attention: MLX must share each KV head among its query heads as llama.cpp does.
+describe.each([
+  ["aidreams260K", MODEL],
+  ["stories260K", STORIES],
+])("MLX vs node-llama-cpp, greedy (%s)", { timeout: 120_000 }, (_name, modelPath) => {
   let llama: Llama;
   let model: LlamaModel;
   let engine: MlxProbe;
+  let wrapper: ChatWrapper;
 
   beforeAll(async () => {
-    const path = requireModel();
+    wrapper = await completionChatWrapper();
+    const path = requireModel(modelPath);
     llama = await getLlama({ gpu: false, build: "never" });
     model = await llama.loadModel({ modelPath: path });
     engine = await openEngine(path, 512);
@@ -27,13 +34,13 @@ describe("MLX vs node-llama-cpp, greedy", { timeout: 120_000 }, () => {
     await model?.dispose();
   });
 
-  /** What the llama.cpp engine does: history → GeneralChatWrapper (no template in this GGUF) → tokens. */
+  /** What the llama.cpp engine does: history → the completion format (no template in this GGUF) → tokens. */
   function render(messages: ChatMessage[]): number[] {
     const history: ChatHistoryItem[] = messages.map((m): ChatHistoryItem =>
       m.role === "user" ? { type: "user", text: m.content } : m.role === "system" ? { type: "system", text: m.content } : { type: "model", response: [m.content] },
     );
     if (messages.at(-1)?.role === "user") history.push({ type: "model", response: [] });
-    return new GeneralChatWrapper().generateContextState({ chatHistory: history }).contextText.tokenize(model.tokenizer).map(Number);
+    return wrapper.generateContextState({ chatHistory: history }).contextText.tokenize(model.tokenizer).map(Number);
   }
 
   async function llamaCppGreedy(tokens: number[], count: number): Promise<number[]> {

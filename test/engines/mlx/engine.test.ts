@@ -62,7 +62,7 @@ describe("MLX engine", { timeout: 60_000 }, () => {
   it("loads the GGUF with sensible model info", () => {
     expect(engine.info.engine).toBe("mlx");
     expect(engine.info.name).toBe("aidreams260K");
-    expect(engine.info.chatFormat).toBe("generic");
+    expect(engine.info.chatFormat).toBe("completion");
     expect(engine.info.kvBytesPerToken).toBe(LAYERS * 2 * KV_HEADS * HEAD_DIM * 4);
     expect(engine.info.modelBytes).toBeGreaterThan(1_000_000);
     expect(engine.info.fingerprint).toMatch(/^[0-9a-f]{64}$/);

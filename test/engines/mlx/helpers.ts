@@ -7,10 +7,13 @@ import { MlxProbe } from "../../../src/testing/index.js";
 /** ../shared/models/aidreams260K.gguf relative to the repository root. */
 export const MODEL = fileURLToPath(new URL("../../../../shared/models/aidreams260K.gguf", import.meta.url));
 
+/** ../shared/models/stories260K.gguf: grouped-query attention (8 query heads share 4 KV heads). */
+export const STORIES = fileURLToPath(new URL("../../../../shared/models/stories260K.gguf", import.meta.url));
+
 /** Fails loudly (never skips) when the model is missing. */
-export function requireModel(): string {
-  if (!existsSync(MODEL)) throw new Error(`The MLX tests need the model at ${MODEL} (shared/models/aidreams260K.gguf beside the repo)`);
-  return MODEL;
+export function requireModel(model = MODEL): string {
+  if (!existsSync(model)) throw new Error(`The MLX tests need the model at ${model} (shared/models/ beside the repo)`);
+  return model;
 }
 
 /**
