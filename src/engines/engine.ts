@@ -89,6 +89,12 @@ export interface GenerateInput {
   signal: AbortSignal;
   /** Called with each piece of text as soon as it is decoded. */
   onText: (text: string) => void;
+  /**
+   * When the cache holds P + D + S and the new prompt is P + S + N, erase D from the cache and move S
+   * down instead of re-evaluating S (llama.cpp: context-token erasure; MLX: rolling its arrays). Faster
+   * than re-evaluating, approximate (S keeps attention computed with D present). Default false.
+   */
+  contextShift?: boolean;
 }
 
 export interface GenerateOutput extends EvaluationCounts {
@@ -99,6 +105,12 @@ export interface GenerateOutput extends EvaluationCounts {
   ttftMs: number;
   /** Milliseconds spent generating after the first token. */
   decodeMs: number;
+  /**
+   * Tokens kept by moving them (S under {@link GenerateInput.contextShift}) rather than re-evaluating
+   * them; counted in `reusedTokens` too. 0 when nothing was shifted.
+   * TODO(merge engine-conventions): required there; optional here until the real engines report it.
+   */
+  shiftedTokens?: number;
 }
 
 export interface SavedState {
@@ -128,6 +140,12 @@ export interface Engine {
   prefill(key: string, messages: ChatMessage[], signal: AbortSignal): Promise<EvaluationCounts>;
   /** Renders `messages`, evaluates only what the cache lacks, then generates the assistant's reply. */
   generate(key: string, input: GenerateInput): Promise<GenerateOutput>;
+  /**
+   * Tokens the rendered prompt for `messages` occupies: the same rendering as `generate`, including the
+   * generation prompt after the last user message. Evaluates nothing and touches no sequence.
+   * TODO(merge engine-conventions): required there; optional here until the real engines have it.
+   */
+  countTokens?(messages: ChatMessage[]): Promise<number>;
   /** Writes the sequence's KV state to `filePath` (the caller handles atomic rename and checksums). */
   saveState(key: string, filePath: string): Promise<SavedState>;
   /** Replaces the sequence's KV state with a file the caller has verified for this fingerprint. */

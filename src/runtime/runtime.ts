@@ -3,6 +3,7 @@ import { EventEmitter } from "eventemitter3";
 import pino, { type Logger } from "pino";
 import { Agent, type AgentInfo } from "../actor/agent.js";
 import { BehaviourRegistry } from "../actor/behaviour-registry.js";
+import { storedContextPolicy } from "../actor/context-window.js";
 import { validateAgentId } from "../agent-id.js";
 import { systemClock, type Clock } from "../clock.js";
 import { detectEngine } from "../engines/create-engine.js";
@@ -143,7 +144,8 @@ export class AgentRuntime {
         const record = await this.#store.read(id);
         if (!record) continue;
         const behaviour = this.#behaviours.resolve(record.behaviour ?? "conversation");
-        this.#agents.set(id, new Agent({ ...common, ...record, behaviour, lastUsed: record.updatedAt }));
+        const contextPolicy = storedContextPolicy(record.contextPolicy) ?? this.#options.contextPolicy;
+        this.#agents.set(id, new Agent({ ...common, ...record, behaviour, lastUsed: record.updatedAt, contextPolicy, slideTo: this.#options.slideTo }));
       } catch (error) {
         const failure = isAgentRuntimeError(error) ? error : new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent ${id} could not be read`, { cause: error });
         common.log.warn({ err: failure }, "agent record unusable; agent marked failed");
@@ -170,7 +172,7 @@ export class AgentRuntime {
     this.#assertOpen();
     const signal = validateSignal(options?.signal);
     signal?.throwIfAborted();
-    const { id, role, systemPrompt, sampling, behaviour } = checkSpawn(spec, this.#options.maxMessageChars);
+    const { id, role, systemPrompt, sampling, behaviour, contextPolicy } = checkSpawn(spec, this.#options.maxMessageChars);
     const resolvedBehaviour = this.#behaviours.lookup(behaviour ?? this.#defaultBehaviour);
     if (this.#agents.has(id) || this.#removing.has(id)) {
       const why = this.#removing.has(id) ? " (its removal is in progress)" : "";
@@ -183,7 +185,11 @@ export class AgentRuntime {
     }
     const now = this.#clock.now();
     const log = this.#log.child({ agent: id });
-    const agent = new Agent({ id, role, systemPrompt, sampling, behaviour: resolvedBehaviour, history: [], createdAt: now, lastUsed: now, mailboxCapacity: this.#options.mailboxCapacity, log });
+    const agent = new Agent({
+      id, role, systemPrompt, sampling, behaviour: resolvedBehaviour, history: [], createdAt: now, lastUsed: now, mailboxCapacity: this.#options.mailboxCapacity, log,
+      contextPolicy: contextPolicy ?? this.#options.contextPolicy,
+      slideTo: this.#options.slideTo,
+    });
     // Claimed synchronously, so a concurrent spawn of the same id fails with ERR_AGENT_EXISTS.
     this.#agents.set(id, agent);
     try {

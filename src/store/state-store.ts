@@ -1,3 +1,4 @@
+import type { ContextPolicy } from "../actor/context-window.js";
 import type { ChatMessage, EngineName, SamplingOptions } from "../engines/engine.js";
 
 /** Version of the agent record layout; a record of another version is refused as foreign. */
@@ -33,6 +34,15 @@ export interface AgentRecord {
   createdAt: number;
   updatedAt: number;
   kv?: KvDescriptor | undefined;
+  /** The agent's context policy; absent in older records (the runtime's `contextPolicy` applies). */
+  contextPolicy?: ContextPolicy | undefined;
+  /**
+   * Index in `history` of the first message the agent renders (its window; see docs/context.md). Absent:
+   * 0. Rehydration from history evaluates the window, so the rebuilt cache is the one it had.
+   */
+  windowStart?: number | undefined;
+  /** The behaviour's note about the messages before the window (the summarizing behaviour's memory). */
+  memoryNote?: string | undefined;
 }
 
 /** A KV file being written: the engine writes `path`, then `commit` makes it durable and checksummed. */

@@ -98,21 +98,48 @@ export class FakeEngine implements HostedEngine {
     return [...this.#caches.keys()];
   }
 
-  #evaluate(key: string, tokens: number[]): EvaluationCounts {
+  #evaluate(key: string, tokens: number[], contextShift = false): EvaluationCounts & { shiftedTokens: number } {
     const cache = this.#cache(key);
     if (tokens.length >= this.info.contextSize) {
       throw new AgentRuntimeError("ERR_CONTEXT_FULL", `The conversation needs ${tokens.length} tokens`);
     }
     const reused = commonPrefixLength(cache, tokens);
-    cache.length = reused;
-    cache.push(...tokens.slice(reused));
-    this.evaluatedTokens += tokens.length - reused;
-    return { promptTokens: tokens.length, reusedTokens: reused, evaluatedTokens: tokens.length - reused, cacheTokens: cache.length };
+    const shift = contextShift ? FakeEngine.findShift(cache, tokens, reused) : { dropped: 0, kept: 0 };
+    // Erase D = cache[reused, reused + dropped) and keep S (the next `kept` tokens) moved down.
+    cache.splice(reused, shift.dropped);
+    cache.length = reused + shift.kept;
+    const start = reused + shift.kept;
+    cache.push(...tokens.slice(start));
+    this.evaluatedTokens += tokens.length - start;
+    return { promptTokens: tokens.length, reusedTokens: start, evaluatedTokens: tokens.length - start, cacheTokens: cache.length, shiftedTokens: shift.kept };
+  }
+
+  /**
+   * For a cache P + D + S and a prompt P + S + N (P = `prefix` tokens in common): the D to erase that
+   * keeps the longest S (the smallest such D on ties). `{ 0, 0 }` when no erasure keeps anything.
+   */
+  static findShift(cache: readonly number[], prompt: readonly number[], prefix: number): { dropped: number; kept: number } {
+    let best = { dropped: 0, kept: 0 };
+    for (let dropped = 1; prefix + dropped < cache.length; dropped++) {
+      let kept = 0;
+      while (prefix + dropped + kept < cache.length && prefix + kept < prompt.length && cache[prefix + dropped + kept] === prompt[prefix + kept]) kept++;
+      if (kept > best.kept) best = { dropped, kept };
+      // Nothing longer can follow once S runs to the end of the cache.
+      if (prefix + dropped + kept === cache.length && kept > 0) break;
+    }
+    return best;
   }
 
   async prefill(key: string, messages: ChatMessage[], signal: AbortSignal): Promise<EvaluationCounts> {
     signal.throwIfAborted();
-    return this.#evaluate(key, FakeEngine.render(messages));
+    const { shiftedTokens: _, ...counts } = this.#evaluate(key, FakeEngine.render(messages));
+    return counts;
+  }
+
+  /** Characters of the rendering `generate` would evaluate (opened for the reply after a user message). */
+  async countTokens(messages: ChatMessage[]): Promise<number> {
+    this.#check();
+    return FakeEngine.render(messages, messages.at(-1)?.role === "user").length;
   }
 
   async generate(key: string, input: GenerateInput): Promise<GenerateOutput> {
@@ -120,8 +147,11 @@ export class FakeEngine implements HostedEngine {
     const started = performance.now();
     await this.#options.beforeGenerate?.(key, input.messages);
     const prompt = FakeEngine.render(input.messages, true);
-    const counts = this.#evaluate(key, prompt);
-    const reply = FakeEngine.reply(prompt).slice(0, input.maxTokens);
+    const counts = this.#evaluate(key, prompt, input.contextShift === true);
+    // Like the real engines, the reply stops where the context ends (the next token needs a cell).
+    const room = this.info.contextSize - prompt.length - 1;
+    const full = FakeEngine.reply(prompt);
+    const reply = full.slice(0, Math.min(input.maxTokens, room));
     let text = "";
     for (const char of reply) {
       if (input.signal.aborted) break;
@@ -136,7 +166,13 @@ export class FakeEngine implements HostedEngine {
       cacheTokens: cache.length,
       text,
       generatedTokens: text.length,
-      stopReason: input.signal.aborted ? "aborted" : text.length < reply.length ? "maxTokens" : "eos",
+      stopReason: input.signal.aborted
+        ? "aborted"
+        : text.length < full.length
+          ? room < input.maxTokens && text.length === room
+            ? "contextFull"
+            : "maxTokens"
+          : "eos",
       ttftMs,
       decodeMs: 0,
     };
