@@ -264,8 +264,7 @@ export class Agent {
           request.push(chunk);
           emit("agent:token", { id: this.id, turnId, text: chunk });
         },
-        // Only when the window moved: the cache then holds P + dropped + kept, the prompt P + kept + new.
-        ...(this.contextPolicy === "shift" && plan.window.start !== this.#window.start ? { contextShift: true } : {}),
+        ...(this.#shifts(plan) ? { contextShift: true } : {}),
       });
     } catch (error) {
       if (signal?.aborted) throw signal.reason;
@@ -319,6 +318,15 @@ export class Agent {
       maxTokens,
       slideTo: this.#slideTo,
     });
+  }
+
+  /**
+   * Whether this turn asks the engine to shift: under `"shift"`, when the window moved and nothing else
+   * did, so that the cache holds P + dropped + kept and the prompt is P + kept + new. A new memory note
+   * changes P itself (and its fold already rewound the cache): nothing is left to move.
+   */
+  #shifts(plan: WindowPlan): boolean {
+    return this.contextPolicy === "shift" && plan.window.start !== this.#window.start && plan.window.memory === this.#window.memory;
   }
 
   /**

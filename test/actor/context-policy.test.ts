@@ -258,6 +258,23 @@ describe("summarizing behaviour", () => {
   });
 });
 
+describe("summarizing under \"shift\"", () => {
+  it("does not shift when a new note changes the system message: the turn re-evaluates the window after the fold", async () => {
+    const { runtime } = await start({ contextPolicy: "shift" });
+    await runtime.spawn({ id: "s", systemPrompt: SYSTEM, behaviour: "summarizing" });
+    let folds = 0;
+    for (let i = 0; i < 60; i++) {
+      const { timings } = await runtime.ask("s", message(i));
+      if (!timings.slidTurns) continue;
+      folds++;
+      expect(timings.foldEvaluatedTokens).toBeGreaterThan(0);
+      expect(timings.shiftedTokens).toBeUndefined();
+      expect(timings.promptTokens + MAX_TOKENS).toBeLessThan(CONTEXT);
+    }
+    expect(folds).toBeGreaterThan(3);
+  });
+});
+
 describe("options", () => {
   it.each<[Partial<AgentRuntimeOptions>, string]>([
     [{ contextPolicy: "drop" as ContextPolicy }, "contextPolicy"],
