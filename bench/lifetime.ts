@@ -124,6 +124,9 @@ function summarize(engine: EngineName, policy: ContextPolicy, samples: TurnSampl
     reprefillPerTurn: mean(samples.map((s) => s.promptTokens)),
     ttftMs: { mean: mean(samples.map((s) => s.ttftMs)), p50: percentile(samples.map((s) => s.ttftMs), 50), p99: percentile(samples.map((s) => s.ttftMs), 99) },
     ttftSlideMs: median(slid.map((s) => s.ttftMs)),
+    /** Whole turn (token counting and the slide's search included), median. */
+    turnMs: median(samples.map((s) => s.totalMs)),
+    turnSlideMs: median(slid.map((s) => s.totalMs)),
     ttftSteadyMs: median(steady.map((s) => s.ttftMs)),
     freshTtftMs: median(checked.map((s) => s.freshTtftMs!)),
     checked: checked.length,
@@ -173,6 +176,8 @@ console.log(
       "TTFT slide ms": s.ttftSlideMs,
       "TTFT steady ms": s.ttftSteadyMs,
       "fresh TTFT ms": s.freshTtftMs,
+      "turn ms": s.turnMs,
+      "turn slide ms": s.turnSlideMs,
       "= fresh agent": `${s.matchesFresh}/${s.checked}`,
     })),
   ),
