@@ -20,6 +20,14 @@ export interface TurnTimings {
   tokensPerSecond: number;
   totalMs: number;
   stopReason: StopReason;
+  /** History messages before the agent's window after this turn (see docs/context.md). */
+  windowStart?: number;
+  /** Whole turns that left the window before this turn (a slide); absent when it did not move. */
+  slidTurns?: number;
+  /** Cached tokens the engine moved instead of re-evaluating (the "shift" policy); absent when none. */
+  shiftedTokens?: number;
+  /** Tokens evaluated by the behaviour's fold of the leaving turns (summarizing); absent when none. */
+  foldEvaluatedTokens?: number;
 }
 
 export interface TurnResult {

@@ -16,7 +16,9 @@ export type { StateStore, AgentRecord, KvDescriptor, StagedKv, StoredAgentPage, 
 export { DelegatingStore } from "./store/delegating-store.js";
 export type { DirectoryStoreOptions } from "./store/directory-store.js";
 export { DirectoryStore } from "./store/directory-store.js";
-export type { AgentBehaviour, AgentView } from "./actor/behaviour.js";
+export type { AgentBehaviour, AgentModel, AgentView } from "./actor/behaviour.js";
+export type { ContextPolicy } from "./actor/context-window.js";
 export { BUILT_IN_BEHAVIOURS } from "./actor/behaviour-registry.js";
 export type { EngineFactory } from "./worker/engine-host.js";
 export { conversation } from "./actor/behaviours/conversation.js";
+export { summarizing } from "./actor/behaviours/summarizing.js";

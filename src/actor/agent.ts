@@ -4,7 +4,18 @@ import type { ChatMessage, GenerateOutput, HostedEngine, SamplingOptions } from 
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
 import type { EmitEvent, TurnResult, TurnTimings } from "../events.js";
 import { RECORD_FORMAT_VERSION, type AgentRecord, type KvDescriptor, type StateStore } from "../store/state-store.js";
-import { contextOf, type AgentBehaviour } from "./behaviour.js";
+import { contextOf, type AgentBehaviour, type AgentView } from "./behaviour.js";
+import {
+  DEFAULT_CONTEXT_POLICY,
+  DEFAULT_SLIDE_TO,
+  modelFor,
+  planWindow,
+  restoredWindow,
+  windowAfterReplace,
+  type ContextPolicy,
+  type ContextWindow,
+  type WindowPlan,
+} from "./context-window.js";
 import { Mailbox } from "./mailbox.js";
 import { writeFailure } from "../store/write-failure.js";
 
@@ -45,6 +56,12 @@ export interface AgentInfo {
   lastUsed: number;
   lastTurn?: TurnTimings | undefined;
   error?: { code: string; message: string } | undefined;
+  /** What the agent does when its conversation outgrows the context. */
+  contextPolicy: ContextPolicy;
+  /** History messages before the window (no longer rendered; still stored). 0 until the first slide. */
+  windowStart: number;
+  /** The behaviour's note about the turns that left the window (summarizing), if any. */
+  memoryNote?: string | undefined;
 }
 
 /** What a turn needs from the runtime around the agent. */
@@ -80,6 +97,14 @@ export interface AgentInit {
   log: Logger;
   /** A stored agent that cannot be used: it answers every message with this error. */
   failure?: AgentRuntimeError | undefined;
+  /** What the agent does when its next turn would not fit the context. Default `"slide"`. */
+  contextPolicy?: ContextPolicy | undefined;
+  /** Fraction of the context a slide shrinks the prompt to. Default 0.5. */
+  slideTo?: number | undefined;
+  /** Index in `history` of the window's first message (from the record). Default 0. */
+  windowStart?: number | undefined;
+  /** The behaviour's memory note (from the record). */
+  memoryNote?: string | undefined;
 }
 
 const never = new AbortController().signal;
@@ -106,9 +131,13 @@ export class Agent {
   lastTurn: TurnTimings | undefined;
   /** How the last load from history went: tokens served by the shared prompt cache, tokens evaluated. */
   lastLoad = { sharedPrefixTokens: 0, evaluatedTokens: 0 };
+  readonly contextPolicy: ContextPolicy;
+  readonly #slideTo: number;
   #history: ChatMessage[];
   /** The history was replaced (a stateless client's conversation): the next commit rewrites the record. */
   #rewritten = false;
+  /** The tail of the history the behaviour renders; the cache holds (at most) this. */
+  #window: ContextWindow;
   #status: AgentStatus;
   #removed = false;
 
@@ -119,6 +148,9 @@ export class Agent {
     this.sampling = init.sampling;
     this.behaviour = init.behaviour;
     this.#history = init.history;
+    this.contextPolicy = init.contextPolicy ?? DEFAULT_CONTEXT_POLICY;
+    this.#slideTo = init.slideTo ?? DEFAULT_SLIDE_TO;
+    this.#window = restoredWindow(init.history, init.windowStart ?? 0, init.memoryNote);
     this.#status = init.failure ? { state: "failed", error: init.failure } : { state: "passivated" };
     this.kv = init.kv;
     this.createdAt = init.createdAt;
@@ -131,8 +163,23 @@ export class Agent {
     return this.#status;
   }
 
+  /** The whole history, as stored (the window is its tail from {@link windowStart}). */
   get history(): readonly ChatMessage[] {
     return this.#history;
+  }
+
+  /** Index in the history of the first message the behaviour renders. */
+  get windowStart(): number {
+    return this.#window.start;
+  }
+
+  get memoryNote(): string | undefined {
+    return this.#window.memory;
+  }
+
+  /** What the behaviour sees: identity, the window of the history, the memory note. */
+  view(window: ContextWindow = this.#window): AgentView {
+    return { id: this.id, role: this.role, systemPrompt: this.systemPrompt, history: this.#history.slice(window.start), memoryNote: window.memory };
   }
 
   get turns(): number {
@@ -144,9 +191,12 @@ export class Agent {
     return this.#removed;
   }
 
-  /** What the cache holds between turns, rendered by the behaviour (rehydration evaluates this). */
+  /**
+   * What the cache holds between turns, rendered by the behaviour from the window (rehydration evaluates
+   * this, so an agent rebuilt from its history gets the window it had, not the whole history).
+   */
   context(): ChatMessage[] {
-    return contextOf(this.behaviour, this);
+    return contextOf(this.behaviour, this.view());
   }
 
   /** Moves the status along an allowed edge; any other move is a bug and throws. */
@@ -179,6 +229,8 @@ export class Agent {
    */
   async withHistory<T>(history: ChatMessage[], work: () => Promise<T>): Promise<T> {
     const kept = this.#history;
+    const keptWindow = this.#window;
+    this.#window = windowAfterReplace(kept, history, keptWindow);
     this.#history = history;
     this.#rewritten = true;
     try {
@@ -186,6 +238,7 @@ export class Agent {
     } catch (error) {
       this.#history = kept;
       this.#rewritten = false;
+      this.#window = keptWindow;
       throw error;
     }
   }
@@ -201,9 +254,12 @@ export class Agent {
     const started = clock.now();
     emit("agent:turn-start", { id: this.id, turnId, text });
     let output: GenerateOutput;
+    let plan: WindowPlan = { window: this.#window, slidTurns: 0, foldEvaluatedTokens: 0 };
     try {
+      plan = await this.#planWindow(engine, text, request.maxTokens, signal ?? never);
+      const view = this.view(plan.window);
       output = await engine.generate(this.id, {
-        messages: this.behaviour.prompt(this, text),
+        messages: this.behaviour.prompt(view, text),
         maxTokens: request.maxTokens,
         sampling: this.sampling,
         signal: signal ?? never,
@@ -212,6 +268,7 @@ export class Agent {
           request.push(chunk);
           emit("agent:token", { id: this.id, turnId, text: chunk });
         },
+        ...(this.#shifts(plan) ? { contextShift: true } : {}),
       });
     } catch (error) {
       if (signal?.aborted) throw signal.reason;
@@ -219,25 +276,70 @@ export class Agent {
     }
     if (output.stopReason === "aborted") throw signal?.reason ?? new AgentRuntimeError("ERR_ABORTED");
     const previous = this.#history;
-    const added = this.behaviour.record(this, text, output.text);
+    const previousWindow = this.#window;
+    const added = this.behaviour.record(this.view(plan.window), text, output.text);
     this.#history = [...previous, ...added];
+    this.#window = plan.window;
     try {
       // One journal entry per turn (bytes independent of the history's length); a replaced history is
       // rewritten whole.
       if (this.#rewritten) await store.write(this.toRecord(clock.now()));
-      else await store.appendTurn(this.id, { messages: added, updatedAt: clock.now() });
+      else {
+        const moved = plan.window.start !== previousWindow.start || plan.window.memory !== previousWindow.memory;
+        const window = moved ? { windowStart: plan.window.start, memoryNote: plan.window.memory } : undefined;
+        await store.appendTurn(this.id, { messages: added, updatedAt: clock.now(), ...(window ? { window } : {}) });
+      }
       this.#rewritten = false;
     } catch (error) {
       // Not durable, so not acknowledged: the history stays as it was (the cache is rewound next turn).
       this.#history = previous;
+      this.#window = previousWindow;
       throw writeFailure(error, `Saving the turn of ${this.id} failed`, this.id);
     }
-    const timings = turnTimings(output, started - request.queuedAt, clock.now() - started);
+    const timings = turnTimings(output, started - request.queuedAt, clock.now() - started, plan);
     this.lastTurn = timings;
     const result: TurnResult = { id: this.id, turnId, reply: output.text, timings };
     this.log.debug({ turnId, ...timings }, "turn end");
     emit("agent:turn-end", result);
     return result;
+  }
+
+  /**
+   * The window for this turn under the agent's context policy (see context-window.ts). Nothing moves
+   * under `"error"`, nor when the engine cannot count tokens.
+   */
+  async #planWindow(engine: HostedEngine, text: string, maxTokens: number, signal: AbortSignal): Promise<WindowPlan> {
+    const unchanged: WindowPlan = { window: this.#window, slidTurns: 0, foldEvaluatedTokens: 0 };
+    // TODO(merge engine-conventions): countTokens is required there; until then an engine without it
+    // keeps today's behaviour (the engine refuses a prompt that does not fit).
+    if (this.contextPolicy === "error" || typeof engine.countTokens !== "function") return unchanged;
+    const countTokens = (messages: ChatMessage[]) => engine.countTokens!(messages);
+    const fold = this.behaviour.fold?.bind(this.behaviour);
+    return planWindow({
+      history: this.#history,
+      window: this.#window,
+      render: (window) => this.behaviour.prompt(this.view(window), text),
+      fold:
+        fold &&
+        (async (window, leaving) => {
+          const { model, evaluatedTokens } = modelFor(engine, this.id, countTokens, signal);
+          const memory = await fold(this.view(window), leaving, model);
+          return { memory, evaluatedTokens: evaluatedTokens() };
+        }),
+      countTokens,
+      contextSize: engine.info.contextSize,
+      maxTokens,
+      slideTo: this.#slideTo,
+    });
+  }
+
+  /**
+   * Whether this turn asks the engine to shift: under `"shift"`, when the window moved and nothing else
+   * did, so that the cache holds P + dropped + kept and the prompt is P + kept + new. A new memory note
+   * changes P itself (and its fold already rewound the cache): nothing is left to move.
+   */
+  #shifts(plan: WindowPlan): boolean {
+    return this.contextPolicy === "shift" && plan.window.start !== this.#window.start && plan.window.memory === this.#window.memory;
   }
 
   /**
@@ -268,6 +370,9 @@ export class Agent {
       createdAt: this.createdAt,
       updatedAt: now,
       kv: this.kv,
+      contextPolicy: this.contextPolicy,
+      ...(this.#window.start > 0 ? { windowStart: this.#window.start } : {}),
+      ...(this.#window.memory !== undefined ? { memoryNote: this.#window.memory } : {}),
     };
   }
 
@@ -286,12 +391,15 @@ export class Agent {
       createdAt: this.createdAt,
       lastUsed: this.lastUsed,
       lastTurn: this.lastTurn,
+      contextPolicy: this.contextPolicy,
+      windowStart: this.#window.start,
+      ...(this.#window.memory !== undefined ? { memoryNote: this.#window.memory } : {}),
       ...(this.#status.state === "failed" ? { error: { code: this.#status.error.code, message: this.#status.error.message } } : {}),
     };
   }
 }
 
-function turnTimings(output: GenerateOutput, queueMs: number, totalMs: number): TurnTimings {
+function turnTimings(output: GenerateOutput, queueMs: number, totalMs: number, plan: WindowPlan): TurnTimings {
   return {
     promptTokens: output.promptTokens,
     reusedTokens: output.reusedTokens,
@@ -303,5 +411,9 @@ function turnTimings(output: GenerateOutput, queueMs: number, totalMs: number): 
     tokensPerSecond: output.generatedTokens > 1 && output.decodeMs > 0 ? ((output.generatedTokens - 1) * 1000) / output.decodeMs : 0,
     totalMs,
     stopReason: output.stopReason,
+    windowStart: plan.window.start,
+    ...(plan.slidTurns > 0 ? { slidTurns: plan.slidTurns } : {}),
+    ...(output.shiftedTokens ? { shiftedTokens: output.shiftedTokens } : {}),
+    ...(plan.foldEvaluatedTokens > 0 ? { foldEvaluatedTokens: plan.foldEvaluatedTokens } : {}),
   };
 }

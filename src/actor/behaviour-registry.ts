@@ -1,11 +1,12 @@
 import { AgentRuntimeError } from "../errors.js";
 import type { AgentBehaviour } from "./behaviour.js";
 import { conversation } from "./behaviours/conversation.js";
+import { summarizing } from "./behaviours/summarizing.js";
 
 const NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 
 /** The behaviours shipped with agentrt, always registered. */
-export const BUILT_IN_BEHAVIOURS: readonly AgentBehaviour[] = [conversation];
+export const BUILT_IN_BEHAVIOURS: readonly AgentBehaviour[] = [conversation, summarizing];
 
 /** Checks a behaviour's shape, so a malformed one fails where it is given rather than mid-turn. */
 export function checkBehaviour(behaviour: unknown): AgentBehaviour {
@@ -17,6 +18,7 @@ export function checkBehaviour(behaviour: unknown): AgentBehaviour {
     throw new TypeError(`behaviour.name must be 1-64 of [a-z0-9_-], got ${JSON.stringify(b.name)}`);
   }
   if (b.context !== undefined && typeof b.context !== "function") throw new TypeError("behaviour.context must be a function");
+  if (b.fold !== undefined && typeof b.fold !== "function") throw new TypeError("behaviour.fold must be a function");
   return b as AgentBehaviour;
 }
 

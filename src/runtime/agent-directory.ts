@@ -5,7 +5,8 @@ import { validateAgentId } from "../agent-id.js";
 import type { Clock } from "../clock.js";
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
 import type { EmitEvent } from "../events.js";
-import type { StateStore } from "../store/state-store.js";
+import type { ContextPolicy, StateStore } from "../store/state-store.js";
+import { storedContextPolicy } from "../actor/context-window.js";
 import { writeFailure } from "../store/write-failure.js";
 import type { Supervisor } from "../supervisor/supervisor.js";
 
@@ -18,6 +19,9 @@ export interface AgentDirectoryOptions {
   emit: EmitEvent;
   mailboxCapacity: number;
   maxStoredAgents: number;
+  /** Policy of agents whose spawn or record names none. */
+  contextPolicy: ContextPolicy;
+  slideTo: number;
 }
 
 /**
@@ -57,7 +61,8 @@ export class AgentDirectory {
         const record = await store.read(id);
         if (!record) continue;
         const behaviour = behaviours.resolve(record.behaviour ?? "conversation");
-        this.#agents.set(id, this.create({ ...record, behaviour, lastUsed: record.updatedAt }));
+        const contextPolicy = storedContextPolicy(record.contextPolicy);
+        this.#agents.set(id, this.create({ ...record, behaviour, lastUsed: record.updatedAt, contextPolicy }));
       } catch (error) {
         const failure = isAgentRuntimeError(error) ? error : new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent ${id} could not be read`, { cause: error });
         log.child({ agent: id }).warn({ err: failure }, "agent record unusable; agent marked failed");
@@ -69,9 +74,10 @@ export class AgentDirectory {
     }
   }
 
-  /** A new Agent object with the runtime's mailbox capacity and a child logger. */
-  create(init: Omit<AgentInit, "mailboxCapacity" | "log">): Agent {
-    return new Agent({ ...init, mailboxCapacity: this.#options.mailboxCapacity, log: this.#options.log.child({ agent: init.id }) });
+  /** A new Agent object with the runtime's mailbox capacity, context settings and a child logger. */
+  create(init: Omit<AgentInit, "mailboxCapacity" | "log" | "slideTo">): Agent {
+    const { mailboxCapacity, slideTo, contextPolicy, log } = this.#options;
+    return new Agent({ ...init, contextPolicy: init.contextPolicy ?? contextPolicy, slideTo, mailboxCapacity, log: log.child({ agent: init.id }) });
   }
 
   require(id: string): Agent {

@@ -4,6 +4,7 @@ import { validateSampling } from "../engines/sampling.js";
 import { AgentRuntimeError } from "../errors.js";
 import type { Logger } from "pino";
 import type { AgentBehaviour } from "../actor/behaviour.js";
+import { checkContextPolicy, checkSlideTo, DEFAULT_CONTEXT_POLICY, type ContextPolicy } from "../actor/context-window.js";
 import type { ChatMessage, EngineName, HostedEngine, SamplingOptions } from "../engines/engine.js";
 import type { StateStore } from "../store/state-store.js";
 import type { Clock } from "../clock.js";
@@ -51,6 +52,20 @@ export interface AgentRuntimeOptions {
    * with ERR_BEHAVIOUR_NOT_FOUND until it is registered).
    */
   behaviours?: readonly AgentBehaviour[];
+  /**
+   * What agents do when their conversation outgrows the context (docs/context.md): `"error"` refuses
+   * the turn with ERR_CONTEXT_FULL; `"slide"` drops the oldest whole turns (never the system prompt)
+   * from what the agent renders, down to `slideTo` of the context, and re-evaluates the kept window
+   * exactly; `"shift"` drops the same turns but has the engine move the kept ones in its cache instead
+   * of re-evaluating them (faster, approximate). The store keeps the whole history in every case.
+   * An agent keeps the policy it was spawned with. Default `"slide"`.
+   */
+  contextPolicy?: ContextPolicy;
+  /**
+   * Fraction of the context a slide (or shift) shrinks the prompt to, in (0, 1): lower slides less often
+   * but keeps less. Default 0.5.
+   */
+  slideTo?: number;
   /** pino logger; silent by default. */
   logger?: Logger;
   /** Time source (tests inject a fake one). */
@@ -70,6 +85,8 @@ export interface SpawnOptions {
   sampling?: SamplingOptions;
   /** Behaviour for this agent: a registered name (e.g. `"conversation"`) or a behaviour. Default: the runtime's. */
   behaviour?: string | AgentBehaviour;
+  /** This agent's context policy (`"error"`, `"slide"`, `"shift"`), saved with it. Default: the runtime's `contextPolicy`. */
+  contextPolicy?: ContextPolicy;
 }
 
 export interface SendOptions {
@@ -105,6 +122,8 @@ export interface ResolvedOptions {
   maxTokens: number;
   mailboxCapacity: number;
   maxMessageChars: number;
+  contextPolicy: ContextPolicy;
+  slideTo: number;
 }
 
 export function resolveOptions(options: AgentRuntimeOptions): ResolvedOptions {
@@ -117,6 +136,8 @@ export function resolveOptions(options: AgentRuntimeOptions): ResolvedOptions {
     maxTokens: positiveInteger("maxTokens", options.maxTokens, DEFAULTS.maxTokens),
     mailboxCapacity: positiveInteger("mailboxCapacity", options.mailboxCapacity, DEFAULTS.mailboxCapacity),
     maxMessageChars: positiveInteger("maxMessageChars", options.maxMessageChars, DEFAULTS.maxMessageChars),
+    contextPolicy: checkContextPolicy(options.contextPolicy) ?? DEFAULT_CONTEXT_POLICY,
+    slideTo: checkSlideTo(options.slideTo),
   };
 }
 
@@ -183,9 +204,12 @@ export function checkConversation(messages: unknown, limit: number): { earlier: 
 }
 
 /** Checks spawn()'s options (the behaviour is resolved by the registry). */
-export function checkSpawn(spec: unknown, limit: number): Omit<Required<SpawnOptions>, "behaviour"> & { behaviour: SpawnOptions["behaviour"] } {
+export function checkSpawn(
+  spec: unknown,
+  limit: number,
+): Omit<Required<SpawnOptions>, "behaviour" | "contextPolicy"> & Pick<SpawnOptions, "behaviour" | "contextPolicy"> {
   if (typeof spec !== "object" || spec === null) throw new TypeError("spawn options must be an object");
-  const { id, role, systemPrompt, sampling, behaviour } = spec as SpawnOptions;
+  const { id, role, systemPrompt, sampling, behaviour, contextPolicy } = spec as SpawnOptions;
   if (typeof systemPrompt !== "string") throw new TypeError("systemPrompt must be a string");
   if (systemPrompt.length > limit) throw new AgentRuntimeError("ERR_MESSAGE_TOO_LARGE", `systemPrompt exceeds ${limit} characters`);
   if (role !== undefined && typeof role !== "string") throw new TypeError("role must be a string");
@@ -193,7 +217,14 @@ export function checkSpawn(spec: unknown, limit: number): Omit<Required<SpawnOpt
   if (behaviour !== undefined && typeof behaviour !== "string" && (typeof behaviour !== "object" || behaviour === null)) {
     throw new TypeError("behaviour must be a registered name or a behaviour object");
   }
-  return { id: validateAgentId(id), role: role ?? "assistant", systemPrompt, sampling: validateSampling(sampling), behaviour };
+  return {
+    id: validateAgentId(id),
+    role: role ?? "assistant",
+    systemPrompt,
+    sampling: validateSampling(sampling),
+    behaviour,
+    contextPolicy: checkContextPolicy(contextPolicy),
+  };
 }
 
 export interface HistoryOptions {

@@ -68,8 +68,7 @@ export class AgentRuntime {
     ({ options: this.#options, store: this.#store, clock: this.#clock, host: this.#host, behaviours: this.#behaviours } = init);
     this.#defaultBehaviour = init.defaultBehaviour;
     this.#supervisor = new Supervisor({ ...init, maxAgents: init.options.maxAgents, emit: this.#emit });
-    const { mailboxCapacity, maxStoredAgents } = init.options;
-    this.#directory = new AgentDirectory({ ...init, supervisor: this.#supervisor, emit: this.#emit, mailboxCapacity, maxStoredAgents });
+    this.#directory = new AgentDirectory({ ...init, ...init.options, supervisor: this.#supervisor, emit: this.#emit });
     this.#host.on("crashed", (error) => this.#emit("agent:error", { error }));
     this.#host.on("restarted", (event) => this.#emit("worker:restarted", event));
   }
@@ -160,10 +159,10 @@ export class AgentRuntime {
     this.#assertOpen();
     const signal = validateSignal(options?.signal);
     signal?.throwIfAborted();
-    const { id, role, systemPrompt, sampling, behaviour } = checkSpawn(spec, this.#options.maxMessageChars);
+    const { id, role, systemPrompt, sampling, behaviour, contextPolicy } = checkSpawn(spec, this.#options.maxMessageChars);
     const resolvedBehaviour = this.#behaviours.lookup(behaviour ?? this.#defaultBehaviour);
     const now = this.#clock.now();
-    const agent = this.#directory.create({ id, role, systemPrompt, sampling, behaviour: resolvedBehaviour, history: [], createdAt: now, lastUsed: now });
+    const agent = this.#directory.create({ id, role, systemPrompt, sampling, behaviour: resolvedBehaviour, history: [], createdAt: now, lastUsed: now, contextPolicy });
     // Claimed synchronously, so a concurrent spawn of the same id fails with ERR_AGENT_EXISTS.
     this.#directory.claim(agent);
     try {

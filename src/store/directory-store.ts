@@ -25,7 +25,7 @@ import { AgentRuntimeError } from "../errors.js";
 import { AgentIndex, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT } from "./agent-index.js";
 import { fsyncPath, writeFileAtomic } from "./atomic-file.js";
 import { KvFiles } from "./kv-files.js";
-import { encodeEntry, entriesFor, highestGeneration, JournalDamage, scanJournal, type JournalEntry, type ScannedJournal } from "./journal.js";
+import { applyEntry, encodeEntry, entriesFor, highestGeneration, JournalDamage, scanJournal, type JournalEntry, type ScannedJournal } from "./journal.js";
 import { encodeRecord, MAX_RECORD_BYTES, parseRecord, readBounded, recordProblem, sameIdentity, type FileIdentity } from "./record-file.js";
 import { StateLock } from "./state-lock.js";
 import type {
@@ -287,11 +287,7 @@ export class DirectoryStore implements StateStore {
         });
       }
       const record = loaded.record;
-      for (const entry of entries) {
-        if (entry.t === "turn") record.history.push(...entry.messages);
-        else record.kv = entry.kv ?? undefined;
-        record.updatedAt = entry.at;
-      }
+      for (const entry of entries) applyEntry(record, entry);
       if (scanned.tornBytes > 0) this.#onTornTail?.({ id, path: journalPath, bytes: scanned.tornBytes });
       const last = entries[entries.length - 1];
       const state: AgentState = {
@@ -395,8 +391,10 @@ export class DirectoryStore implements StateStore {
     if (typeof turn !== "object" || turn === null) throw new TypeError("turn must be an object");
     checkMessages(turn.messages);
     if (!Number.isFinite(turn.updatedAt)) throw new TypeError("turn.updatedAt must be a finite number");
-    const { messages, updatedAt } = turn;
-    return this.#exclusive(id, () => this.#append(id, dir, (gen, seq) => ({ t: "turn", id, gen, seq, at: updatedAt, messages })));
+    const { messages, updatedAt, window } = turn;
+    if (window !== undefined && (!Number.isSafeInteger(window.windowStart) || window.windowStart < 0)) throw new TypeError("turn.window.windowStart must be an integer ≥ 0");
+    const entry = (gen: number, seq: number): JournalEntry => ({ t: "turn", id, gen, seq, at: updatedAt, messages, ...(window ? { window } : {}) });
+    return this.#exclusive(id, () => this.#append(id, dir, entry));
   }
 
   async setKv(id: string, kv: KvDescriptor | undefined, updatedAt: number): Promise<void> {
@@ -426,10 +424,7 @@ export class DirectoryStore implements StateStore {
       // A record from before journals: rewritten once in the current format, with this change folded in,
       // so that an older agentrt refuses it instead of reading it without its journal.
       const loaded = (await this.#load(id, dir))!;
-      const entry = make(0, 1);
-      if (entry.t === "turn") loaded.record.history.push(...entry.messages);
-      else loaded.record.kv = entry.kv ?? undefined;
-      loaded.record.updatedAt = entry.at;
+      applyEntry(loaded.record, make(0, 1));
       await this.#writeRecord(loaded.record, dir, loaded.state.generation + 1);
       return;
     }

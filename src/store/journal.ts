@@ -17,7 +17,7 @@
  */
 import { crc32 } from "node:zlib";
 import type { ChatMessage } from "../engines/engine.js";
-import type { KvDescriptor } from "./state-store.js";
+import type { AgentRecord, AgentWindow, KvDescriptor } from "./state-store.js";
 
 const MAGIC = Buffer.from("AJE1", "latin1");
 export const FRAME_HEADER_BYTES = 12;
@@ -35,10 +35,11 @@ interface EntryBase {
   at: number;
 }
 
-/** One acknowledged turn: the messages it added to the history. */
+/** One acknowledged turn: the messages it added to the history (and the window, when the turn moved it). */
 export interface TurnEntry extends EntryBase {
   t: "turn";
   messages: ChatMessage[];
+  window?: AgentWindow | undefined;
 }
 
 /** A passivation: the new saved cache (or none). */
@@ -103,6 +104,10 @@ function checkEntry(value: unknown, offset: number): JournalEntry {
       Array.isArray(e.messages) &&
       e.messages.every((m) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
     if (!ok) fail("holds invalid messages");
+    const w = e.window;
+    if (w !== undefined && (typeof w !== "object" || w === null || !isCount(w.windowStart) || (w.memoryNote !== undefined && typeof w.memoryNote !== "string"))) {
+      fail("holds an invalid window");
+    }
   } else if (e.t === "kv") {
     if (e.kv !== null && (typeof e.kv !== "object" || Array.isArray(e.kv))) fail("holds an invalid cache descriptor");
   } else {
@@ -174,4 +179,18 @@ export function highestGeneration(bytes: Buffer): number {
     }
   }
   return highest;
+}
+
+/** Applies one entry to the record it extends (replay, and the one-time format-1 upgrade). */
+export function applyEntry(record: AgentRecord, entry: JournalEntry): void {
+  if (entry.t === "turn") {
+    record.history.push(...entry.messages);
+    if (entry.window) {
+      record.windowStart = entry.window.windowStart;
+      record.memoryNote = entry.window.memoryNote;
+    }
+  } else {
+    record.kv = entry.kv ?? undefined;
+  }
+  record.updatedAt = entry.at;
 }

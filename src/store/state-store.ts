@@ -7,6 +7,15 @@ import type { ChatMessage, EngineName, SamplingOptions } from "../engines/engine
  */
 export const RECORD_FORMAT_VERSION = 2;
 
+/** What an agent does when its conversation outgrows the context (see docs/context.md). */
+export type ContextPolicy = "error" | "slide" | "shift";
+
+/** Where an agent's rendered window of its history starts, and the note kept about what went before. */
+export interface AgentWindow {
+  windowStart: number;
+  memoryNote?: string | undefined;
+}
+
 /** Describes a saved KV cache file and what it may be loaded into. */
 export interface KvDescriptor {
   /** File name inside the agent's folder. */
@@ -37,6 +46,15 @@ export interface AgentRecord {
   kv?: KvDescriptor | undefined;
   /** Name of the agent's behaviour; absent in records written before behaviours were stored ("conversation"). */
   behaviour?: string | undefined;
+  /** The agent's context policy; absent in older records (the runtime's `contextPolicy` applies). */
+  contextPolicy?: ContextPolicy | undefined;
+  /**
+   * Index in `history` of the first message the agent renders (its window; see docs/context.md). Absent:
+   * 0. Rehydration from history evaluates the window, so the rebuilt cache is the one it had.
+   */
+  windowStart?: number | undefined;
+  /** The behaviour's note about the messages before the window (the summarizing behaviour's memory). */
+  memoryNote?: string | undefined;
 }
 
 /** One page of stored agent ids. */
@@ -75,6 +93,8 @@ export interface TurnAppend {
   messages: ChatMessage[];
   /** The record's `updatedAt` after this turn. */
   updatedAt: number;
+  /** The agent's context window after this turn, when the turn moved it (a slide, a new memory note). */
+  window?: AgentWindow | undefined;
 }
 
 /** A KV file being written: the engine writes `path`, then `commit` makes it durable and checksummed. */

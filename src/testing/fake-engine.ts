@@ -141,9 +141,10 @@ export class FakeEngine implements HostedEngine {
     return counts;
   }
 
+  /** Characters of the rendering `generate` would evaluate (opened for the reply after a user message). */
   async countTokens(messages: ChatMessage[]): Promise<number> {
     this.#check();
-    return FakeEngine.render(messages, true).length;
+    return FakeEngine.render(messages, messages.at(-1)?.role === "user").length;
   }
 
   async generate(key: string, input: GenerateInput): Promise<GenerateOutput> {
@@ -152,7 +153,10 @@ export class FakeEngine implements HostedEngine {
     await this.#options.beforeGenerate?.(key, input.messages);
     const prompt = FakeEngine.render(input.messages, true);
     const counts = this.#evaluate(key, prompt, input.contextShift === true);
-    const reply = FakeEngine.reply(prompt).slice(0, input.maxTokens);
+    // Like the real engines, the reply stops where the context ends (the next token needs a cell).
+    const room = this.info.contextSize - prompt.length - 1;
+    const full = FakeEngine.reply(prompt);
+    const reply = full.slice(0, Math.min(input.maxTokens, room));
     let text = "";
     for (const char of reply) {
       if (input.signal.aborted) break;
@@ -167,7 +171,13 @@ export class FakeEngine implements HostedEngine {
       cacheTokens: cache.length,
       text,
       generatedTokens: text.length,
-      stopReason: input.signal.aborted ? "aborted" : text.length < reply.length ? "maxTokens" : "eos",
+      stopReason: input.signal.aborted
+        ? "aborted"
+        : text.length < full.length
+          ? room < input.maxTokens && text.length === room
+            ? "contextFull"
+            : "maxTokens"
+          : "eos",
       ttftMs,
       decodeMs: 0,
     };

@@ -226,6 +226,7 @@ describe("AgentRuntime with a fake engine", () => {
     await runtime.remove("a");
     expect(runtime.list()).toEqual([]);
     await expect(runtime.ask("a", "hi")).rejects.toSatisfy(code("ERR_AGENT_NOT_FOUND"));
+    await runtime.close();
     const { runtime: again } = await start();
     expect(again.list()).toEqual([]);
   });
