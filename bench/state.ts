@@ -130,7 +130,6 @@ try {
         const verifyMs: number[] = [];
         const shaMs: number[] = [];
         const shaMemoryMs: number[] = [];
-        let data: Uint8Array | undefined;
         const plainPath = join(root, `plain-${engineName}-${tokens}.bin`);
 
         // A first passivation sizes the plain buffer (and warms up the engine's writer).
@@ -138,7 +137,7 @@ try {
         await engine.saveState("agent", first.path);
         const committed = await first.commit();
         kv = { ...committed, tokens, fingerprint: engine.info.fingerprint, engine: engineName, historyLength: 0 };
-        data = randomFillSync(new Uint8Array(committed.bytes));
+        const data = randomFillSync(new Uint8Array(committed.bytes));
         const readBuffer = new Uint8Array(committed.bytes);
 
         const samples = await interleave(reps, {
@@ -153,7 +152,7 @@ try {
             kv = { ...kv!, ...result };
             return total;
           },
-          plainWrite: () => plainWrite(plainPath, data!),
+          plainWrite: () => plainWrite(plainPath, data),
           rehydrate: async () => {
             await engine.openSequence("load");
             const started = performance.now();

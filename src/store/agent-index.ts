@@ -74,7 +74,10 @@ export class AgentIndex {
         const id = folderToAgentId(entry.name);
         if (id !== undefined) ids.add(id);
       }
-      for (const [added, id] of this.#pending) added ? ids.add(id) : ids.delete(id);
+      for (const [added, id] of this.#pending) {
+        if (added) ids.add(id);
+        else ids.delete(id);
+      }
       this.#pending = [];
       this.#ids = ids;
       return ids;

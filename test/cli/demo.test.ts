@@ -53,7 +53,7 @@ function expectReadable(line: string): void {
   expect(line, "a reply has text").toMatch(/\w{2,}/);
   expect(line, `"${line}" starts with a word or a quote`).toMatch(/^["A-Za-z]/);
   expect(line, `"${line}" ends a sentence`).toMatch(/[.!?]"?$/);
-  expect(line, `"${line}" is plain text (no markup, no stray symbols)`).toMatch(/^[A-Za-z0-9 ,.!?'"\-]+$/);
+  expect(line, `"${line}" is plain text (no markup, no stray symbols)`).toMatch(/^[A-Za-z0-9 ,.!?'"-]+$/);
   const words = line.split(/\s+/);
   expect(words.length, `"${line}" has at least four words`).toBeGreaterThanOrEqual(4);
   // Fragments like "Sp ar ky" would show up as many one- and two-letter pieces.

@@ -1,9 +1,7 @@
-import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, expect, it } from "vitest";
-import type { AgentRuntime } from "../../src/index.js";
+import { expect, it } from "vitest";
 import { runFuzz } from "./fuzz.js";
-import { envInt, fakeRuntime, storedUserMessages, tempDir, useScratch } from "./helpers.js";
+import { envInt, fakeRuntime, storedUserMessages, useScratch } from "./helpers.js";
 
 const INPUTS = envInt("AGENTRT_FUZZ_INPUTS", 3000);
 const SEEDS = envInt("AGENTRT_FUZZ_SEEDS", 2);

@@ -3,11 +3,11 @@
  * error (an AgentRuntimeError code, or a TypeError/RangeError naming the option), and never disturbs
  * the agents that were used correctly.
  */
-import { readdir, rm } from "node:fs/promises";
+import { readdir } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { AgentRuntime, conversation, DirectoryStore } from "../../src/index.js";
-import { fakeRuntime, gate, HookedStore, kindOf, rejection, tempDir, useScratch } from "./helpers.js";
+import { fakeRuntime, gate, HookedStore, kindOf, rejection, useScratch } from "./helpers.js";
 
 const scratch = useScratch("hostile-input");
 

@@ -2,11 +2,10 @@
  * Hostile state files on the real model: llama.cpp must never be handed a file it could crash on, and
  * files the checks cannot judge (forged checksums) must fail inside the engine as errors, not aborts.
  */
-import { copyFile, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, expect, it } from "vitest";
-import type { AgentRuntime } from "../../src/index.js";
-import { collect, fakeRuntime, kindOf, realRuntime, rejection, tempDir, useScratch } from "./helpers.js";
+import { expect, it } from "vitest";
+import { collect, fakeRuntime, kindOf, realRuntime, rejection, useScratch } from "./helpers.js";
 import { agentDir, flipBit, kvPath, readRecordBody, rewriteRecord, sha256 } from "./state-files.js";
 
 const scratch = useScratch("hostile-state-real");

@@ -4,12 +4,12 @@
  * file is dropped and the agent rebuilt from its (valid) history.
  */
 import { execFileSync } from "node:child_process";
-import { copyFile, mkdir, readdir, readFile, rm, truncate, unlink, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, readdir, readFile, truncate, unlink, writeFile } from "node:fs/promises";
 import { join, sep } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { AgentRuntime, DirectoryStore, isAgentRuntimeError, type AgentRuntimeOptions, type KvDescriptor } from "../../src/index.js";
 import { FakeEngine, type FakeEngineOptions } from "../../src/testing/index.js";
-import { collect, envInt, rejection, tempDir, useScratch } from "./helpers.js";
+import { collect, envInt, rejection, useScratch } from "./helpers.js";
 import { agentDir, flipBit, kvPath, readRecordBody, recordPath, rewriteRecord, sha256 } from "./state-files.js";
 
 /** A fake engine that records which agents' own state files reached it (shared prefix states aside). */

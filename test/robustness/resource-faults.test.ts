@@ -4,15 +4,14 @@
  * loses the agent (it stays resident and answering, the error is reported); a dead worker fails only
  * the requests in flight, with ERR_WORKER_CRASHED, and the runtime continues on a new one.
  */
-import { readdir, rm, truncate, unlink, writeFile } from "node:fs/promises";
+import { readdir, truncate, unlink, writeFile } from "node:fs/promises";
 import { statfs } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { AgentRuntime, DirectoryStore, isAgentRuntimeError } from "../../src/index.js";
 import type { SavedState } from "../../src/engines/engine.js";
 import { crashableWorker, FakeEngine } from "../../src/testing/index.js";
-import {
-  collect,
+import { collect,
   fakeRuntime,
   fsError,
   gate,
@@ -23,9 +22,7 @@ import {
   realRuntime,
   rejection,
   storedUserMessages,
-  tempDir,
-  useScratch,
-} from "./helpers.js";
+  useScratch, } from "./helpers.js";
 import { agentDir } from "./state-files.js";
 
 const scratch = useScratch("resource-faults");
@@ -228,7 +225,6 @@ describe("the generation worker crashing (real worker thread)", () => {
   it("mid-turn, mid-passivation and mid-rehydration: in-flight requests fail with ERR_WORKER_CRASHED; a new worker takes over", async () => {
     const stateDir = scratch.stateDir();
     let crashAt: "stage" | "open" | undefined;
-    let runtime!: AgentRuntime;
     const crashed = gate();
     const store = new HookedStore(new DirectoryStore(stateDir), {
       beforeStage: async () => {
@@ -243,7 +239,7 @@ describe("the generation worker crashing (real worker thread)", () => {
       },
     });
     const worker = crashableWorker({ model: REAL.model, contextSize: 1024, threads: REAL.threads, sequences: 2 });
-    runtime = await realRuntime(stateDir, { store, maxAgents: 2, contextSize: 1024, engineFactory: worker.factory });
+    const runtime = await realRuntime(stateDir, { store, maxAgents: 2, contextSize: 1024, engineFactory: worker.factory });
     scratch.track(runtime);
     const restarts = collect(runtime, "worker:restarted");
     runtime.subscribe("worker:restarted", () => crashed.open());

@@ -84,7 +84,7 @@ describe("one writer per state directory", () => {
   });
 
   it("the lock follows the directory, not the spelling of its path", async () => {
-    await using store = await DirectoryStore.open(root);
+    await using _store = await DirectoryStore.open(root);
     const alias = join(root, "alias");
     await symlink(root, alias);
     await expect(new DirectoryStore(alias).open()).rejects.toMatchObject({ code: "ERR_STATE_LOCKED" });
@@ -125,7 +125,7 @@ describe("one writer per state directory", () => {
     }
     try {
       if (bound) {
-        await using store = await DirectoryStore.open(real);
+        await using _store = await DirectoryStore.open(real);
         await expect(new DirectoryStore(mounted).open()).rejects.toMatchObject({ code: "ERR_STATE_LOCKED", details: { pid: process.pid } });
       }
       // The address depends on the directory's identity, not on the path it was reached by.
