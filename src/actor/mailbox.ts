@@ -13,6 +13,8 @@ export interface PostOptions {
   signal?: AbortSignal | undefined;
   /** Facts for the ERR_MAILBOX_FULL error (the agent id). */
   details?: Record<string, unknown>;
+  /** Called once the message is in the mailbox (not when it is refused). */
+  onQueued?: () => void;
 }
 
 /**
@@ -65,6 +67,7 @@ export class Mailbox {
       };
       signal?.addEventListener("abort", onAbort, { once: true });
       this.#queue.push(letter);
+      options.onQueued?.();
       this.#pump();
     });
   }

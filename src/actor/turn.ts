@@ -6,23 +6,37 @@ import type { TurnResult } from "../events.js";
  */
 export class Turn implements AsyncIterable<string> {
   readonly result: Promise<TurnResult>;
+  /**
+   * Resolves once the message is in the agent's mailbox; rejects, as `result` does, when it is refused
+   * before that (unknown agent, invalid input, full mailbox). A front can answer such a refusal as an
+   * error instead of opening a stream.
+   */
+  readonly accepted: Promise<void>;
   readonly #chunks: string[] = [];
   #done = false;
   #error: unknown;
   #waiting: Array<() => void> = [];
 
   /** @internal */
-  constructor(run: (push: (text: string) => void) => Promise<TurnResult>) {
+  constructor(run: (push: (text: string) => void, accept: () => void) => Promise<TurnResult>) {
+    let accept!: () => void;
+    let refuse!: (error: unknown) => void;
+    this.accepted = new Promise<void>((resolve, reject) => {
+      accept = resolve;
+      refuse = reject;
+    });
+    this.accepted.catch(() => {});
     this.result = run((text) => {
       this.#chunks.push(text);
       this.#signal();
-    }).then(
+    }, accept).then(
       (result) => {
         this.#done = true;
         this.#signal();
         return result;
       },
       (error: unknown) => {
+        refuse(error); // no-op once accepted
         this.#done = true;
         this.#error = error;
         this.#signal();

@@ -107,7 +107,7 @@ export async function demoCommand(argv: string[]): Promise<void> {
     await spawn(FOURTH_STORY);
     await talk(FOURTH_STORY.id, FOURTH_STORY.cues[0]!);
 
-    const passivated = runtime.list().find((agent) => agent.status === "passivated");
+    const passivated = (await runtime.list()).agents.find((agent) => agent.status === "passivated");
     const story = DEMO_STORIES.find((s) => s.id === passivated?.id);
     if (passivated && story) {
       out(`\n4. a message to the passivated agent ${story.id}: rehydrated transparently, mid-story\n`);
@@ -135,7 +135,7 @@ export async function demoCommand(argv: string[]): Promise<void> {
     }
 
     out("\n6. memory\n");
-    const memory = await runtime.memory();
+    const memory = await runtime.memory({ agents: [...DEMO_STORIES, FOURTH_STORY].map((story) => story.id) });
     out(
       formatTable(
         memory.agents.map((agent) => ({

@@ -85,8 +85,9 @@ export async function startServe(argv: string[], options: { signal?: AbortSignal
   const address = app.server.address();
   const url = typeof address === "object" && address !== null ? `http://${address.family === "IPv6" ? `[${address.address}]` : address.address}:${address.port}` : String(address);
   const info = runtime.model;
+  const stored = (await runtime.memory()).totals.storedAgents;
   process.stdout.write(
-    `agentrt serving ${runtime.list().length} agent(s) at ${url}\n` +
+    `agentrt serving ${stored} agent(s) at ${url}\n` +
       `  model: ${info.name} (${info.engine}, ${info.contextSize} tokens/agent, ${info.threads} threads)\n` +
       `  state: ${stateDir}\n  auth:  ${token ? "bearer token required" : "off"}\n` +
       `  dashboard ${url}/ · OpenAI base URL ${url}/v1 · metrics ${url}/metrics\n`,

@@ -1,12 +1,12 @@
 import type { Logger } from "pino";
-import { Agent, type AgentInit } from "../actor/agent.js";
+import { Agent, type AgentInfo, type AgentInit } from "../actor/agent.js";
 import type { BehaviourRegistry } from "../actor/behaviour-registry.js";
+import { storedContextPolicy } from "../actor/context-window.js";
 import { validateAgentId } from "../agent-id.js";
 import type { Clock } from "../clock.js";
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
 import type { EmitEvent } from "../events.js";
-import type { ContextPolicy, StateStore } from "../store/state-store.js";
-import { storedContextPolicy } from "../actor/context-window.js";
+import type { AgentRecord, ContextPolicy, ListOptions, StateStore } from "../store/state-store.js";
 import { writeFailure } from "../store/write-failure.js";
 import type { Supervisor } from "../supervisor/supervisor.js";
 
@@ -24,54 +24,46 @@ export interface AgentDirectoryOptions {
   slideTo: number;
 }
 
+/** A page of agents, as `list` returns it. */
+export interface AgentPage {
+  agents: AgentInfo[];
+  /** Present when more agents match: pass it as `after` for the next page. */
+  next?: string | undefined;
+}
+
 /**
- * The runtime's registry of agents by address: who exists, claiming an id at spawn (so concurrent
- * spawns of one id conflict), and forgetting one at removal (until its files are gone, the id stays
- * taken). Agents come from the store on restore with their behaviour resolved by name.
+ * The runtime's directory of agents by address. The store is the directory: an agent is in memory
+ * only while something uses it (a message, a `get`), while it is resident, or while its removal runs;
+ * an idle passivated agent is dropped from memory and read back from the store when it is needed
+ * again (a virtual actor, as in Orleans). Starting over a store of any size reads nothing.
+ *
+ * Every use goes through {@link use}, which counts users so that an agent is never dropped while a
+ * caller holds it: one id never has two Agent objects.
  */
 export class AgentDirectory {
   readonly #options: AgentDirectoryOptions;
-  readonly #agents = new Map<string, Agent>();
+  /** Agents in memory, by id. */
+  readonly #active = new Map<string, Agent>();
+  /** Reads of stored agents in flight (concurrent uses of one id share one read). */
+  readonly #loading = new Map<string, Promise<Agent>>();
+  /** Spawns checking that their id is free in the store. */
+  readonly #claims = new Map<string, Promise<unknown>>();
   /** Ids whose removal is still deleting files: the id cannot be spawned again until it is done. */
   readonly #removing = new Map<string, Promise<void>>();
+  readonly #users = new WeakMap<Agent, number>();
 
   constructor(options: AgentDirectoryOptions) {
     this.#options = options;
   }
 
-  get agents(): Agent[] {
-    return [...this.#agents.values()];
+  /** Agents in memory now (resident, busy, or recently used). */
+  get active(): Agent[] {
+    return [...this.#active.values()];
   }
 
   /** Removals still deleting files. */
   get removals(): Promise<void>[] {
     return [...this.#removing.values()];
-  }
-
-  /** Reads every stored agent. One that cannot be used is kept as `failed` (its files untouched). */
-  async restore(): Promise<void> {
-    const { store, behaviours, log, clock, emit } = this.#options;
-    const ids: string[] = [];
-    for (let page = await store.list({ limit: 1000 }); ; page = await store.list({ after: page.next, limit: 1000 })) {
-      ids.push(...page.ids);
-      if (page.next === undefined) break;
-    }
-    for (const id of ids) {
-      try {
-        const record = await store.read(id);
-        if (!record) continue;
-        const behaviour = behaviours.resolve(record.behaviour ?? "conversation");
-        const contextPolicy = storedContextPolicy(record.contextPolicy);
-        this.#agents.set(id, this.create({ ...record, behaviour, lastUsed: record.updatedAt, contextPolicy }));
-      } catch (error) {
-        const failure = isAgentRuntimeError(error) ? error : new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent ${id} could not be read`, { cause: error });
-        log.child({ agent: id }).warn({ err: failure }, "agent record unusable; agent marked failed");
-        const now = clock.now();
-        const unusable = { id, role: "", systemPrompt: "", sampling: {}, history: [], createdAt: now, lastUsed: now, failure };
-        this.#agents.set(id, this.create({ ...unusable, behaviour: behaviours.resolve("conversation") }));
-        emit("agent:error", { id, error: failure });
-      }
-    }
   }
 
   /** A new Agent object with the runtime's mailbox capacity, context settings and a child logger. */
@@ -80,37 +72,154 @@ export class AgentDirectory {
     return new Agent({ ...init, contextPolicy: init.contextPolicy ?? contextPolicy, slideTo, mailboxCapacity, log: log.child({ agent: init.id }) });
   }
 
-  require(id: string): Agent {
-    const agent = this.#agents.get(validateAgentId(id));
-    if (!agent) throw new AgentRuntimeError("ERR_AGENT_NOT_FOUND", `No agent with id ${JSON.stringify(id)}`, { details: { id } });
+  /**
+   * Runs `work` with agent `id` in memory (read from the store if needed; ERR_AGENT_NOT_FOUND when
+   * none exists). The agent is not dropped from memory before `work` settles.
+   */
+  async use<T>(id: string, work: (agent: Agent) => Promise<T> | T): Promise<T> {
+    const agent = await this.#acquire(validateAgentId(id));
+    try {
+      return await work(agent);
+    } finally {
+      this.#users.set(agent, (this.#users.get(agent) ?? 1) - 1);
+      this.retireIfIdle(agent.id);
+    }
+  }
+
+  /** Drops agent `id` from memory if nothing holds it and it is not resident. Its state is in the store. */
+  retireIfIdle(id: string): void {
+    const agent = this.#active.get(id);
+    if (!agent || agent.removed || (this.#users.get(agent) ?? 0) > 0 || agent.pins > 0) return;
+    if (agent.mailbox.busy || agent.mailbox.pending > 0) return;
+    const state = agent.status.state;
+    if (state === "passivated" || state === "failed") this.#active.delete(id);
+  }
+
+  /** The agent, in memory and counted as used; the caller must release it (see `use`). */
+  async #acquire(id: string): Promise<Agent> {
+    for (;;) {
+      const active = this.#active.get(id);
+      if (active) {
+        // Counted before this function returns: nothing can drop the agent in between.
+        this.#users.set(active, (this.#users.get(active) ?? 0) + 1);
+        return active;
+      }
+      const claim = this.#claims.get(id);
+      if (claim) {
+        await claim.catch(() => {});
+        continue;
+      }
+      if (this.#removing.has(id)) throw notFound(id);
+      let loading = this.#loading.get(id);
+      if (!loading) {
+        loading = this.#load(id);
+        this.#loading.set(id, loading);
+        void loading.catch(() => {}).finally(() => this.#loading.delete(id));
+      }
+      await loading;
+    }
+  }
+
+  /** Reads a stored agent into memory. One that cannot be used is kept as `failed` (its files untouched). */
+  async #load(id: string): Promise<Agent> {
+    const { store, log, emit } = this.#options;
+    let agent: Agent;
+    try {
+      const record = await store.read(id);
+      if (!record) throw notFound(id);
+      agent = this.#fromRecord(record);
+    } catch (error) {
+      if (isAgentRuntimeError(error, "ERR_AGENT_NOT_FOUND")) throw error;
+      const failure = isAgentRuntimeError(error) ? error : new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent ${id} could not be read`, { cause: error });
+      log.child({ agent: id }).warn({ err: failure }, "agent record unusable; agent marked failed");
+      agent = this.#unusable(id, failure);
+      emit("agent:error", { id, error: failure });
+    }
+    // A spawn or another load may not have put one in meanwhile: reads of one id are shared, spawns wait.
+    if (!this.#active.has(id) && !this.#removing.has(id)) this.#active.set(id, agent);
     return agent;
   }
 
-  /** Takes `agent.id` for a new agent, synchronously; ERR_AGENT_EXISTS or ERR_TOO_MANY_AGENTS otherwise. */
-  claim(agent: Agent): void {
+  #fromRecord(record: AgentRecord): Agent {
+    const behaviour = this.#options.behaviours.resolve(record.behaviour ?? "conversation");
+    return this.create({ ...record, behaviour, lastUsed: record.updatedAt, contextPolicy: storedContextPolicy(record.contextPolicy) });
+  }
+
+  #unusable(id: string, failure: AgentRuntimeError): Agent {
+    const now = this.#options.clock.now();
+    const behaviour = this.#options.behaviours.resolve("conversation");
+    return this.create({ id, role: "", systemPrompt: "", sampling: {}, history: [], createdAt: now, lastUsed: now, failure, behaviour });
+  }
+
+  /** A snapshot of agent `id` without keeping it in memory (from memory when it is there). */
+  async info(id: string): Promise<AgentInfo> {
+    return this.use(id, (agent) => agent.info());
+  }
+
+  /** A page of agents in id order; agents not in memory are described from their records. */
+  async list(options: ListOptions = {}): Promise<AgentPage> {
+    const page = await this.#options.store.list(options);
+    const agents = await Promise.all(
+      page.ids.map(async (id) => {
+        const active = this.#active.get(id);
+        if (active) return active.info();
+        try {
+          const record = await this.#options.store.read(id);
+          return record ? this.#fromRecord(record).info() : undefined;
+        } catch (error) {
+          const failure = isAgentRuntimeError(error) ? error : new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent ${id} could not be read`, { cause: error });
+          return this.#unusable(id, failure).info();
+        }
+      }),
+    );
+    return { agents: agents.filter((info): info is AgentInfo => info !== undefined), ...(page.next !== undefined ? { next: page.next } : {}) };
+  }
+
+  /**
+   * Takes `agent.id` for a new agent: ERR_AGENT_EXISTS when it is in memory, being removed, being
+   * claimed, or stored; ERR_TOO_MANY_AGENTS when the store is full. Concurrent claims of one id: one wins.
+   */
+  async claim(agent: Agent): Promise<void> {
     const { id } = agent;
-    if (this.#agents.has(id) || this.#removing.has(id)) {
-      const why = this.#removing.has(id) ? " (its removal is in progress)" : "";
-      throw new AgentRuntimeError("ERR_AGENT_EXISTS", `Agent ${id} already exists${why}`, { details: { id } });
+    const exists = (why = "") => new AgentRuntimeError("ERR_AGENT_EXISTS", `Agent ${id} already exists${why}`, { details: { id } });
+    if (this.#removing.has(id)) throw exists(" (its removal is in progress)");
+    if (this.#active.has(id) || this.#claims.has(id) || this.#loading.has(id)) throw exists();
+    const { store, maxStoredAgents } = this.#options;
+    const check = (async () => {
+      if (await store.has(id)) throw exists();
+      if (Number.isFinite(maxStoredAgents)) {
+        const count = await store.count();
+        if (count >= maxStoredAgents) {
+          throw new AgentRuntimeError("ERR_TOO_MANY_AGENTS", `The store holds ${count} agents, the limit`, { details: { limit: maxStoredAgents } });
+        }
+      }
+    })();
+    this.#claims.set(id, check);
+    try {
+      await check;
+    } finally {
+      this.#claims.delete(id);
     }
-    if (this.#agents.size >= this.#options.maxStoredAgents) {
-      throw new AgentRuntimeError("ERR_TOO_MANY_AGENTS", `The store holds ${this.#agents.size} agents, the limit`, {
-        details: { limit: this.#options.maxStoredAgents },
-      });
-    }
-    this.#agents.set(id, agent);
+    this.#active.set(id, agent);
+    this.#users.set(agent, 1);
+  }
+
+  /** Ends the use a successful `claim` began (the spawn is over). */
+  release(agent: Agent): void {
+    this.#users.set(agent, Math.max(0, (this.#users.get(agent) ?? 1) - 1));
+    this.retireIfIdle(agent.id);
   }
 
   /** Whether `agent` still holds its id (a remove() may have taken it over). */
   holds(agent: Agent): boolean {
-    return this.#agents.get(agent.id) === agent;
+    return this.#active.get(agent.id) === agent;
   }
 
   /** Takes `agent` out: queued work rejected, running work and passivation awaited, files deleted. */
   forget(agent: Agent): Promise<void> {
     const { store, supervisor } = this.#options;
     agent.markRemoved();
-    this.#agents.delete(agent.id);
+    this.#active.delete(agent.id);
     const forgetting = (async () => {
       await agent.mailbox.drain();
       // Pinned for good: no passivation starts now, and one already saving it is awaited. Otherwise
@@ -126,4 +235,8 @@ export class AgentDirectory {
     void forgetting.catch(() => {}).finally(() => this.#removing.delete(agent.id));
     return forgetting;
   }
+}
+
+function notFound(id: string): AgentRuntimeError {
+  return new AgentRuntimeError("ERR_AGENT_NOT_FOUND", `No agent with id ${JSON.stringify(id)}`, { details: { id } });
 }

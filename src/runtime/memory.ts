@@ -14,6 +14,10 @@ export interface AgentMemory {
   savedTokens: number;
   /** Bytes the agent occupies in the store (record + cache file). */
   diskBytes: number;
+  /** Running a message now. */
+  busy: boolean;
+  /** Messages waiting in its mailbox. */
+  queued: number;
 }
 
 export interface MemoryReport {
@@ -28,6 +32,8 @@ export interface MemoryReport {
     diskBytes: number;
     /** Model bytes + KV bytes reserved in memory. */
     memoryBytes: number;
+    /** Agents in the store, in memory or not (those not listed here hold no memory at all). */
+    storedAgents: number;
   };
 }
 
@@ -37,6 +43,7 @@ export function memoryReport(
   resident: ReadonlySet<string>,
   stats: Record<string, SequenceStats>,
   disk: readonly number[],
+  storedAgents: number,
 ): MemoryReport {
   const rows = agents.map((agent, index): AgentMemory => {
     const live = resident.has(agent.id) ? stats[agent.id] : undefined;
@@ -48,6 +55,8 @@ export function memoryReport(
       cacheAllocatedBytes: live?.allocatedBytes ?? 0,
       savedTokens: agent.kv?.tokens ?? 0,
       diskBytes: disk[index] ?? 0,
+      busy: agent.mailbox.busy,
+      queued: agent.mailbox.pending,
     };
   });
   const sum = (pick: (row: AgentMemory) => number) => rows.reduce((total, row) => total + pick(row), 0);
@@ -70,6 +79,7 @@ export function memoryReport(
       cacheAllocatedBytes,
       diskBytes: sum((row) => row.diskBytes),
       memoryBytes: info.modelBytes + cacheAllocatedBytes,
+      storedAgents,
     },
   };
 }

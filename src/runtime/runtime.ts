@@ -10,11 +10,11 @@ import { AgentRuntimeError } from "../errors.js";
 import type { EmitEvent, RuntimeEvents, TurnResult } from "../events.js";
 import { DirectoryStore } from "../store/directory-store.js";
 import { PrefixCache } from "../store/prefix-cache.js";
-import type { StateStore } from "../store/state-store.js";
+import type { ListOptions, StateStore } from "../store/state-store.js";
 import { Supervisor } from "../supervisor/supervisor.js";
 import { EngineHost, workerEngineFactory } from "../worker/engine-host.js";
 import { Turn } from "../actor/turn.js";
-import { AgentDirectory } from "./agent-directory.js";
+import { AgentDirectory, type AgentPage } from "./agent-directory.js";
 import { EventStream, type EventStreamOptions } from "./event-stream.js";
 import { memoryReport, type MemoryReport } from "./memory.js";
 import {
@@ -69,6 +69,7 @@ export class AgentRuntime {
     this.#defaultBehaviour = init.defaultBehaviour;
     this.#supervisor = new Supervisor({ ...init, maxAgents: init.options.maxAgents, emit: this.#emit });
     this.#directory = new AgentDirectory({ ...init, ...init.options, supervisor: this.#supervisor, emit: this.#emit });
+    this.#events.on("agent:passivated", ({ id }) => this.#directory.retireIfIdle(id));
     this.#host.on("crashed", (error) => this.#emit("agent:error", { error }));
     this.#host.on("restarted", (event) => this.#emit("worker:restarted", event));
   }
@@ -108,15 +109,8 @@ export class AgentRuntime {
     });
     const prefixDir = options.prefixCacheDir ?? (options.stateDir ? join(options.stateDir, "prefixes") : undefined);
     const prefixes = options.sharedPrefixes === false || !prefixDir ? undefined : new PrefixCache(prefixDir, options.sharedPrefixMinTokens ?? 32);
-    const runtime = new AgentRuntime({ options: resolved, store, log, clock, host, prefixes, behaviours, defaultBehaviour });
-    try {
-      await runtime.#directory.restore();
-    } catch (error) {
-      await host.dispose();
-      await store.dispose();
-      throw error;
-    }
-    return runtime;
+    // Nothing is read here: the store is the directory, and an agent is read when it is needed.
+    return new AgentRuntime({ options: resolved, store, log, clock, host, prefixes, behaviours, defaultBehaviour });
   }
 
   /** The loaded model: engine, name, fingerprint, sizes. */
@@ -163,8 +157,8 @@ export class AgentRuntime {
     const resolvedBehaviour = this.#behaviours.lookup(behaviour ?? this.#defaultBehaviour);
     const now = this.#clock.now();
     const agent = this.#directory.create({ id, role, systemPrompt, sampling, behaviour: resolvedBehaviour, history: [], createdAt: now, lastUsed: now, contextPolicy });
-    // Claimed synchronously, so a concurrent spawn of the same id fails with ERR_AGENT_EXISTS.
-    this.#directory.claim(agent);
+    // Claimed before the first await inside, so a concurrent spawn of the same id fails with ERR_AGENT_EXISTS.
+    await this.#directory.claim(agent);
     try {
       // The record is written from the mailbox, so a remove() of this agent waits for it instead of racing it.
       await agent.mailbox.post(async () => {
@@ -175,6 +169,8 @@ export class AgentRuntime {
       // Unless a remove() already took it over, undo the spawn (and never touch a later agent of this id).
       if (this.#directory.holds(agent)) await this.#directory.forget(agent).catch(() => {});
       throw error;
+    } finally {
+      this.#directory.release(agent);
     }
     agent.log.debug({ role }, "spawned");
     this.#emit("agent:spawned", { id, role, ...agent.lastLoad });
@@ -209,23 +205,24 @@ export class AgentRuntime {
   /** The turn path shared by send and sendConversation: checks, then the agent's mailbox, then residency. */
   #post(id: string, options: SendOptions, check: () => { text: string; earlier: ChatMessage[] | undefined }): Turn {
     const turnId = ++this.#turnCounter;
-    return new Turn(async (push) => {
+    return new Turn(async (push, accept) => {
       this.#assertOpen();
       const { signal, maxTokens } = checkSendOptions(options, this.#options.maxTokens);
       const { text, earlier } = check();
-      const agent = this.#directory.require(id);
       const queuedAt = this.#clock.now();
       const context = { store: this.#store, clock: this.#clock, emit: this.#emit };
       const request = { text, turnId, maxTokens, signal, queuedAt, push };
-      return agent.mailbox.post(
-        () =>
-          this.#supervisor.withResident(agent, signal, async () => {
-            const engine = await this.#host.engine();
-            const turn = () => agent.turn({ ...context, engine }, request);
-            const same = !earlier || (earlier.length === agent.history.length && earlier.every((m, i) => m.role === agent.history[i]!.role && m.content === agent.history[i]!.content));
-            return same ? turn() : agent.withHistory(earlier, turn);
-          }),
-        { signal, details: { id } },
+      return this.#directory.use(id, (agent) =>
+        agent.mailbox.post(
+          () =>
+            this.#supervisor.withResident(agent, signal, async () => {
+              const engine = await this.#host.engine();
+              const turn = () => agent.turn({ ...context, engine }, request);
+              const same = !earlier || (earlier.length === agent.history.length && earlier.every((m, i) => m.role === agent.history[i]!.role && m.content === agent.history[i]!.content));
+              return same ? turn() : agent.withHistory(earlier, turn);
+            }),
+          { signal, details: { id }, onQueued: accept },
+        ),
       );
     });
   }
@@ -233,12 +230,13 @@ export class AgentRuntime {
   /** Passivates agent `id` now (after its queued messages). */
   async passivate(id: string): Promise<void> {
     this.#assertOpen();
-    const agent = this.#directory.require(id);
-    await agent.mailbox.post(() => this.#supervisor.passivate(agent));
+    await this.#directory.use(id, (agent) => agent.mailbox.post(() => this.#supervisor.passivate(agent)));
   }
 
-  get(id: string): AgentInfo {
-    return this.#directory.require(id).info();
+  /** A snapshot of agent `id` (its record is read when it is not in memory). */
+  async get(id: string): Promise<AgentInfo> {
+    this.#assertOpen();
+    return this.#directory.info(id);
   }
 
   /**
@@ -248,14 +246,17 @@ export class AgentRuntime {
   async history(id: string, options: HistoryOptions = {}): Promise<HistoryPage> {
     this.#assertOpen();
     const { before, limit } = checkHistoryOptions(options);
-    const history = this.#directory.require(id).history;
-    const end = Math.min(before ?? history.length, history.length);
-    const start = Math.max(0, end - limit);
-    return { id, messages: history.slice(start, end), start, total: history.length };
+    return this.#directory.use(id, (agent) => {
+      const end = Math.min(before ?? agent.history.length, agent.history.length);
+      const start = Math.max(0, end - limit);
+      return { id, messages: agent.history.slice(start, end), start, total: agent.history.length };
+    });
   }
 
-  list(): AgentInfo[] {
-    return this.#directory.agents.map((agent) => agent.info());
+  /** A page of agents in id order, `limit` (default 100, at most 1000) after `after`, filtered by id `prefix`. */
+  async list(options: ListOptions = {}): Promise<AgentPage> {
+    this.#assertOpen();
+    return this.#directory.list(options);
   }
 
   /**
@@ -264,26 +265,30 @@ export class AgentRuntime {
    */
   async remove(id: string): Promise<void> {
     this.#assertOpen();
-    const agent = this.#directory.require(id);
-    await this.#directory.forget(agent);
-    this.#emit("agent:removed", { id: agent.id });
+    await this.#directory.use(id, (agent) => this.#directory.forget(agent));
+    this.#emit("agent:removed", { id });
   }
 
 
-  /** Model bytes, per-agent cache tokens and bytes (memory and disk), and totals. */
-  async memory(): Promise<MemoryReport> {
+  /**
+   * Model bytes, per-agent cache tokens and bytes (memory and disk), and totals. Lists the agents in
+   * memory, or the agents named in `agents` (read from the store when not in memory: a passivated agent
+   * holds no memory). `totals.storedAgents` counts every agent in the store.
+   */
+  async memory(options: { agents?: readonly string[] } = {}): Promise<MemoryReport> {
+    this.#assertOpen();
     const engine = await this.#host.engine();
-    const agents = this.#directory.agents;
+    const agents = options.agents ? await Promise.all(options.agents.map((id) => this.#directory.use(id, (agent) => agent))) : this.#directory.active;
     const resident = new Set(this.#supervisor.residents.filter((agent) => agent.status.state === "resident").map((a) => a.id));
     const stats = await engine.stats([...resident]);
     const disk = await Promise.all(agents.map((agent) => this.#store.bytesOnDisk(agent.id)));
-    return memoryReport(engine.info, agents, resident, stats, disk);
+    return memoryReport(engine.info, agents, resident, stats, disk, await this.#store.count());
   }
 
   /** Finishes queued messages, passivates every resident agent, stops the worker. Idempotent. */
   close(): Promise<void> {
     this.#closed ??= (async () => {
-      await Promise.all(this.#directory.agents.map((agent) => agent.mailbox.drain()));
+      await Promise.all(this.#directory.active.map((agent) => agent.mailbox.drain()));
       await Promise.allSettled(this.#directory.removals);
       await this.#supervisor.passivateAll();
       await this.#host.dispose();
@@ -297,7 +302,7 @@ export class AgentRuntime {
     if (this.#destroyed) return;
     this.#destroyed = true;
     const error = new AgentRuntimeError("ERR_RUNTIME_CLOSED");
-    for (const agent of this.#directory.agents) agent.mailbox.rejectPending(error);
+    for (const agent of this.#directory.active) agent.mailbox.rejectPending(error);
     await this.#host.dispose();
     await this.#store.dispose();
   }

@@ -3,7 +3,8 @@ import type { AgentInfo } from "../actor/agent.js";
 import type { AgentMemory } from "../runtime/memory.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
 import { agentrtErrorJson, toErrorBody } from "./errors.js";
-import { REQUEST_SCHEMAS, type AgentParams, type HistoryQuery, type MessageBody, type SpawnBody } from "./schemas.js";
+import { REQUEST_SCHEMAS, type AgentParams, type HistoryQuery,
+  type ListQuery, type MessageBody, type SpawnBody } from "./schemas.js";
 import { numericQuery } from "./validation.js";
 import { disconnectSignal, openTurnStream, wantsEventStream, type SseOptions } from "./sse.js";
 
@@ -50,7 +51,10 @@ export function registerAgentRoutes(app: FastifyInstance, runtime: AgentRuntime,
 
   app.get("/memory", async () => runtime.memory());
 
-  app.get("/agents", async () => ({ agents: await withMemory(runtime.list()) }));
+  app.get<{ Querystring: ListQuery }>("/agents", { schema: REQUEST_SCHEMAS["GET /agents"], preValidation: numericQuery("limit") }, async (request) => {
+    const page = await runtime.list(request.query);
+    return { agents: await withMemory(page.agents), ...(page.next !== undefined ? { next: page.next } : {}) };
+  });
 
   app.post<{ Body: SpawnBody }>("/agents", { schema: REQUEST_SCHEMAS["POST /agents"] }, async (request, reply) => {
     const { id, systemPrompt, role, sampling, behaviour } = request.body;
@@ -69,7 +73,7 @@ export function registerAgentRoutes(app: FastifyInstance, runtime: AgentRuntime,
   });
 
   app.get<{ Params: AgentParams }>("/agents/:id", { schema: REQUEST_SCHEMAS["GET /agents/:id"] }, async (request) => {
-    const [agent] = await withMemory([runtime.get(request.params.id)]);
+    const [agent] = await withMemory([await runtime.get(request.params.id)]);
     return agent;
   });
 
@@ -115,7 +119,7 @@ async function streamReply(
 ): Promise<void> {
   const controller = new AbortController();
   const turn = runtime.send(id, text, { signal: controller.signal, ...(maxTokens !== undefined ? { maxTokens } : {}) });
-  const stream = await openTurnStream(request, reply, turn.result, controller, sse);
+  const stream = await openTurnStream(request, reply, turn.accepted, controller, sse);
   if (!stream) return;
   try {
     for await (const chunk of turn) {

@@ -17,7 +17,8 @@ export function registerMetrics(app: FastifyInstance, runtime: AgentRuntime, opt
   if (options.processMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: "agentrt_process_" });
   const registers = [registry];
 
-  const agents = new Gauge({ name: "agentrt_agents", help: "Agents by state (resident in memory, passivated on disk, …)", labelNames: ["state"], registers });
+  const agents = new Gauge({ name: "agentrt_agents", help: "Agents in memory by state (resident, passivating, rehydrating, passivated but still in use, failed)", labelNames: ["state"], registers });
+  const stored = new Gauge({ name: "agentrt_agents_stored", help: "Agents in the store, in memory or not", registers });
   const busy = new Gauge({ name: "agentrt_agents_busy", help: "Agents running a message now", registers });
   const queue = new Gauge({ name: "agentrt_queue_depth", help: "Messages waiting in agents' mailboxes (not counting running ones)", registers });
   const kvBytes = new Gauge({ name: "agentrt_kv_bytes", help: "Bytes of agent state: KV caches in memory (resident agents), and saved caches plus records on disk", labelNames: ["where"], registers });
@@ -67,14 +68,15 @@ export function registerMetrics(app: FastifyInstance, runtime: AgentRuntime, opt
   ];
 
   app.get("/metrics", async (_request, reply) => {
-    const list = runtime.list();
+    const memory = await runtime.memory();
+    const list = memory.agents;
     agents.reset();
     for (const state of ["resident", "passivating", "passivated", "rehydrating", "failed"]) {
       agents.set({ state }, list.filter((agent) => agent.status === state).length);
     }
+    stored.set(memory.totals.storedAgents);
     busy.set(list.filter((agent) => agent.busy).length);
     queue.set(list.reduce((total, agent) => total + agent.queued, 0));
-    const memory = await runtime.memory();
     kvBytes.set({ where: "memory" }, memory.totals.cacheBytes);
     kvBytes.set({ where: "disk" }, memory.totals.diskBytes);
     cacheTokens.set(memory.totals.cacheTokens);

@@ -24,7 +24,7 @@ interface ChatCompletionRequest {
  * agent's identity is fixed at spawn; see docs/http.md) and are then dropped; the rest is the
  * conversation the agent continues.
  */
-function parseRequest(request: FastifyRequest<{ Body: ChatCompletionBody; Headers: { [AGENT_HEADER]?: string } }>, runtime: AgentRuntime): ChatCompletionRequest {
+async function parseRequest(request: FastifyRequest<{ Body: ChatCompletionBody; Headers: { [AGENT_HEADER]?: string } }>, runtime: AgentRuntime): Promise<ChatCompletionRequest> {
   const { body } = request;
   const model = body.model ?? "";
   const header = request.headers[AGENT_HEADER];
@@ -37,7 +37,7 @@ function parseRequest(request: FastifyRequest<{ Body: ChatCompletionBody; Header
   if (agentId === undefined) {
     throw new HttpError("ERR_INVALID_ARGUMENT", `Address an agent with model "agent:<id>" or the ${AGENT_HEADER} header`, "model");
   }
-  const agent = runtime.get(agentId);
+  const agent = await runtime.get(agentId);
   const messages: ChatMessage[] = [];
   let system: string | undefined;
   body.messages.forEach(({ role, content }, index) => {
@@ -83,10 +83,13 @@ function usage(result: TurnResult) {
  * X-Agent-Id header. Sampling is the agent's own (set at spawn): request `temperature`, `top_p` and
  * the like are ignored.
  */
+const MODELS_LIMIT = 1000;
+
 export function registerOpenAiRoutes(app: FastifyInstance, runtime: AgentRuntime, options: { sse: SseOptions }): void {
+  // OpenAI's list has no paging: the first MODELS_LIMIT agents (GET /agents pages through all of them).
   app.get("/v1/models", async () => ({
     object: "list",
-    data: runtime.list().map((agent) => ({
+    data: (await runtime.list({ limit: MODELS_LIMIT })).agents.map((agent) => ({
       id: `${MODEL_PREFIX}${agent.id}`,
       object: "model",
       created: Math.floor(agent.createdAt / 1000),
@@ -98,7 +101,7 @@ export function registerOpenAiRoutes(app: FastifyInstance, runtime: AgentRuntime
     "/v1/chat/completions",
     { schema: REQUEST_SCHEMAS["POST /v1/chat/completions"] },
     async (request, reply) => {
-      const parsed = parseRequest(request, runtime);
+      const parsed = await parseRequest(request, runtime);
       const id = `chatcmpl-${randomUUID()}`;
       const created = Math.floor(Date.now() / 1000);
       if (parsed.stream) return streamCompletion(request, reply, runtime, parsed, { id, created }, options.sse);
@@ -134,7 +137,7 @@ async function streamCompletion(
     signal: controller.signal,
     ...(parsed.maxTokens !== undefined ? { maxTokens: parsed.maxTokens } : {}),
   });
-  const stream = await openTurnStream(request, reply, turn.result, controller, sse);
+  const stream = await openTurnStream(request, reply, turn.accepted, controller, sse);
   if (!stream) return;
   const chunk = (delta: Record<string, unknown>, finish: string | null, extra: Record<string, unknown> = {}) => ({
     id: meta.id,

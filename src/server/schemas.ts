@@ -86,6 +86,22 @@ export interface MessageBody {
   maxTokens?: number;
 }
 
+/** `GET /agents`: a page of agents in id order. */
+const listQuery = {
+  type: "object",
+  properties: {
+    prefix: { type: "string", description: 'Only ids starting with this, e.g. "support/"' },
+    after: { type: "string", description: "Only ids after this one: the previous page's `next`" },
+    limit: { type: "integer", minimum: 1, maximum: 1000, description: "Agents per page. Default 100" },
+  },
+} as const;
+
+export interface ListQuery {
+  prefix?: string;
+  after?: string;
+  limit?: number;
+}
+
 /** `GET /agents/<id>/history`; the numbers arrive as text and are made numbers first (see `numericQuery`). */
 const historyQuery = {
   type: "object",
@@ -185,6 +201,7 @@ const chatCompletionHeaders = {
  * server's buffer options; this one has the defaults). For clients, docs and generators.
  */
 export const REQUEST_SCHEMAS = {
+  "GET /agents": { querystring: listQuery },
   "POST /agents": { body: spawnBody },
   "GET /agents/:id": { params: agentParams },
   "GET /agents/:id/history": { params: agentParams, querystring: historyQuery },

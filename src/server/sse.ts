@@ -165,15 +165,15 @@ export function disconnectSignal(reply: FastifyReply): AbortSignal {
 }
 
 /**
- * Waits one turn of the event loop and returns the error if `result` was refused by then (a full
- * mailbox, an unknown agent, a bad message): such a refusal still gets a JSON answer with its status,
- * since no stream has been opened yet.
+ * Waits until the turn is in the agent's mailbox (`Turn.accepted`) and returns the error if it was
+ * refused before that (a full mailbox, an unknown agent, a bad message): such a refusal still gets a
+ * JSON answer with its status, since no stream has been opened yet.
  */
-export async function refusedAtOnce(result: Promise<unknown>): Promise<unknown> {
-  let refusal: unknown;
-  result.catch((error: unknown) => (refusal ??= error));
-  await new Promise((resolve) => setImmediate(resolve));
-  return refusal;
+export async function refusedAtOnce(accepted: Promise<unknown>): Promise<unknown> {
+  return accepted.then(
+    () => undefined,
+    (error: unknown) => error,
+  );
 }
 
 /**
@@ -183,11 +183,11 @@ export async function refusedAtOnce(result: Promise<unknown>): Promise<unknown> 
 export async function openTurnStream(
   request: FastifyRequest,
   reply: FastifyReply,
-  result: Promise<unknown>,
+  accepted: Promise<unknown>,
   controller: AbortController,
   sse: SseOptions,
 ): Promise<SseStream | undefined> {
-  const refusal = await refusedAtOnce(result);
+  const refusal = await refusedAtOnce(accepted);
   if (refusal !== undefined) {
     sendError(request, reply, refusal);
     return undefined;

@@ -58,7 +58,7 @@ describe('contextPolicy "slide"', () => {
     const history: ChatMessage[] = [];
     let slides = 0;
     for (let i = 0; i < 300; i++) {
-      const before = runtime.get("a").windowStart;
+      const before = (await runtime.get("a")).windowStart;
       const result = await runtime.ask("a", message(i));
       const { timings } = result;
       expect(result.reply, `turn ${i} was not answered`).toMatch(/^r[0-9a-f]{7}$/);
@@ -88,16 +88,16 @@ describe('contextPolicy "slide"', () => {
     // The whole history stays in the store, with the window's start.
     const record = await new DirectoryStore(stateDir).read("a");
     expect(record!.history).toEqual(history);
-    expect(record!.windowStart).toBe(runtime.get("a").windowStart);
+    expect(record!.windowStart).toBe((await runtime.get("a")).windowStart);
     expect(record!.contextPolicy).toBe("slide");
-    expect(runtime.get("a")).toMatchObject({ turns: 300, historyLength: 600, contextPolicy: "slide" });
+    expect((await runtime.get("a"))).toMatchObject({ turns: 300, historyLength: 600, contextPolicy: "slide" });
   });
 
   it("rebuilds a passivated agent from its history as exactly the window it had", async () => {
     const { runtime, stateDir } = await start();
     await runtime.spawn({ id: "a", systemPrompt: SYSTEM });
     for (let i = 0; i < 20; i++) await runtime.ask("a", message(i));
-    const windowStart = runtime.get("a").windowStart;
+    const windowStart = (await runtime.get("a")).windowStart;
     expect(windowStart, "the conversation should have slid").toBeGreaterThan(0);
     await runtime.close();
 
@@ -120,10 +120,10 @@ describe('contextPolicy "slide"', () => {
     const { runtime } = await start();
     await runtime.spawn({ id: "a", systemPrompt: SYSTEM });
     for (let i = 0; i < 12; i++) await runtime.ask("a", message(i));
-    const before = runtime.get("a");
+    const before = (await runtime.get("a"));
     const error = await runtime.ask("a", "x".repeat(CONTEXT)).catch((e: unknown) => e);
     expect(codeOf(error)).toBe("ERR_CONTEXT_FULL");
-    expect(runtime.get("a")).toMatchObject({ historyLength: before.historyLength, windowStart: before.windowStart });
+    expect((await runtime.get("a"))).toMatchObject({ historyLength: before.historyLength, windowStart: before.windowStart });
     expect((await runtime.ask("a", "still there?")).reply).toMatch(/^r/);
   });
 
@@ -145,7 +145,7 @@ describe('contextPolicy "slide"', () => {
       const { reply } = await runtime.ask("a", message(i));
       history.push({ role: "user", content: message(i) }, { role: "assistant", content: reply });
     }
-    const start_ = runtime.get("a").windowStart;
+    const start_ = (await runtime.get("a")).windowStart;
     expect(start_).toBeGreaterThan(0);
     // Same turns, last reply edited: same window.
     const edited = [...history.slice(0, -1), { role: "assistant" as const, content: "edited" }];
@@ -155,7 +155,7 @@ describe('contextPolicy "slide"', () => {
     const other = [{ role: "user" as const, content: "another beginning" }, ...history.slice(1)];
     const differ = await runtime.sendConversation("a", [...other, { role: "user", content: "and?" }]).result;
     expect(differ.timings.slidTurns).toBeGreaterThan(0);
-    expect(runtime.get("a").historyLength).toBe(other.length + 2);
+    expect((await runtime.get("a")).historyLength).toBe(other.length + 2);
   });
 });
 
@@ -170,10 +170,10 @@ describe('contextPolicy "error"', () => {
     }
     expect(codeOf(error)).toBe("ERR_CONTEXT_FULL");
     expect(answered).toBeGreaterThan(3);
-    const info = runtime.get("a");
+    const info = (await runtime.get("a"));
     expect(info).toMatchObject({ turns: answered, windowStart: 0, contextPolicy: "error" });
     expect(codeOf(await runtime.ask("a", "short").catch((e: unknown) => e))).toBe("ERR_CONTEXT_FULL");
-    expect(runtime.get("a").turns).toBe(answered);
+    expect((await runtime.get("a")).turns).toBe(answered);
   });
 
   it("is per agent: a runtime sliding by default keeps an agent spawned with \"error\" on error, across a restart", async () => {
@@ -182,8 +182,8 @@ describe('contextPolicy "error"', () => {
     await runtime.spawn({ id: "loose", systemPrompt: SYSTEM });
     await runtime.close();
     const { runtime: again } = await start({ stateDir });
-    expect(again.get("strict").contextPolicy).toBe("error");
-    expect(again.get("loose").contextPolicy).toBe("slide");
+    expect((await again.get("strict")).contextPolicy).toBe("error");
+    expect((await again.get("loose")).contextPolicy).toBe("slide");
     const outcomes = { strict: "", loose: "" };
     for (const id of ["strict", "loose"] as const) {
       for (let i = 0; i < 30 && !outcomes[id]; i++) await again.ask(id, message(i)).catch((e: unknown) => (outcomes[id] = codeOf(e)));
@@ -238,7 +238,7 @@ describe("summarizing behaviour", () => {
     const [request, turn] = prompts.slice(-2);
     expect(request!.at(-1)!.content).toContain("These turns are leaving your context");
     expect(request!.at(-1)!.content).toContain(message(0));
-    const note = runtime.get("s").memoryNote!;
+    const note = (await runtime.get("s")).memoryNote!;
     expect(note).toMatch(/^r[0-9a-f]+$/);
     expect(turn![0]).toEqual({ role: "system", content: `${SYSTEM}\n\n${MEMORY_HEADING} ${note}` });
     const record = await new DirectoryStore(stateDir).read("s");
@@ -254,7 +254,7 @@ describe("summarizing behaviour", () => {
     for (let i = 0; i < 30 && !refolded; i++) refolded = (await again.ask("s", message(100 + i))).timings.slidTurns !== undefined;
     expect(refolded).toBe(true);
     expect(prompts.some((p) => p.at(-1)!.content.includes(`Your memory so far: ${note}`))).toBe(true);
-    expect(again.get("s").memoryNote).not.toBe(note);
+    expect((await again.get("s")).memoryNote).not.toBe(note);
   });
 });
 

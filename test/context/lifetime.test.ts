@@ -64,7 +64,7 @@ describe.skipIf(!engineCounts).each(ENGINES)(`context policies on the real model
     let maxSteady = 0;
     const started = performance.now();
     for (let i = 0; i < TURNS; i++) {
-      const before = runtime.get("a").windowStart;
+      const before = (await runtime.get("a")).windowStart;
       const result = await runtime.ask("a", message(i));
       const { timings } = result;
       expect(timings.promptTokens + MAX_TOKENS, `turn ${i} overflowed the context`).toBeLessThan(CONTEXT);
@@ -102,7 +102,7 @@ describe.skipIf(!engineCounts).each(ENGINES)(`context policies on the real model
     expect(codeOf(error)).toBe("ERR_CONTEXT_FULL");
     // Refused again, forever: the agent does not recover under "error" (a shorter message may still fit).
     expect(codeOf(await runtime.ask("a", message(answered)).catch((e: unknown) => e))).toBe("ERR_CONTEXT_FULL");
-    expect(runtime.get("a").turns).toBe(answered);
+    expect((await runtime.get("a")).turns).toBe(answered);
   });
 
   // What "shift" guarantees: every turn is answered without a crash, within the context, and a shifting
@@ -138,7 +138,7 @@ describe.skipIf(!engineCounts).each(ENGINES)(`context policies on the real model
     }
     expect(folded, "no slide in 60 turns").toBeDefined();
     expect(folded!.timings.foldEvaluatedTokens).toBeGreaterThan(0);
-    const note = runtime.get("s").memoryNote;
+    const note = (await runtime.get("s")).memoryNote;
     console.log(`[figures] ${engine} summarizing note: ${JSON.stringify(note)}`);
     // Readable or not (a 260K story model), the note exists, is stored and is rendered.
     expect(note && note.length > 0, "the fold wrote no note").toBe(true);
@@ -146,7 +146,7 @@ describe.skipIf(!engineCounts).each(ENGINES)(`context policies on the real model
     expect((await new DirectoryStore(stateDir).read("s"))!.memoryNote).toBe(note);
     const again = await start("slide", stateDir);
     const after = await again.ask("s", "What happened before?");
-    expect(again.get("s").memoryNote).toBe(note);
+    expect((await again.get("s")).memoryNote).toBe(note);
     // Rendered: the prompt is the window's plus the note's heading and text.
     const record = (await new DirectoryStore(stateDir).read("s"))!;
     const window = record.history.slice(record.windowStart, -2);

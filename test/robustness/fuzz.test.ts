@@ -27,8 +27,8 @@ for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
     expect(report.untyped, "errors that are not typed, or broken invariants").toEqual([]);
     // Every outcome kind is an agentrt code or a validation error: nothing else escaped.
     for (const [key] of outcomes) expect(key).toMatch(/:(ok|ERR_[A-Z_]+|TypeError|RangeError|AbortError)$/);
-    expect(runtime.list().filter((a) => a.status === "failed")).toEqual([]);
-    for (const [id, acked] of report.acked) expect(runtime.get(id).turns, `turns of ${id}`).toBe(acked.length);
+    expect((await runtime.list()).agents.filter((a) => a.status === "failed")).toEqual([]);
+    for (const [id, acked] of report.acked) expect((await runtime.get(id)).turns, `turns of ${id}`).toBe(acked.length);
 
     await runtime.close();
     for (const [id, acked] of report.acked) {
@@ -37,9 +37,9 @@ for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
 
     const { runtime: restarted } = await fakeRuntime(stateDir, { maxAgents: 3 });
     scratch.track(restarted);
-    expect(restarted.list().map((a) => a.id).sort()).toEqual([...report.acked.keys()].sort());
-    expect(restarted.list().filter((a) => a.status === "failed")).toEqual([]);
-    for (const [id, acked] of report.acked) expect(restarted.get(id).turns).toBe(acked.length);
+    expect((await restarted.list()).agents.map((a) => a.id).sort()).toEqual([...report.acked.keys()].sort());
+    expect((await restarted.list()).agents.filter((a) => a.status === "failed")).toEqual([]);
+    for (const [id, acked] of report.acked) expect((await restarted.get(id)).turns).toBe(acked.length);
     await restarted.spawn({ id: "fresh", systemPrompt: "You are fresh." });
     expect((await restarted.ask("fresh", "hello there")).reply).toBe(await referenceReply(join(scratch.root, `reference-${seed}`)));
   });

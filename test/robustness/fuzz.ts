@@ -245,11 +245,11 @@ export async function runFuzz(options: {
     } else if (roll < 0.93) {
       await call("memory", () => runtime.memory());
     } else if (roll < 0.96) {
-      await call("list", () => runtime.list());
+      await call("list", async () => (await runtime.list()).agents);
     } else {
       await Promise.all(inFlight);
     }
-    const resident = runtime.list().filter((a) => a.status === "resident" || a.status === "rehydrating" || a.status === "passivating").length;
+    const resident = (await runtime.list()).agents.filter((a) => a.status === "resident" || a.status === "rehydrating" || a.status === "passivating").length;
     if (resident > maxAgents) report.untyped.push(`${resident} agents resident at input ${i}, over maxAgents ${maxAgents}`);
   }
   await Promise.all(inFlight);

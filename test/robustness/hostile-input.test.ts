@@ -94,8 +94,8 @@ describe("agent ids", () => {
     await runtime.close();
     const restarted = await AgentRuntime.create({ stateDir, maxAgents: 2, engineFactory: async () => new (await import("../../src/testing/index.js")).FakeEngine({ sequences: 2 }) });
     scratch.track(restarted);
-    expect(restarted.list().map((a) => a.status).filter((s) => s === "failed")).toEqual([]);
-    expect(restarted.list()).toHaveLength(7);
+    expect((await restarted.list()).agents.map((a) => a.status).filter((s) => s === "failed")).toEqual([]);
+    expect((await restarted.list()).agents).toHaveLength(7);
   });
 });
 
@@ -119,19 +119,19 @@ describe("messages", () => {
     for (const [text, code] of cases) {
       expect(await outcome(() => runtime.ask("a", text as string)), JSON.stringify(text)?.slice(0, 30)).toBe(code);
     }
-    expect(runtime.get("a").turns).toBe(0);
+    expect((await runtime.get("a")).turns).toBe(0);
     // Unicode of every plane, NULs, lone surrogates and control characters are text like any other.
     for (const text of ["\0\0\0", "\ud800 lone", "🤖 robots", "\u202e reversed", "line\r\nbreak", "é\u0301"]) {
       expect((await runtime.ask("a", text)).reply).toMatch(/^r[0-9a-f]{8}$/);
     }
-    expect(runtime.get("a").turns).toBe(6);
+    expect((await runtime.get("a")).turns).toBe(6);
   });
 
   it("a system prompt larger than the context fails the spawn with ERR_CONTEXT_FULL and leaves nothing behind", async () => {
     const { runtime, stateDir } = await start();
     expect(await outcome(() => runtime.spawn({ id: "big", systemPrompt: "z".repeat(1500) }))).toBe("ERR_CONTEXT_FULL");
     expect(await outcome(() => runtime.spawn({ id: "huge", systemPrompt: "z".repeat(5000) }))).toBe("ERR_MESSAGE_TOO_LARGE");
-    expect(runtime.list()).toEqual([]);
+    expect((await runtime.list()).agents).toEqual([]);
     expect(await readdir(join(stateDir, "agents")).catch(() => [])).toEqual([]);
     await runtime.spawn({ id: "big", systemPrompt: "small" });
     expect((await runtime.ask("big", "hi")).reply).toMatch(/^r/);
@@ -193,8 +193,8 @@ describe("options", () => {
       expect(kindOf(error), JSON.stringify(options)).toBe(kind);
       expect((error as Error).message).toMatch(names);
     }
-    expect(runtime.list().map((a) => a.id)).toEqual(["a"]);
-    expect(runtime.get("a").turns).toBe(0);
+    expect((await runtime.list()).agents.map((a) => a.id)).toEqual(["a"]);
+    expect((await runtime.get("a")).turns).toBe(0);
     expect((await runtime.ask("a", "still here", { maxTokens: 1_000_000 })).reply).toMatch(/^r/);
     // A custom behaviour that is well formed is accepted.
     await runtime.spawn({ id: "custom", systemPrompt: "x", behaviour: { ...conversation, name: "custom" } });
@@ -284,12 +284,12 @@ describe("call order", () => {
     expect(kindOf(await rejection(first))).toBe("ERR_AGENT_REMOVED");
     await removing;
     await runtime.spawn({ id: "x", systemPrompt: "second" });
-    expect(runtime.get("x").systemPrompt).toBe("second");
+    expect((await runtime.get("x")).systemPrompt).toBe("second");
     expect((await inner.read("x"))!.systemPrompt).toBe("second");
     await runtime.close();
     const { runtime: restarted } = await fakeRuntime(stateDir);
     scratch.track(restarted);
-    expect(restarted.list().map((a) => [a.id, a.systemPrompt])).toEqual([["x", "second"]]);
+    expect((await restarted.list()).agents.map((a) => [a.id, a.systemPrompt])).toEqual([["x", "second"]]);
   });
 
   it("remove during a running turn: the turn finishes, queued turns get ERR_AGENT_REMOVED, nothing comes back after a restart", async () => {
@@ -316,7 +316,7 @@ describe("call order", () => {
     await runtime.close();
     const { runtime: restarted } = await fakeRuntime(stateDir);
     scratch.track(restarted);
-    expect(restarted.list()).toEqual([]);
+    expect((await restarted.list()).agents).toEqual([]);
   });
 
   it("remove while the agent is being passivated: the passivation does not bring it back", async () => {
@@ -348,7 +348,7 @@ describe("call order", () => {
     await runtime.close();
     const { runtime: restarted } = await fakeRuntime(stateDir);
     scratch.track(restarted);
-    expect(restarted.list().map((a) => a.id)).toEqual(["b"]);
+    expect((await restarted.list()).agents.map((a) => a.id)).toEqual(["b"]);
   });
 
   it("a full mailbox refuses with ERR_MAILBOX_FULL; everything accepted is answered in order", async () => {

@@ -83,5 +83,5 @@ it("every kind of damaged llama.cpp state file is refused or fails as an error; 
   // Whatever the first turn met, every rebuilt agent answers from now on.
   for (const id of ids.slice(1)) expect((await runtime.ask(id, "And then?")).reply.length, id).toBeGreaterThan(0);
   expect(kindOf(await rejection(runtime.ask("honest-big", "And then?")))).toBe("ERR_CONTEXT_FULL");
-  expect(runtime.list().filter((a) => a.status === "failed")).toEqual([]);
+  expect((await runtime.list()).agents.filter((a) => a.status === "failed")).toEqual([]);
 });

@@ -187,7 +187,7 @@ describe("damaged records at startup", () => {
     const stateDir = await prepared(["healthy", "victim"]);
     await damage(stateDir, "victim");
     const { runtime, engine } = await start(stateDir);
-    const victim = runtime.get("victim");
+    const victim = (await runtime.get("victim"));
     expect(victim.status).toBe("failed");
     expect(victim.error?.code).toBe(code);
     const refused = await rejection(runtime.ask("victim", "are you there?"));
@@ -196,7 +196,7 @@ describe("damaged records at startup", () => {
 
     const healthy = await runtime.ask("healthy", "still fine?");
     expect(healthy.reply).toMatch(/^r[0-9a-f]{8}$/);
-    expect(runtime.get("healthy").turns).toBe(3);
+    expect((await runtime.get("healthy")).turns).toBe(3);
 
     await runtime.remove("victim");
     await runtime.spawn({ id: "victim", systemPrompt: "Born again." });
@@ -213,7 +213,7 @@ describe("damaged records at startup", () => {
     await writeFile(join(agents, "stray.txt"), "hello");
     await mkdir(join(agents, "empty"), { recursive: true });
     const { runtime } = await start(stateDir);
-    expect(runtime.list().map((a) => a.id)).toEqual(["healthy"]);
+    expect((await runtime.list()).agents.map((a) => a.id)).toEqual(["healthy"]);
     expect((await runtime.ask("healthy", "ok?")).reply).toMatch(/^r/);
   });
 });
@@ -323,7 +323,7 @@ describe("damaged KV files", () => {
     }
     await damage(stateDir, "victim");
     const { runtime, engine } = await start(stateDir);
-    expect(runtime.get("victim").status).toBe("passivated");
+    expect((await runtime.get("victim")).status).toBe("passivated");
     const errors = collect(runtime, "agent:error");
     const rehydrated = collect(runtime, "agent:rehydrated");
     const started = Date.now();
@@ -333,7 +333,7 @@ describe("damaged KV files", () => {
     expect(errors.map((e) => [e.id, e.error.code])).toEqual([["victim", code]]);
     expect(rehydrated).toEqual([expect.objectContaining({ id: "victim", source: "history" })]);
     expect(engine().loads).not.toContain("victim");
-    expect(runtime.get("victim").turns).toBe(3);
+    expect((await runtime.get("victim")).turns).toBe(3);
 
     // Healed: its next passivation writes a good file that loads.
     await runtime.passivate("victim");
@@ -357,7 +357,7 @@ describe("damaged KV files", () => {
     const result = await runtime.ask("victim", "third");
     expect(result.reply).toMatch(/^r/);
     expect(errors.map((e) => e.error.code)).toEqual(["ERR_STATE_CORRUPT"]);
-    expect(runtime.get("victim").turns).toBe(3);
+    expect((await runtime.get("victim")).turns).toBe(3);
   });
 });
 

@@ -65,7 +65,7 @@ describe("injected filesystem errors during passivation (every step × errno)", 
       await runtime.ask("a", "a1");
       await runtime.spawn({ id: "b", systemPrompt: "sys b" });
       await runtime.ask("b", "b1");
-      expect(runtime.get("b").status).toBe("resident");
+      expect((await runtime.get("b")).status).toBe("resident");
 
       armed = true;
       const started = Date.now();
@@ -74,14 +74,14 @@ describe("injected filesystem errors during passivation (every step × errno)", 
       expect(kindOf(refused)).toBe("ERR_STATE_WRITE_FAILED");
       expect(errnoOf(refused)).toBe(code);
       expect(errors.map((e) => [e.id, e.error.code])).toEqual([["b", "ERR_STATE_WRITE_FAILED"]]);
-      expect(runtime.get("b").status).toBe("resident");
-      expect(runtime.get("a").status).toBe("passivated");
+      expect((await runtime.get("b")).status).toBe("resident");
+      expect((await runtime.get("a")).status).toBe("passivated");
       expect((await runtime.ask("b", "b2")).reply).toMatch(/^r/);
       expect(await leftovers(stateDir, "b")).toEqual([]);
 
       armed = false;
       expect((await runtime.ask("a", "a3")).reply).toMatch(/^r/);
-      expect(runtime.get("b").status).toBe("passivated");
+      expect((await runtime.get("b")).status).toBe("passivated");
       await runtime.close();
       expect(await storedUserMessages(stateDir, "a")).toEqual(["a1", "a3"]);
       expect(await storedUserMessages(stateDir, "b")).toEqual(["b1", "b2"]);
@@ -105,7 +105,7 @@ describe("injected filesystem errors during passivation (every step × errno)", 
     const refused = await rejection(runtime.ask("a", "lost"));
     expect(kindOf(refused)).toBe("ERR_STATE_WRITE_FAILED");
     expect(errnoOf(refused)).toBe(code);
-    expect(runtime.get("a")).toMatchObject({ status: "resident", turns: 1 });
+    expect((await runtime.get("a"))).toMatchObject({ status: "resident", turns: 1 });
     armed = false;
     await runtime.ask("a", "two");
     expect(await storedUserMessages(stateDir, "a")).toEqual(["one", "two"]);
@@ -129,11 +129,11 @@ describe("injected filesystem errors during passivation (every step × errno)", 
     await runtime.ask("a", "a1");
     engine.short = true;
     expect(kindOf(await rejection(runtime.passivate("a")))).toBe("ERR_STATE_WRITE_FAILED");
-    expect(runtime.get("a").status).toBe("resident");
+    expect((await runtime.get("a")).status).toBe("resident");
     expect((await new DirectoryStore(stateDir).read("a"))!.kv).toBeUndefined();
     engine.short = false;
     await runtime.passivate("a");
-    expect(runtime.get("a").status).toBe("passivated");
+    expect((await runtime.get("a")).status).toBe("passivated");
   });
 });
 
@@ -190,23 +190,23 @@ describe("a real disk that fills up or turns read-only (tmpfs; injected errors w
       // llama.cpp reports a failed write without its errno (it only logs it); the store's own writes carry it.
       if (mode === "injected") expect(errnoOf(refused)).toBe("ENOSPC");
       console.log(`[figures] disk full: ${(refused as Error).message}`);
-      expect(runtime.get("b").status).toBe("resident");
+      expect((await runtime.get("b")).status).toBe("resident");
       expect((await runtime.ask("b", "The tide")).reply.length).toBeGreaterThan(0);
       expect(errors.some((e) => e.id === "b" && e.error.code === "ERR_STATE_WRITE_FAILED")).toBe(true);
       expect(await leftovers(stateDir, "b")).toEqual([]);
       await disk.restore();
       expect((await runtime.ask("a", "Tell me more")).reply.length).toBeGreaterThan(0);
-      expect(runtime.get("b").status).toBe("passivated");
+      expect((await runtime.get("b")).status).toBe("passivated");
 
       // Read-only: nothing can be made durable, so turns are refused; the caches stay in memory.
       disk.readOnly();
       const notDurable = await rejection(runtime.ask("a", "And then?"));
       expect(kindOf(notDurable)).toBe("ERR_STATE_WRITE_FAILED");
       expect(errnoOf(notDurable)).toBe("EROFS");
-      expect(runtime.get("a")).toMatchObject({ status: "resident", turns: 2 });
+      expect((await runtime.get("a"))).toMatchObject({ status: "resident", turns: 2 });
       const blocked = await rejection(runtime.ask("b", "The shore"));
       expect(kindOf(blocked)).toBe("ERR_STATE_WRITE_FAILED");
-      expect(runtime.get("a").status).toBe("resident");
+      expect((await runtime.get("a")).status).toBe("resident");
       await disk.restore();
       expect((await runtime.ask("a", "And then?")).reply.length).toBeGreaterThan(0);
       expect((await runtime.ask("b", "The shore")).reply.length).toBeGreaterThan(0);
@@ -257,18 +257,18 @@ describe("the generation worker crashing (real worker thread)", () => {
       if (outcome.status === "rejected") expect(kindOf(outcome.reason)).toBe("ERR_WORKER_CRASHED");
     }
     const acknowledgedMidTurn = (await Promise.allSettled(long)).filter((o) => o.status === "fulfilled").length;
-    expect(runtime.list().map((a) => a.status)).toEqual(["passivated", "passivated"]);
+    expect((await runtime.list()).agents.map((a) => a.status)).toEqual(["passivated", "passivated"]);
     expect((await runtime.ask("a", "Hello again")).reply.length).toBeGreaterThan(0);
     expect(restarts).toHaveLength(1);
 
     // 2. Mid-passivation: a needs a slot back; the worker dies while b's cache is being saved.
     await runtime.ask("b", "Hello again");
     await runtime.spawn({ id: "c", systemPrompt: "You dream of stars." }); // passivates a, the least recently used
-    expect(runtime.get("a").status).toBe("passivated");
+    expect((await runtime.get("a")).status).toBe("passivated");
     crashAt = "stage";
     const admitting = await rejection(runtime.ask("a", "Shine"));
     expect(kindOf(admitting)).toBe("ERR_WORKER_CRASHED");
-    expect(runtime.list().filter((a) => a.status !== "passivated"), "the dead worker's agents are not resident").toEqual([]);
+    expect((await runtime.list()).agents.filter((a) => a.status !== "passivated"), "the dead worker's agents are not resident").toEqual([]);
     expect((await runtime.ask("a", "Shine")).reply.length).toBeGreaterThan(0);
     expect((await runtime.memory()).totals.residentAgents).toBeLessThanOrEqual(2);
     expect(restarts).toHaveLength(2);

@@ -94,18 +94,18 @@ export async function runSoak(options: SoakOptions): Promise<{ figures: SoakFigu
   let passivations = 0;
   let rehydrations = 0;
   let maxResidentSeen = 0;
-  const sample = () => {
+  const sample = async () => {
     const resident =
       options.engine === "fake"
         ? engines.at(-1)!.openKeys().length
-        : runtime.list().filter((a) => a.status === "resident" || a.status === "rehydrating" || a.status === "passivating").length;
+        : (await runtime.memory()).agents.filter((a) => a.status === "resident" || a.status === "rehydrating" || a.status === "passivating").length;
     maxResidentSeen = Math.max(maxResidentSeen, resident);
     if (resident > options.maxAgents) fail(`${resident} agents resident, over maxAgents ${options.maxAgents}`);
   };
   runtime.subscribe("agent:passivated", () => passivations++);
   runtime.subscribe("agent:rehydrated", () => {
     rehydrations++;
-    if (options.engine === "fake") sample();
+    if (options.engine === "fake") void sample();
   });
   runtime.subscribe("agent:error", ({ id, error }) => fail(`agent:error for ${id}: ${error.code} ${error.message}`));
 
@@ -172,7 +172,7 @@ export async function runSoak(options: SoakOptions): Promise<{ figures: SoakFigu
         fail(`${agent.id}: ${entry.text} refused: ${String(error)}`);
       }
       agent.inFlight--;
-      if (acknowledged % 200 === 0) sample();
+      if (acknowledged % 200 === 0) await sample();
       if (acknowledged >= nextCheckpoint) {
         nextCheckpoint += Math.ceil(options.messages / 10);
         gc();
@@ -191,7 +191,7 @@ export async function runSoak(options: SoakOptions): Promise<{ figures: SoakFigu
   };
   await Promise.all(Array.from({ length: options.senders }, (_, n) => sender(n)));
   await Promise.all(retirements);
-  sample();
+  await sample();
   await runtime.close();
   for (const agent of live) await check(agent);
   gc();

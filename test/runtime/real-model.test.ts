@@ -42,8 +42,8 @@ describe.each(ENGINES)("core on the real model (%s)", (engine: EngineName) => {
     for (const spec of ROLES) await runtime.spawn(spec);
     const results: TurnResult[] = [];
     for (const spec of ROLES) results.push(await runtime.ask(spec.id, "Once upon a time"));
-    expect(runtime.list().map((a) => [a.id, a.role, a.status, a.turns])).toEqual(
-      ROLES.map((spec) => [spec.id, spec.role, "resident", 1]),
+    expect((await runtime.list()).agents.map((a) => [a.id, a.role, a.status, a.turns])).toEqual(
+      [...ROLES].sort((a, b) => a.id.localeCompare(b.id)).map((spec) => [spec.id, spec.role, "resident", 1]),
     );
     for (const result of results) expect(result.reply.length, `${result.id} replied nothing`).toBeGreaterThan(0);
     // Distinct system prompts give each agent a differently sized cache.
@@ -101,14 +101,16 @@ describe.each(ENGINES)("core on the real model (%s)", (engine: EngineName) => {
     await runtime.ask("tech", "More please"); // LRU order now: coord, biz, tech
     await runtime.spawn({ id: "support/42", role: "support", systemPrompt: "You help customers." });
     expect(passivated.map((e) => e.id)).toEqual(["coord"]);
-    expect(runtime.get("coord").status).toBe("passivated");
+    expect((await runtime.get("coord")).status).toBe("passivated");
 
     const dir = join(stateDir, "agents", "coord");
     const files = (await readdir(dir)).sort();
-    expect(files).toHaveLength(2);
+    // The record, its journal (turns and the passivation since the last compaction) and one KV file.
+    expect(files).toHaveLength(3);
     expect(files[0]).toBe("agent.json");
-    expect(files[1]).toBe(`kv-${files[1]!.slice(3, 19)}${runtime.model.stateFileExtension}`);
-    const memory = await runtime.memory();
+    expect(files[1]).toBe("journal");
+    expect(files[2]).toBe(`kv-${files[2]!.slice(3, 19)}${runtime.model.stateFileExtension}`);
+    const memory = await runtime.memory({ agents: ["coord", "biz", "tech", "support/42"] });
     const kvPerToken = memory.model.kvBytesPerToken;
     for (const row of memory.agents) {
       const folder = join(stateDir, "agents", encodeURIComponent(row.id));
@@ -161,7 +163,7 @@ describe.each(ENGINES)("core on the real model (%s)", (engine: EngineName) => {
       })(),
     ).rejects.toThrow("user cancelled");
     await expect(turn.result).rejects.toThrow("user cancelled");
-    expect(runtime.get("tech").turns).toBe(0);
+    expect((await runtime.get("tech")).turns).toBe(0);
     const next = await runtime.ask("tech", "Once upon a time");
     expect(next.reply.length).toBeGreaterThan(0);
   });
@@ -172,7 +174,7 @@ describe.each(ENGINES)("core on the real model (%s)", (engine: EngineName) => {
     await runtime.ask("tech", "Once upon a time");
     const huge = "The robot counted every star in the sky. ".repeat(200);
     await expect(runtime.ask("tech", huge)).rejects.toMatchObject({ code: "ERR_CONTEXT_FULL" });
-    expect(runtime.get("tech").turns).toBe(1);
+    expect((await runtime.get("tech")).turns).toBe(1);
     expect((await runtime.ask("tech", "Tell me more")).reply.length).toBeGreaterThan(0);
   });
 
@@ -198,7 +200,7 @@ describe.each(ENGINES)("core on the real model (%s)", (engine: EngineName) => {
       const { runtime } = await preparedAgent();
       const rehydrated = collect(runtime, "agent:rehydrated");
       await runtime.passivate("tech");
-      expect(runtime.get("tech").status).toBe("passivated");
+      expect((await runtime.get("tech")).status).toBe("passivated");
       const next = await runtime.ask("tech", script[2]!);
       expect(rehydrated).toEqual([expect.objectContaining({ id: "tech", source: "state" })]);
       expect(next.reply).toBe(reference.reply);
@@ -209,7 +211,7 @@ describe.each(ENGINES)("core on the real model (%s)", (engine: EngineName) => {
       const { runtime, stateDir } = await preparedAgent();
       await runtime.close();
       const { runtime: restarted } = await start({ stateDir });
-      expect(restarted.get("tech")).toMatchObject({ status: "passivated", turns: 2, role: "technical" });
+      expect((await restarted.get("tech"))).toMatchObject({ status: "passivated", turns: 2, role: "technical" });
       const next = await restarted.ask("tech", script[2]!);
       expect(next.reply).toBe(reference.reply);
       expect(next.timings.reusedTokens).toBe(reference.timings.reusedTokens);

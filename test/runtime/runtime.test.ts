@@ -63,7 +63,7 @@ describe("AgentRuntime with a fake engine", () => {
     const results = await Promise.all(turns.map((turn) => turn.result));
     // One at a time: each turn ends before the next starts, in the order sent.
     expect(events).toEqual(texts.flatMap((text, i) => [`start ${text}`, `end ${results[i]!.turnId}`]));
-    expect(runtime.get("a").turns).toBe(8);
+    expect((await runtime.get("a")).turns).toBe(8);
     // The stored history is in send order: each user message followed by the reply to it.
     const record = await new DirectoryStore(stateDir).read("a");
     expect(record!.history.map((m) => m.content)).toEqual(texts.flatMap((text, i) => [text, results[i]!.reply]));
@@ -93,7 +93,7 @@ describe("AgentRuntime with a fake engine", () => {
     await runtime.spawn({ id: "c", systemPrompt: "sys c" });
     expect(passivated).toEqual(["b"]);
     expect(engine.openKeys().sort()).toEqual(["a", "c"]);
-    expect(runtime.get("b").status).toBe("passivated");
+    expect((await runtime.get("b")).status).toBe("passivated");
   });
 
   it("never passivates an agent mid-turn: admission waits for it to finish", async () => {
@@ -109,12 +109,12 @@ describe("AgentRuntime with a fake engine", () => {
     await vi.waitFor(async () => expect(await new DirectoryStore(stateDir).read("b")).toBeDefined());
     for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
     expect(spawned).toBe(false);
-    expect(runtime.get("a").status).toBe("resident");
+    expect((await runtime.get("a")).status).toBe("resident");
     expect(engine.openKeys()).toEqual(["a"]);
     gate.release("a");
     await turn;
     await spawn;
-    expect(runtime.get("a").status).toBe("passivated");
+    expect((await runtime.get("a")).status).toBe("passivated");
     expect(engine.openKeys()).toEqual(["b"]);
   });
 
@@ -138,10 +138,10 @@ describe("AgentRuntime with a fake engine", () => {
     await runtime.ask("support/42", "first");
     await runtime.close();
     const { runtime: again } = await start({ maxAgents: 2 });
-    expect(again.list()).toEqual([expect.objectContaining({ id: "support/42", role: "support", status: "passivated", turns: 1 })]);
+    expect((await again.list()).agents).toEqual([expect.objectContaining({ id: "support/42", role: "support", status: "passivated", turns: 1 })]);
     const reply = await again.ask("support/42", "second");
     expect(reply.timings.reusedTokens).toBeGreaterThan(0);
-    expect(again.get("support/42").turns).toBe(2);
+    expect((await again.get("support/42")).turns).toBe(2);
   });
 
   it("validates ids and refuses path tricks with ERR_INVALID_AGENT_ID", async () => {
@@ -168,7 +168,7 @@ describe("AgentRuntime with a fake engine", () => {
     await expect(runtime.ask("a", "three")).rejects.toSatisfy(code("ERR_MAILBOX_FULL"));
     gate.release("a");
     await Promise.all([running, queued]);
-    expect(runtime.get("a").turns).toBe(2);
+    expect((await runtime.get("a")).turns).toBe(2);
   });
 
   it("concurrent spawns of one id: exactly one wins", async () => {
@@ -191,7 +191,7 @@ describe("AgentRuntime with a fake engine", () => {
     controller.abort(new Error("stop during"));
     gate.release("a");
     await expect(turn).rejects.toThrow("stop during");
-    expect(runtime.get("a").turns).toBe(0);
+    expect((await runtime.get("a")).turns).toBe(0);
     await expect(runtime.ask("a", "after")).resolves.toMatchObject({ id: "a" });
   });
 
@@ -215,7 +215,8 @@ describe("AgentRuntime with a fake engine", () => {
     await runtime.ask("a", "hi");
     await runtime.close();
     await runtime.close(); // idempotent
-    expect(runtime.get("a").status).toBe("passivated");
+    await expect(runtime.get("a")).rejects.toSatisfy(code("ERR_RUNTIME_CLOSED"));
+    expect((await new DirectoryStore(stateDir).read("a"))!.kv, "close saved the resident agent's cache").toBeDefined();
     await expect(runtime.ask("a", "again")).rejects.toSatisfy(code("ERR_RUNTIME_CLOSED"));
     await expect(runtime.spawn({ id: "b", systemPrompt: "s" })).rejects.toSatisfy(code("ERR_RUNTIME_CLOSED"));
   });
@@ -224,11 +225,11 @@ describe("AgentRuntime with a fake engine", () => {
     const { runtime } = await start();
     await runtime.spawn({ id: "a", systemPrompt: "s" });
     await runtime.remove("a");
-    expect(runtime.list()).toEqual([]);
+    expect((await runtime.list()).agents).toEqual([]);
     await expect(runtime.ask("a", "hi")).rejects.toSatisfy(code("ERR_AGENT_NOT_FOUND"));
     await runtime.close();
     const { runtime: again } = await start();
-    expect(again.list()).toEqual([]);
+    expect((await again.list()).agents).toEqual([]);
   });
 
   it("a crashed engine fails the turn in flight with ERR_WORKER_CRASHED, then the runtime restarts it", async () => {
@@ -256,7 +257,7 @@ describe("AgentRuntime with a fake engine", () => {
     expect(engines).toHaveLength(2);
     const after = await runtime.ask("a", "after");
     expect(after.reply).toMatch(/^r/);
-    expect(runtime.get("a").turns).toBe(2);
+    expect((await runtime.get("a")).turns).toBe(2);
   });
 
   it("passivates by the injected clock's last-use time, not by call order", async () => {
@@ -271,7 +272,7 @@ describe("AgentRuntime with a fake engine", () => {
     await runtime.ask("b", "b again");
     clock.advance(1000);
     await runtime.ask("a", "a again");
-    expect(runtime.get("a").lastUsed - runtime.get("b").lastUsed).toBe(1000);
+    expect((await runtime.get("a")).lastUsed - (await runtime.get("b")).lastUsed).toBe(1000);
     await runtime.spawn({ id: "c", systemPrompt: "sys c" });
     expect(passivated).toEqual(["b"]);
   });
@@ -286,11 +287,11 @@ describe("AgentRuntime with a fake engine", () => {
     const controller = new AbortController();
     const waiting = runtime.ask("a", "second", { signal: controller.signal });
     const after = runtime.ask("a", "third");
-    expect(runtime.get("a").queued).toBe(2);
+    expect((await runtime.get("a")).queued).toBe(2);
     const reason = new Error("caller gave up");
     controller.abort(reason);
     await expect(waiting).rejects.toBe(reason);
-    expect(runtime.get("a").queued, "the aborted message no longer waits").toBe(1);
+    expect((await runtime.get("a")).queued, "the aborted message no longer waits").toBe(1);
     gate.release("a");
     await running;
     await after;
@@ -313,8 +314,8 @@ describe("AgentRuntime with a fake engine", () => {
     expect((await new DirectoryStore(stateDir).read("e"))!.behaviour).toBe("echo-twice");
 
     const again = await start({ behaviours: [echo] });
-    expect(again.runtime.get("e").behaviour).toBe("echo-twice");
-    expect(again.runtime.get("plain").behaviour).toBe("conversation");
+    expect((await again.runtime.get("e")).behaviour).toBe("echo-twice");
+    expect((await again.runtime.get("plain")).behaviour).toBe("conversation");
     await again.runtime.ask("e", "yo");
     const record = await new DirectoryStore(stateDir).read("e");
     expect(record!.history.filter((m) => m.role === "user").map((m) => m.content)).toEqual(["hi hi", "yo yo"]);
@@ -322,7 +323,7 @@ describe("AgentRuntime with a fake engine", () => {
 
     // Without the behaviour registered, the agent is kept (nothing lost) but answers with the code.
     const without = await start();
-    expect(without.runtime.get("e").status).toBe("failed");
+    expect((await without.runtime.get("e")).status).toBe("failed");
     await expect(without.runtime.ask("e", "hello")).rejects.toSatisfy(code("ERR_BEHAVIOUR_NOT_FOUND"));
     expect((await new DirectoryStore(stateDir).read("e"))!.history).toHaveLength(4);
   });

@@ -139,11 +139,11 @@ describe("agent API over HTTP (fake engine)", () => {
     // The engine is still holding the turn; once the server has seen the socket close, let it continue:
     // it finds the signal aborted and stops.
     await closed;
-    expect(served.runtime.get("slow").busy).toBe(true);
+    expect((await served.runtime.get("slow")).busy).toBe(true);
     release();
-    await eventually(() => served!.runtime.get("slow").busy === false, "the aborted turn to end", 2000);
+    await eventually(async () => (await served!.runtime.get("slow")).busy === false, "the aborted turn to end", 2000);
     expect(turnEnds, "an aborted turn is not acknowledged").toEqual([]);
-    expect(served.runtime.get("slow").historyLength, "the aborted turn left no history").toBe(0);
+    expect((await served.runtime.get("slow")).historyLength, "the aborted turn left no history").toBe(0);
     const next = await json(`${served.url}/agents/slow/messages`, { json: { text: "next" } });
     expect(next.status).toBe(200);
     expect(next.body.timings.stopReason).toBe("eos");
@@ -174,8 +174,8 @@ describe("agent API over HTTP (fake engine)", () => {
     expect(await pending).toBeInstanceOf(Error);
     await closed;
     release();
-    await eventually(() => served!.runtime.get("slow").busy === false, "the aborted turn to end", 2000);
-    expect(served.runtime.get("slow").historyLength).toBe(0);
+    await eventually(async () => (await served!.runtime.get("slow")).busy === false, "the aborted turn to end", 2000);
+    expect((await served.runtime.get("slow")).historyLength).toBe(0);
   });
 
   it("passivates an agent on request; the next message rehydrates it", async () => {

@@ -40,7 +40,7 @@ describe("POST /agents with a behaviour name", () => {
     expect(refused.status, JSON.stringify(refused.body)).toBe(422);
     expect(refused.body.error.code).toBe("ERR_BEHAVIOUR_NOT_FOUND");
     expect(refused.body.error.message).toContain("no-such-behaviour");
-    expect(served.runtime.list()).toEqual([]);
+    expect((await served.runtime.list()).agents).toEqual([]);
     expect((await json(`${served.url}/agents/a`)).status).toBe(404);
   });
 });

@@ -51,7 +51,7 @@ describe("limits and errors: each refusal is a coded JSON error with its status,
     const response = await json(`${served.url}/agents/a/messages`, { json: { text: "x".repeat(101) } });
     expect(response.status).toBe(413);
     expect(response.body.error).toMatchObject({ code: "ERR_MESSAGE_TOO_LARGE", details: { length: 101, limit: 100 } });
-    expect(served.runtime.get("a").historyLength).toBe(2);
+    expect((await served.runtime.get("a")).historyLength).toBe(2);
     expect(await storeSnapshot(served.stateDir)).toEqual(before);
   });
 
@@ -84,7 +84,7 @@ describe("limits and errors: each refusal is a coded JSON error with its status,
     const running = json(`${url}/agents/a/messages`, { json: { text: "one" } });
     await eventually(() => held, "the first message to run");
     const queued = [json(`${url}/agents/a/messages`, { json: { text: "two" } }), json(`${url}/agents/a/messages`, { json: { text: "three" } })];
-    await eventually(() => served!.runtime.get("a").queued === 2, "two messages to wait");
+    await eventually(async () => (await served!.runtime.get("a")).queued === 2, "two messages to wait");
     const refused = await json(`${url}/agents/a/messages`, { json: { text: "four" } });
     expect(refused.status).toBe(429);
     expect(refused.headers.get("retry-after")).toBe("1");
@@ -100,7 +100,7 @@ describe("limits and errors: each refusal is a coded JSON error with its status,
     releaseHeld!();
     const answers = await Promise.all([running, ...queued]);
     expect(answers.map((answer) => answer.status)).toEqual([200, 200, 200]);
-    expect(served.runtime.get("a").historyLength).toBe(6);
+    expect((await served.runtime.get("a")).historyLength).toBe(6);
   });
 
   it("bad input → 400 with a code that says what was wrong", async () => {
@@ -134,7 +134,7 @@ describe("limits and errors: each refusal is a coded JSON error with its status,
       expect([what, got, body?.error?.code]).toEqual([what, status, code]);
       expect(typeof body.error.message, what).toBe("string");
     }
-    expect(served.runtime.get("a").historyLength, "no refused message reached the history").toBe(0);
+    expect((await served.runtime.get("a")).historyLength, "no refused message reached the history").toBe(0);
   });
 
   it("a closed runtime → 503 ERR_RUNTIME_CLOSED", async () => {
@@ -175,6 +175,6 @@ describe("bearer-token auth", () => {
     // Refused requests did nothing.
     const created = await json(`${url}/agents`, { json: { id: "a", systemPrompt: "s" } });
     expect(created.status).toBe(401);
-    expect(served.runtime.list()).toEqual([]);
+    expect((await served.runtime.list()).agents).toEqual([]);
   });
 });

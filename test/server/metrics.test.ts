@@ -35,7 +35,9 @@ describe("GET /metrics", () => {
     expect(text).toContain("# TYPE agentrt_ttft_seconds histogram");
     const m = series(text);
     expect(m.get('agentrt_agents{state="resident"}')).toBe(1);
-    expect(m.get('agentrt_agents{state="passivated"}')).toBe(1);
+    // The passivated agent left memory (the store is the directory): it is counted as stored only.
+    expect(m.get('agentrt_agents{state="passivated"}')).toBe(0);
+    expect(m.get("agentrt_agents_stored")).toBe(2);
     expect(m.get("agentrt_passivations_total")).toBe(2);
     expect(m.get('agentrt_rehydrations_total{source="state"}')).toBe(1);
     expect(m.get('agentrt_turns_total{stop_reason="eos"}')).toBe(3);

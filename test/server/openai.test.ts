@@ -96,7 +96,7 @@ describe("OpenAI-compatible chat completions (fake engine, official openai clien
 
     const tool = await call({ messages: [{ role: "tool", content: "x", tool_call_id: "1" }] });
     expect(tool).toMatchObject({ status: 400, code: "ERR_INVALID_ARGUMENT" });
-    expect(served.runtime.get("a").historyLength, "refused requests left the history alone").toBe(0);
+    expect((await served.runtime.get("a")).historyLength, "refused requests left the history alone").toBe(0);
   });
 });
 
@@ -157,7 +157,7 @@ describe("OpenAI-compatible chat completions on the real model: extend and diver
     expect(turn2.timings.reusedTokens, JSON.stringify({ turn1, turn2: turn2.timings })).toBeGreaterThanOrEqual(turn1.cacheTokens - 2);
     expect(turn2.timings.evaluatedTokens).toBeLessThan(turn2.timings.promptTokens - turn1.promptTokens);
     expect(usage?.prompt_tokens_details?.cached_tokens).toBe(turn2.timings.reusedTokens);
-    expect(served.runtime.get("dreamer").historyLength).toBe(4);
+    expect((await served.runtime.get("dreamer")).historyLength).toBe(4);
   });
 
   it("rewinds the cache to the common prefix when the conversation diverges, and answers as a fresh agent would", async () => {

@@ -54,8 +54,8 @@ describe("request schemas: fastify checks every body, query and param, and answe
       ["maxTokens as text", 400, "ERR_INVALID_ARGUMENT", "maxTokens must be integer"],
       ["maxTokens not whole", 400, "ERR_INVALID_ARGUMENT", "maxTokens must be integer"],
     ]);
-    expect(served.runtime.list().map((agent) => agent.id), "no refused spawn created an agent").toEqual(["a"]);
-    expect(served.runtime.get("a").historyLength, "no refused message reached the history").toBe(0);
+    expect((await served.runtime.list()).agents.map((agent) => agent.id), "no refused spawn created an agent").toEqual(["a"]);
+    expect((await served.runtime.get("a")).historyLength, "no refused message reached the history").toBe(0);
   });
 
   it("leaves the checks the runtime owns to the runtime: configured limits, the id grammar, unknown sampling keys", async () => {
@@ -131,7 +131,7 @@ describe("request schemas: fastify checks every body, query and param, and answe
       ["stream as text", 400, "invalid_request_error", "ERR_INVALID_ARGUMENT", "stream"],
       ["max_tokens as text", 400, "invalid_request_error", "ERR_INVALID_ARGUMENT", "max_tokens"],
     ]);
-    expect(served.runtime.get("a").historyLength, "refused requests left the history alone").toBe(0);
+    expect((await served.runtime.get("a")).historyLength, "refused requests left the history alone").toBe(0);
 
     // What the schema allows still works: text parts, nulls OpenAI clients send, ignored sampling fields.
     const ok = await post({
@@ -164,7 +164,7 @@ describe("request schemas: fastify checks every body, query and param, and answe
     const malformed = await json(`${url}/agents/a%ZZ`);
     expect([malformed.status, malformed.body.error.code], "a malformed URL is answered in agentrt's shape").toEqual([400, "ERR_INVALID_ARGUMENT"]);
     expect((await fetch(`${url}/agents/x/messages`, { method: "DELETE" })).status).toBe(204);
-    expect(served.runtime.list()).toEqual([]);
+    expect((await served.runtime.list()).agents).toEqual([]);
   });
 
   it("exports the request schemas by route, each a route the server has, and every x-error-code in them is a real code", async () => {
@@ -174,6 +174,7 @@ describe("request schemas: fastify checks every body, query and param, and answe
       expect(served.app.hasRoute({ method: method as "GET", url }), route).toBe(true);
     }
     expect(Object.keys(REQUEST_SCHEMAS)).toEqual([
+      "GET /agents",
       "POST /agents",
       "GET /agents/:id",
       "GET /agents/:id/history",

@@ -49,7 +49,7 @@ describe("generation worker", () => {
       const next = await runtime.ask("a", "Once upon a time", { maxTokens: 8 });
       expect(next.reply.length).toBeGreaterThan(0);
       // Only acknowledged turns are in the history: the crashed one is not.
-      expect(runtime.get("a").turns).toBe(2);
+      expect((await runtime.get("a")).turns).toBe(2);
       expect(first.reply.length).toBeGreaterThan(0);
     } finally {
       await runtime.close();

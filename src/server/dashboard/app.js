@@ -88,7 +88,7 @@ function renderTotals() {
   $("bar-kv").style.width = `${(100 * totals.cacheBytes) / capacity}%`;
   $("totals-text").textContent =
     `memory ${formatBytes(totals.memoryBytes)}: model ${formatBytes(model.bytes)} + KV reserved ${formatBytes(totals.cacheAllocatedBytes ?? totals.cacheBytes)} ` +
-    `(${formatBytes(totals.cacheBytes)} held by ${totals.cacheTokens} tokens) · ${totals.residentAgents} resident, ${totals.passivatedAgents} on disk (${formatBytes(totals.diskBytes)})`;
+    `(${formatBytes(totals.cacheBytes)} held by ${totals.cacheTokens} tokens) · ${totals.residentAgents} resident, ${totals.storedAgents - totals.residentAgents} on disk only`;
   $("model").textContent = `${model.name} · ${model.engine} · ${model.contextSize} tokens/agent`;
 }
 
