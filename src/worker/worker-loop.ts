@@ -2,7 +2,6 @@
  * The generation worker's request loop: owns the engine inside the worker thread and answers the
  * protocol in ./protocol.ts. `generation-worker.ts` runs it on the thread's parent port.
  */
-import type { MessagePort } from "node:worker_threads";
 import { createEngine } from "../engines/create-engine.js";
 import type { Engine } from "../engines/engine.js";
 import { AgentRuntimeError, serializeError } from "../errors.js";
@@ -18,16 +17,22 @@ import {
 
 export interface WorkerLoop {
   /**
-   * Stops answering, cancels every running evaluation and waits (up to `graceMs`) for them to settle.
-   * Native evaluations still running while the thread exits make the addon throw during teardown,
-   * which ends the whole process: anything that ends the thread (shutdown, an embedder's watchdog)
-   * halts first.
+   * Cancels every running request (they end with `reason`) and waits, up to `graceMs`, for them to
+   * settle. Native evaluations still running while the thread exits make the addon throw during
+   * teardown, which ends the whole process: whatever ends the thread (shutdown, an embedder's
+   * watchdog, an instrumented worker) stops them first.
    */
-  halt(reason: Error, graceMs?: number): Promise<void>;
+  stopRunning(reason: Error, graceMs?: number): Promise<void>;
+}
+
+/** The side of the thread's channel the loop needs (the worker's `parentPort`, or a wrapper of it). */
+export interface WorkerPort {
+  postMessage(message: WorkerMessage): void;
+  on(event: "message", listener: (request: WorkerRequest) => void): unknown;
 }
 
 /** Serves the protocol on `port` until the thread ends. */
-export function runWorkerLoop(port: MessagePort): WorkerLoop {
+export function runWorkerLoop(port: WorkerPort): WorkerLoop {
   let engine: Engine | undefined;
   /** Run requests one at a time: engines that cannot interleave, or batching turned off. */
   let serialize = false;
@@ -35,11 +40,9 @@ export function runWorkerLoop(port: MessagePort): WorkerLoop {
   let serial: Promise<unknown> = Promise.resolve();
   const cancellations = new Map<number, AbortController>();
   const inFlight = new Set<Promise<unknown>>();
-  /** Once set, nothing more is answered: pending requests end as the exit rejects them. */
-  let halted = false;
-
+  const inFlightById = new Map<number, Promise<unknown>>();
   function post(message: WorkerMessage): void {
-    if (!halted) port.postMessage(message);
+    port.postMessage(message);
   }
 
   function log(level: LogLevel, msg: string, data?: Record<string, unknown>): void {
@@ -51,10 +54,12 @@ export function runWorkerLoop(port: MessagePort): WorkerLoop {
     return engine;
   }
 
-  async function halt(reason: Error, graceMs = 2000): Promise<void> {
-    halted = true;
-    for (const controller of cancellations.values()) controller.abort(reason);
-    await Promise.race([Promise.allSettled(inFlight), new Promise((resolve) => setTimeout(resolve, graceMs))]);
+  /** Cancels the running requests but `except` (the one asking), and waits for them to settle. */
+  async function stopRunning(reason: Error, graceMs = 2000, except?: number): Promise<void> {
+    const others = [...cancellations].filter(([id]) => id !== except);
+    for (const [, controller] of others) controller.abort(reason);
+    const running = [...inFlight].filter((task) => task !== inFlightById.get(except ?? -1));
+    await Promise.race([Promise.allSettled(running), new Promise((resolve) => setTimeout(resolve, graceMs))]);
   }
 
   async function handle(request: Exclude<WorkerRequest, { type: "cancel" }>, signal: AbortSignal): Promise<RequestMap[RequestType]["result"]> {
@@ -96,7 +101,7 @@ export function runWorkerLoop(port: MessagePort): WorkerLoop {
       }
       case "shutdown":
         // Running evaluations end before the engine is disposed under them.
-        for (const [id, controller] of cancellations) if (id !== request.id) controller.abort(new AgentRuntimeError("ERR_ENGINE_CLOSED"));
+        await stopRunning(new AgentRuntimeError("ERR_ENGINE_CLOSED"), 2000, request.id);
         await engine?.dispose();
         engine = undefined;
         return null;
@@ -116,7 +121,13 @@ export function runWorkerLoop(port: MessagePort): WorkerLoop {
     // stats and count only read (count tokenizes): they need not wait behind a generation.
     const task = serialize && request.type !== "stats" && request.type !== "count" ? (serial = serial.then(run, run)) : run();
     inFlight.add(task);
-    void task.finally(() => inFlight.delete(task)).catch(() => {});
+    inFlightById.set(request.id, task);
+    void task
+      .finally(() => {
+        inFlight.delete(task);
+        inFlightById.delete(request.id);
+      })
+      .catch(() => {});
     task.then(
       (result) => post({ type: "result", id: request.id, result }),
       (error: unknown) => post({ type: "error", id: request.id, error: serializeError(error) }),
@@ -124,5 +135,5 @@ export function runWorkerLoop(port: MessagePort): WorkerLoop {
   });
 
   post({ type: "ready", protocolVersion: PROTOCOL_VERSION });
-  return { halt };
+  return { stopRunning };
 }
