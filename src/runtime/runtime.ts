@@ -1,7 +1,7 @@
 import { join } from "node:path";
 import { EventEmitter } from "eventemitter3";
 import pino, { type Logger } from "pino";
-import type { AgentInfo } from "../actor/agent.js";
+import type { Agent, AgentInfo } from "../actor/agent.js";
 import { BehaviourRegistry } from "../actor/behaviour-registry.js";
 import { systemClock, type Clock } from "../clock.js";
 import { detectEngine } from "../engines/create-engine.js";
@@ -278,7 +278,9 @@ export class AgentRuntime {
   async memory(options: { agents?: readonly string[] } = {}): Promise<MemoryReport> {
     this.#assertOpen();
     const engine = await this.#host.engine();
-    const agents = options.agents ? await Promise.all(options.agents.map((id) => this.#directory.use(id, (agent) => agent))) : this.#directory.active;
+    // Named agents that do not exist (or were removed meanwhile) are left out.
+    const named = options.agents && (await Promise.all(options.agents.map((id) => this.#directory.use(id, (agent) => agent).catch(() => undefined))));
+    const agents = named ? named.filter((agent): agent is Agent => agent !== undefined) : this.#directory.active;
     const resident = new Set(this.#supervisor.residents.filter((agent) => agent.status.state === "resident").map((a) => a.id));
     const stats = await engine.stats([...resident]);
     const disk = await Promise.all(agents.map((agent) => this.#store.bytesOnDisk(agent.id)));

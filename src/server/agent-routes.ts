@@ -44,7 +44,7 @@ export interface AgentRoutesOptions {
 /** Agents by address: create, list, inspect, delete, message (JSON or SSE), passivate; plus `/memory`. */
 export function registerAgentRoutes(app: FastifyInstance, runtime: AgentRuntime, options: AgentRoutesOptions): void {
   const withMemory = async (agents: AgentInfo[]): Promise<Array<AgentInfo & { memory: AgentMemory | undefined }>> => {
-    const report = await runtime.memory();
+    const report = await runtime.memory({ agents: agents.map((agent) => agent.id) });
     const rows = new Map(report.agents.map((row) => [row.id, row]));
     return agents.map((agent) => ({ ...agent, memory: rows.get(agent.id) }));
   };

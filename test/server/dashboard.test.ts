@@ -86,6 +86,10 @@ describe.skipIf(!hasChromium)("dashboard in headless chromium", () => {
     await page.waitForSelector("#reply .meta");
     const reply = await page.textContent("#reply");
     expect(reply).toMatch(/tokens · TTFT/);
+    // The conversation panel shows the agent's history, newest last, with the turn just sent.
+    await page.waitForSelector("#history li.user >> text=Tell me a dream.");
+    expect(await page.locator("#history li.assistant").count()).toBeGreaterThan(0);
+    expect(await page.textContent("#history-count")).toMatch(/\d+ messages/);
     await page.waitForSelector("#events li >> text=agent:rehydrated");
     await page.waitForSelector("#events li >> text=agent:turn-end");
     await page.locator("#agents tr", { hasText: "support/42" }).locator(".chip", { hasText: "resident" }).waitFor();

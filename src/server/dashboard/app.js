@@ -126,9 +126,32 @@ function renderAgents() {
 }
 
 function select(id) {
+  const changed = selected !== id;
   selected = id;
   $("message-agent").value = id;
   for (const row of $("agents").children) row.classList.toggle("selected", row.firstChild.firstChild.textContent === id);
+  if (changed) loadHistory(id);
+}
+
+// The selected agent's conversation, newest last, a page at a time (GET /agents/<id>/history).
+let historyStart = 0;
+function historyItem({ role, content }) {
+  return el("li", { class: role }, el("span", { class: "who" }, role), content);
+}
+async function loadHistory(id, before) {
+  try {
+    const page = await api(`/agents/${id}/history?limit=20${before === undefined ? "" : `&before=${before}`}`);
+    if (id !== selected) return;
+    const items = page.messages.map(historyItem);
+    if (before === undefined) $("history").replaceChildren(...items);
+    else $("history").prepend(...items);
+    historyStart = page.start;
+    $("history-count").textContent = `${page.total} messages`;
+    $("history-older").hidden = page.start === 0;
+    if (before === undefined) $("history").scrollTop = $("history").scrollHeight;
+  } catch (error) {
+    $("history-count").textContent = String(error.message ?? error);
+  }
 }
 
 async function refresh() {
@@ -234,6 +257,7 @@ async function sendMessage(event) {
           `${t.evaluatedTokens} evaluated, ${t.reusedTokens} reused from cache · ${t.stopReason}`));
         reply.scrollTop = reply.scrollHeight;
         $("message-status").textContent = "done";
+        loadHistory(id);
       } else if (event === "error") throw new Error(`${payload.error.code}: ${payload.error.message}`);
     });
   } catch (error) {
@@ -259,6 +283,7 @@ async function spawn(event) {
 }
 
 $("message-form").addEventListener("submit", sendMessage);
+$("history-older").addEventListener("click", () => selected && loadHistory(selected, historyStart));
 $("stop").addEventListener("click", () => turnAbort?.abort());
 $("spawn-form").addEventListener("submit", spawn);
 $("message-agent").addEventListener("change", (event) => select(event.target.value));
