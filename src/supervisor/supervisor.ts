@@ -76,7 +76,7 @@ export class Supervisor {
         // The engine failed mid-turn: the sequence may be broken. Drop it and its saved copy, so the
         // next message rebuilds the cache from the history.
         if (isAgentRuntimeError(error, "ERR_ENGINE_FAILED")) {
-          agent.kv = undefined;
+          await this.#forgetSavedCache(agent);
           await this.unload(agent);
         }
         throw error;
@@ -112,6 +112,17 @@ export class Supervisor {
     agent.lostCache();
   }
 
+  /**
+   * Drops the agent's saved cache, in memory and in the store (the agent leaves memory when idle and is
+   * read back from the store: a refused cache must not be tried again). Best effort: a failed commit
+   * leaves a descriptor the next load refuses again.
+   */
+  async #forgetSavedCache(agent: Agent): Promise<void> {
+    if (!agent.kv) return;
+    agent.kv = undefined;
+    await this.#store.setKv(agent.id, undefined, this.#clock.now()).catch((error: unknown) => agent.log.warn({ err: error }, "could not drop the saved cache"));
+  }
+
   /** Gives an admitted agent its cache: from its state file when valid, else by re-evaluating its context. */
   async #load(agent: Agent, signal: AbortSignal | undefined): Promise<void> {
     const engine = await this.#host.engine();
@@ -134,7 +145,7 @@ export class Supervisor {
           : new AgentRuntimeError("ERR_STATE_CORRUPT", `The engine refused the saved cache of ${agent.id}`, { cause: error });
         agent.log.warn({ err: reason }, "saved cache refused; rebuilding from history");
         this.#emit("agent:error", { id: agent.id, error: reason });
-        agent.kv = undefined;
+        await this.#forgetSavedCache(agent);
         // A failed load may leave partial cells behind: start from an empty sequence.
         await engine.closeSequence(agent.id);
         await engine.openSequence(agent.id);
