@@ -51,6 +51,8 @@ export class AgentDirectory {
   /** Ids whose removal is still deleting files: the id cannot be spawned again until it is done. */
   readonly #removing = new Map<string, Promise<void>>();
   readonly #users = new WeakMap<Agent, number>();
+  /** Uses in flight (a message on its way into a mailbox, or running). */
+  readonly #uses = new Set<Promise<unknown>>();
 
   constructor(options: AgentDirectoryOptions) {
     this.#options = options;
@@ -76,14 +78,26 @@ export class AgentDirectory {
    * Runs `work` with agent `id` in memory (read from the store if needed; ERR_AGENT_NOT_FOUND when
    * none exists). The agent is not dropped from memory before `work` settles.
    */
-  async use<T>(id: string, work: (agent: Agent) => Promise<T> | T): Promise<T> {
-    const agent = await this.#acquire(validateAgentId(id));
-    try {
-      return await work(agent);
-    } finally {
-      this.#users.set(agent, (this.#users.get(agent) ?? 1) - 1);
-      this.retireIfIdle(agent.id);
-    }
+  use<T>(id: string, work: (agent: Agent) => Promise<T> | T): Promise<T> {
+    const using = (async () => {
+      const agent = await this.#acquire(validateAgentId(id));
+      try {
+        // Removed while this caller waited for it: as if it had never been found.
+        if (agent.removed) throw notFound(id);
+        return await work(agent);
+      } finally {
+        this.#users.set(agent, (this.#users.get(agent) ?? 1) - 1);
+        this.retireIfIdle(agent.id);
+      }
+    })();
+    this.#uses.add(using);
+    void using.catch(() => {}).finally(() => this.#uses.delete(using));
+    return using;
+  }
+
+  /** Resolves once every use begun so far has settled (close waits for the messages already sent). */
+  async settled(): Promise<void> {
+    while (this.#uses.size > 0) await Promise.allSettled([...this.#uses]);
   }
 
   /** Drops agent `id` from memory if nothing holds it and it is not resident. Its state is in the store. */

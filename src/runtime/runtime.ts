@@ -290,6 +290,7 @@ export class AgentRuntime {
   /** Finishes queued messages, passivates every resident agent, stops the worker. Idempotent. */
   close(): Promise<void> {
     this.#closed ??= (async () => {
+      await this.#directory.settled();
       await Promise.all(this.#directory.active.map((agent) => agent.mailbox.drain()));
       await Promise.allSettled(this.#directory.removals);
       await this.#supervisor.passivateAll();
