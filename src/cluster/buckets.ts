@@ -1,0 +1,59 @@
+/**
+ * The JetStream buckets a cluster keeps its state in, created on first use by whichever node comes first
+ * (same configuration from every node, so creation is idempotent):
+ *
+ *   <prefix>-members   KV   membership records `m.<node>`; TTL only as garbage collection of dead nodes
+ *   <prefix>-heads     KV   one head per agent `h.<agent>`: owner, epoch, pointers to the committed state
+ *   <prefix>-data      KV   record chunks `r.<agent>.<gen>.<epoch>.<i>`, journal entries `j.<agent>.<gen>.<seq>.<epoch>`
+ *   <prefix>-kv        object store: saved KV cache files `<agent>/kv-<sha>.<ext>`
+ *
+ * Every one file-backed with `replicas` replicas (3 in a 3-server cluster: an acknowledged write is on a
+ * majority), direct gets off so that reads go through the stream leader and never see a lagging replica.
+ */
+import type { NatsConnection } from "@nats-io/transport-node";
+import { Kvm, type KV, type KvOptions } from "@nats-io/kv";
+import { Objm, StorageType, type ObjectStore } from "@nats-io/obj";
+import { validatePrefix } from "./keys.js";
+
+export interface ClusterBuckets {
+  members: KV;
+  heads: KV;
+  data: KV;
+  objects: ObjectStore;
+}
+
+export interface BucketOptions {
+  /** Bucket name prefix. Default "agentrt". */
+  prefix?: string | undefined;
+  /** Replicas of every bucket: 1, 3 or 5. Default 3. */
+  replicas?: number | undefined;
+  /** How long a membership record outlives its last renewal before the server deletes it, in ms. Default 1 hour. */
+  membersTtlMs?: number | undefined;
+  /** JetStream request timeout in ms. Default 5 000. */
+  timeoutMs?: number | undefined;
+}
+
+export async function openClusterBuckets(nc: NatsConnection, options: BucketOptions = {}): Promise<ClusterBuckets> {
+  const prefix = validatePrefix(options.prefix ?? "agentrt");
+  const replicas = options.replicas ?? 3;
+  if (![1, 3, 5].includes(replicas)) throw new RangeError(`replicas must be 1, 3 or 5, got ${replicas}`);
+  const timeout = options.timeoutMs ?? 5000;
+  const kvm = new Kvm(nc);
+  const base: Partial<KvOptions> = { replicas, history: 1, storage: StorageType.File, allow_direct: false, timeout };
+  const open = async (name: string, extra: Partial<KvOptions> = {}): Promise<KV> => {
+    // Two nodes starting together both create; the loser's identical request succeeds or finds it there.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await kvm.create(`${prefix}-${name}`, { ...base, ...extra });
+      } catch (error) {
+        if (attempt >= 4) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 200 * (attempt + 1)));
+      }
+    }
+  };
+  const members = await open("members", { ttl: options.membersTtlMs ?? 3_600_000 });
+  const heads = await open("heads");
+  const data = await open("data");
+  const objects = await new Objm(nc).create(`${prefix}-kv`, { replicas, storage: StorageType.File });
+  return { members, heads, data, objects };
+}
