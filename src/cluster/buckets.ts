@@ -51,9 +51,12 @@ export async function openClusterBuckets(nc: NatsConnection, options: BucketOpti
       }
     }
   };
-  const members = await open("members", { ttl: options.membersTtlMs ?? 3_600_000 });
-  const heads = await open("heads");
-  const data = await open("data");
-  const objects = await new Objm(nc).create(`${prefix}-kv`, { replicas, storage: StorageType.File });
+  // Created together: each is a replicated stream whose raft group elects its own leader.
+  const [members, heads, data, objects] = await Promise.all([
+    open("members", { ttl: options.membersTtlMs ?? 3_600_000 }),
+    open("heads"),
+    open("data"),
+    new Objm(nc).create(`${prefix}-kv`, { replicas, storage: StorageType.File }),
+  ]);
   return { members, heads, data, objects };
 }

@@ -21,12 +21,14 @@ export interface Head {
   epoch: number;
   /** Generation of the record; journal entries extend it. */
   gen: number;
-  /** The record as of generation `gen`: `chunks` keys written under `epoch`, `bytes` long, with this sha256. */
-  record: { epoch: number; chunks: number; bytes: number; sha256: string };
+  /** The record as of generation `gen`: `chunks` keys written under `epoch` and `nonce`, `bytes` long, with this sha256. */
+  record: { epoch: number; nonce: string; chunks: number; bytes: number; sha256: string };
   /** Journal entries 1..n extending `gen`, as runs `[epoch that wrote them, last seq of the run]`. */
   journal: Array<[number, number]>;
   journalBytes: number;
   kv: KvDescriptor | null;
+  /** Epoch under which the saved cache was uploaded (its object is `<agent>/<kvEpoch>/<file>`); 0 without one. */
+  kvEpoch: number;
   updatedAt: number;
   /** Random id of the commit that wrote this head: tells whether a commit whose reply was lost landed. */
   op: string;
@@ -99,7 +101,7 @@ export function decodeHead(id: string, value: Uint8Array): Head {
     head.owner === null || (typeof head.owner === "object" && typeof head.owner.node === "string" && typeof head.owner.incarnation === "string");
   const record = head.record;
   const recordValid =
-    typeof record === "object" && record !== null && isCount(record.epoch) && isCount(record.chunks) && isCount(record.bytes) && /^[0-9a-f]{64}$/.test(String(record.sha256));
+    typeof record === "object" && record !== null && isCount(record.epoch) && /^[0-9a-f]{1,32}$/.test(String(record.nonce)) && isCount(record.chunks) && record.chunks >= 1 && isCount(record.bytes) && /^[0-9a-f]{64}$/.test(String(record.sha256));
   let previous = 0;
   const journalValid =
     Array.isArray(head.journal) &&
@@ -109,7 +111,7 @@ export function decodeHead(id: string, value: Uint8Array): Head {
       return ok;
     });
   if (!ownerValid || !isCount(head.epoch) || !isCount(head.gen) || head.gen < 1 || !recordValid || !journalValid) corrupt("invalid fields");
-  if (!isCount(head.journalBytes) || !Number.isFinite(head.updatedAt) || typeof head.op !== "string") corrupt("invalid fields");
+  if (!isCount(head.journalBytes) || !isCount(head.kvEpoch) || !Number.isFinite(head.updatedAt) || typeof head.op !== "string") corrupt("invalid fields");
   if (head.kv !== null && (typeof head.kv !== "object" || typeof head.kv.file !== "string")) corrupt("invalid KV descriptor");
   return head;
 }

@@ -49,23 +49,27 @@ export function validatePrefix(prefix: unknown): string {
 export const keys = {
   /** The agent's head in the heads bucket: owner, epoch and the pointers to its committed state. */
   head: (token: string) => `h.${token}`,
-  /** Chunk `i` of the record as of generation `gen`, written under `epoch`. */
-  record: (token: string, gen: number, epoch: number, i: number) => `r.${token}.${gen}.${epoch}.${i}`,
+  /**
+   * Chunk `i` of the record as of generation `gen`, written under `epoch`; `nonce` is random per write,
+   * so that two nodes racing to create the same new agent (same epoch, nothing owned yet) never write
+   * the same key.
+   */
+  record: (token: string, gen: number, epoch: number, nonce: string, i: number) => `r.${token}.${gen}.${epoch}.${nonce}.${i}`,
   /** Journal entry `seq` extending generation `gen`, written under `epoch`. */
   entry: (token: string, gen: number, seq: number, epoch: number) => `j.${token}.${gen}.${seq}.${epoch}`,
   /** Every data key of an agent (record chunks and journal entries), for sweeping. */
   dataFilters: (token: string) => [`r.${token}.>`, `j.${token}.>`],
   /** A node's membership record. */
   member: (node: string) => `m.${node}`,
-  /** The object holding a saved KV cache file. */
-  object: (token: string, file: string) => `${token}/${file}`,
+  /** The object holding a saved KV cache file, uploaded under `epoch` (so two owners never share a name). */
+  object: (token: string, epoch: number, file: string) => `${token}/${epoch}/${file}`,
 } as const;
 
-/** The epoch a data key was written under (its fourth token after the kind), or undefined when malformed. */
+/** The generation and epoch a data key was written under, or undefined when it is not a data key. */
 export function dataKeyEpoch(key: string): { kind: "r" | "j"; gen: number; epoch: number } | undefined {
   if (!KEY.test(key)) return undefined;
   const parts = key.split(".");
-  if (parts.length !== 5 || (parts[0] !== "r" && parts[0] !== "j")) return undefined;
+  if (!((parts[0] === "r" && parts.length === 6) || (parts[0] === "j" && parts.length === 5))) return undefined;
   const gen = Number(parts[2]);
   const epoch = Number(parts[0] === "r" ? parts[3] : parts[4]);
   if (!Number.isSafeInteger(gen) || !Number.isSafeInteger(epoch)) return undefined;

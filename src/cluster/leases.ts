@@ -36,6 +36,13 @@ function writeFailed(id: string, error: unknown): AgentRuntimeError {
   return new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not commit the head of ${id}: ${(error as Error).message}`, { cause: error, details: { id } });
 }
 
+/** The committed head of `id` as stored, or undefined when there is no agent. */
+export async function readHead(heads: KV, id: string): Promise<HeadAt | undefined> {
+  const entry = await heads.get(keys.head(agentToken(id)));
+  if (!entry || entry.operation !== "PUT") return undefined;
+  return { head: decodeHead(id, entry.value), revision: entry.revision };
+}
+
 export class AgentLeases {
   readonly #heads: KV;
   readonly #membership: Membership;
@@ -69,10 +76,8 @@ export class AgentLeases {
   }
 
   /** The committed head of `id` as stored, or undefined when there is no agent. */
-  async read(id: string): Promise<HeadAt | undefined> {
-    const entry = await this.#heads.get(keys.head(agentToken(id)));
-    if (!entry || entry.operation !== "PUT") return undefined;
-    return { head: decodeHead(id, entry.value), revision: entry.revision };
+  read(id: string): Promise<HeadAt | undefined> {
+    return readHead(this.#heads, id);
   }
 
   /** The revision of the head's delete marker (or 0): a new head's epoch starts above it. */
@@ -97,6 +102,11 @@ export class AgentLeases {
       cause,
       details: { id, node: this.#membership.node },
     });
+  }
+
+  /** Throws the coded reason this node may not commit `id` (ERR_NOT_OWNER, ERR_LEASE_LOST); no I/O. */
+  check(id: string): Head {
+    return this.#lease(id).head;
   }
 
   /** The lease of `id`, or the coded reason this node may not commit it. */
