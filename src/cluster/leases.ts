@@ -170,7 +170,7 @@ export class AgentLeases {
     this.#membership.check(id);
     const tombstone = await this.#tombstone(id);
     if (tombstone === "exists") return undefined;
-    const next = make({ owner: this.#membership.self, epoch: tombstone + 1 });
+    const next: Head = { ...make({ owner: this.#membership.self, epoch: tombstone + 1 }), op: newOp() };
     const key = keys.head(agentToken(id));
     try {
       const revision = tombstone === 0 ? await this.#heads.create(key, encodeHead(next)) : await this.#heads.update(key, encodeHead(next), tombstone);

@@ -83,6 +83,7 @@ export class Membership {
   #timer: unknown;
   #lost: string | undefined;
   #closed = false;
+  #halted = false;
   #renewing: Promise<void> | undefined;
   /** Renewals sent (for `bench:cluster`: heartbeat traffic must not grow with agents owned). */
   renewals = 0;
@@ -173,7 +174,7 @@ export class Membership {
   }
 
   #schedule(): void {
-    if (this.#closed || this.#lost) return;
+    if (this.#closed || this.#halted || this.#lost) return;
     this.#timer = this.#clock.setTimeout(() => {
       void this.renew().finally(() => this.#schedule());
     }, this.renewEveryMs);
@@ -242,9 +243,13 @@ export class Membership {
     await this.#members.delete(keys.member(this.node), { previousSeq: this.#revision }).catch(() => {});
   }
 
-  /** Stops renewing without deleting the record: others take over only after it expires (a crash, as seen from outside). */
+  /**
+   * Stops renewing without deleting the record or telling this node: others take over once it expires,
+   * while this node, until its own clock says so, still believes it holds its leases (a paused process).
+   * For tests of fencing; a real node stops with `leave()`.
+   */
   halt(): void {
-    this.#closed = true;
+    this.#halted = true;
     this.#clock.clearTimeout(this.#timer);
   }
 }
