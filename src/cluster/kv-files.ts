@@ -6,11 +6,10 @@
  * Any other node downloads the object and checks its sha256 before the engine sees a byte.
  */
 import { randomBytes } from "node:crypto";
-import { createReadStream, createWriteStream, type BigIntStats } from "node:fs";
-import { mkdir, readdir, rename, rm, stat, unlink } from "node:fs/promises";
+import { createReadStream, type BigIntStats } from "node:fs";
+import { mkdir, open as fsOpen, readdir, rename, rm, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
-import { Readable, Writable } from "node:stream";
-import { pipeline } from "node:stream/promises";
+import { Readable } from "node:stream";
 import type { ObjectStore } from "@nats-io/obj";
 import { agentIdToKey } from "../agent-id.js";
 import { AgentRuntimeError } from "../errors.js";
@@ -120,29 +119,29 @@ export class KvFiles {
       if (!result || result.info.deleted) throw corrupt(id, "is missing from the object store", { file: kv.file });
       if (result.info.size !== kv.bytes) throw corrupt(id, `is ${result.info.size} bytes in the object store, expected ${kv.bytes}`, { file: kv.file });
       let received = 0;
-      const limit = kv.bytes;
-      const out = createWriteStream(temp);
-      await pipeline(
-        Readable.fromWeb(result.data as import("node:stream/web").ReadableStream<Uint8Array>),
-        new Writable({
-          write(chunk: Buffer, _encoding, callback) {
-            received += chunk.length;
+      const handle = await fsOpen(temp, "w");
+      try {
+        const reader = result.data.getReader();
+        try {
+          for (;;) {
+            const { done, value } = await reader.read();
+            if (done) break;
+            received += value.length;
             // Never write more than the descriptor vouches for (a forged object could be huge).
-            if (received > limit) callback(new Error(`more than ${limit} bytes`));
-            else out.write(chunk, callback);
-          },
-          final(callback) {
-            out.end(callback);
-          },
-        }),
-      ).catch((error: unknown) => {
-        out.destroy();
-        throw corrupt(id, "failed its transfer or digest check", { file: kv.file }, error);
-      });
+            if (received > kv.bytes) throw corrupt(id, `is larger in the object store than the ${kv.bytes} bytes expected`, { file: kv.file });
+            await handle.write(value);
+          }
+        } catch (error) {
+          await reader.cancel().catch(() => {});
+          throw error instanceof AgentRuntimeError ? error : corrupt(id, "failed its transfer or digest check", { file: kv.file }, error);
+        }
+        if (this.#fsync) await handle.sync();
+      } finally {
+        await handle.close();
+      }
       // The client checks the object's own digest at the end of the stream: a tampered chunk fails here.
       const digestError = await result.error;
       if (digestError) throw corrupt(id, "fails the object store's digest check", { file: kv.file }, digestError);
-      if (this.#fsync) await fsyncPath(temp, "r+");
       const sha256 = await sha256File(temp);
       if (sha256 !== kv.sha256 || received !== kv.bytes) throw corrupt(id, "fails its checksum", { file: kv.file });
       await rename(temp, path);

@@ -109,6 +109,17 @@ export class AgentLeases {
     return this.#lease(id).head;
   }
 
+  /**
+   * The head as committed, for a mutation to build on: {@link check}, and after a commit whose outcome
+   * is unknown, the head read back first. A mutation writes its data keys from this head's position, so
+   * it must never be a head that a landed commit has moved past (it would overwrite a committed entry).
+   */
+  async current(id: string): Promise<Head> {
+    const held = this.#lease(id);
+    if (held.uncertain) await this.#resync(id, held);
+    return held.head;
+  }
+
   /** The lease of `id`, or the coded reason this node may not commit it. */
   #lease(id: string): Held {
     const held = this.#held.get(id);

@@ -265,7 +265,7 @@ export class NatsStore implements StateStore {
   async #held(id: string): Promise<Head> {
     const leases = this.#requireLeases(id);
     try {
-      return leases.check(id);
+      return await leases.current(id);
     } catch (error) {
       if (error instanceof AgentRuntimeError && error.code === "ERR_NOT_OWNER" && !(await this.has(id))) {
         throw new AgentRuntimeError("ERR_AGENT_NOT_FOUND", `No stored agent with id ${JSON.stringify(id)}`, { details: { id } });
@@ -459,7 +459,7 @@ export class NatsStore implements StateStore {
     let previous: Head | undefined;
     try {
       if (leases.holds(id)) {
-        previous = leases.check(id);
+        previous = await leases.current(id);
         const next = await this.#putRecord(record, previous.gen + 1, previous.epoch);
         await leases.commit(id, (head) => {
           // The record replaces the saved cache too: kept when it names the committed one, else none until an upload names it.
@@ -470,11 +470,9 @@ export class NatsStore implements StateStore {
         leases.membership.check(id);
         // A new agent: the record is written first (its keys are ours alone: epoch above the tombstone),
         // then the head that names it is created. A lost race leaves unnamed keys, swept by the winner.
-        const at = await leases.read(id).catch(() => undefined);
-        if (at) {
-          await leases.acquire(id); // ERR_NOT_OWNER while a live node owns it
-          return await this.#writeLocked(record);
-        }
+        // An existing agent is replaced only by its owner, never taken over by a write: a node that lost
+        // the lease would otherwise overwrite the new owner's acknowledged turns with its stale copy.
+        if (await this.has(id)) leases.check(id); // throws ERR_NOT_OWNER or ERR_LEASE_LOST
         const tombstone = await this.#buckets.heads.get(keys.head(agentToken(id)));
         const written = await this.#putRecord(record, 1, (tombstone?.revision ?? 0) + 1);
         const created = await leases.create(id, ({ owner, epoch }) => ({
@@ -490,10 +488,7 @@ export class NatsStore implements StateStore {
           updatedAt: record.updatedAt,
           op: "",
         }));
-        if (!created) {
-          await leases.acquire(id);
-          return await this.#writeLocked(record);
-        }
+        if (!created) leases.check(id); // lost the race to create it: throws ERR_NOT_OWNER
       }
       this.#stats.headCommits++;
     } catch (error) {
@@ -551,7 +546,7 @@ export class NatsStore implements StateStore {
 
   async #compact(id: string): Promise<void> {
     const leases = this.#requireLeases(id);
-    const head = leases.check(id);
+    const head = await leases.current(id);
     const record = await this.#materialize(id, head);
     await this.#writeLocked({ ...record, kv: head.kv ?? undefined });
     this.#stats.compactions++;
@@ -621,7 +616,7 @@ export class NatsStore implements StateStore {
       await this.#files.upload(id, kv, epoch);
       const committed = await this.#exclusive(id, async () => {
         if (this.#pending.get(id) !== pending) return false;
-        const before = leases.check(id);
+        const before = await leases.current(id);
         await leases.commit(id, (head) => ({ ...head, kv, kvEpoch: epoch, updatedAt: Math.max(head.updatedAt, updatedAt) }));
         this.#stats.headCommits++;
         this.#pending.delete(id);

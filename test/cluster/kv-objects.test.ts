@@ -1,0 +1,138 @@
+/**
+ * Saved caches across nodes and hostile cluster input: the object store is off the path of the node that
+ * passivated (local copy first, the head names the upload only once it is complete), other nodes
+ * download and verify, and damaged objects, entries and records are coded errors before anyone uses them.
+ */
+import { readFile, writeFile } from "node:fs/promises";
+import { jetstream } from "@nats-io/jetstream";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { keys } from "../../src/cluster/keys.js";
+import type { NatsStore } from "../../src/cluster/nats-store.js";
+import type { KvDescriptor } from "../../src/store/state-store.js";
+import { populationRecord } from "../store/populate.js";
+import { startClusterFixture, type ClusterFixture } from "./cluster-fixture.js";
+
+let fixture: ClusterFixture;
+beforeAll(async () => {
+  fixture = await startClusterFixture();
+});
+afterAll(async () => {
+  await fixture?.close();
+});
+
+async function saveCache(store: NatsStore, id: string, bytes: Buffer): Promise<KvDescriptor> {
+  const staged = await store.stageKv(id, ".bin");
+  await writeFile(staged.path, bytes);
+  const committed = await staged.commit();
+  const kv: KvDescriptor = { ...committed, tokens: 10, fingerprint: "f".repeat(64), engine: "llama.cpp", historyLength: 0 };
+  await store.setKv(id, kv, Date.now());
+  return kv;
+}
+
+const pattern = (size: number, seed: number): Buffer => {
+  const bytes = Buffer.allocUnsafe(size);
+  for (let i = 0; i < size; i++) bytes[i] = (i * 31 + seed) & 0xff;
+  return bytes;
+};
+
+async function twoNodes(): Promise<{ a: NatsStore; b: NatsStore; prefix: string }> {
+  const prefix = fixture.prefix();
+  const a = await fixture.store("node-a", prefix);
+  const b = await fixture.store("node-b", prefix);
+  await a.open();
+  return { a, b, prefix };
+}
+
+describe("saved caches in the cluster", () => {
+  it("the passivating node rehydrates from its local copy at once; others see the cache only once uploaded, then download and verify it", async () => {
+    const { a, b } = await twoNodes();
+    await a.write(populationRecord("big", 1));
+    const bytes = pattern(16 * 1024 * 1024, 1);
+    const kv = await saveCache(a, "big", bytes);
+    // setKv resolved before the upload finished: the head does not name the cache yet…
+    expect((await b.read("big"))?.kv).toBeUndefined();
+    // …but the node that saved it reads it and opens it locally, without the object store.
+    expect((await a.read("big"))?.kv).toEqual(kv);
+    await a.openKv("big", kv);
+    expect(a.stats.localHits).toBe(1);
+    await a.settled();
+    expect((await b.read("big"))?.kv).toEqual(kv);
+    const path = await b.openKv("big", kv);
+    expect((await readFile(path)).equals(bytes)).toBe(true);
+    expect(b.stats.downloads).toBe(1);
+    await b.openKv("big", kv);
+    expect(b.stats.downloads).toBe(1); // the second time from its local cache
+    expect(await b.bytesOnDisk("big")).toBeGreaterThan(bytes.length);
+  });
+
+  it("a newer cache supersedes an upload still in flight; the older object is never named and is deleted", async () => {
+    const { a, b } = await twoNodes();
+    await a.write(populationRecord("x", 0));
+    await saveCache(a, "x", pattern(4 * 1024 * 1024, 2));
+    const newer = await saveCache(a, "x", pattern(1024, 3));
+    await a.settled();
+    expect((await b.read("x"))?.kv).toEqual(newer);
+    const names = (await a.buckets.objects.list()).filter((o) => !o.deleted).map((o) => o.name);
+    expect(names).toEqual([keys.object("x", (await a.owner("x"))!.epoch, newer.file)]);
+  });
+});
+
+describe("hostile cluster input", () => {
+  it("an object replaced with other bytes of the same size is ERR_STATE_CORRUPT on a node without a local copy", async () => {
+    const { a, b } = await twoNodes();
+    await a.write(populationRecord("victim", 0));
+    const kv = await saveCache(a, "victim", pattern(200_000, 4));
+    await a.settled();
+    const name = keys.object("victim", (await a.owner("victim"))!.epoch, kv.file);
+    await a.buckets.objects.putBlob({ name }, pattern(200_000, 5));
+    await expect(b.openKv("victim", kv)).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+    // The node with the intact local copy is unaffected.
+    await expect(a.openKv("victim", kv)).resolves.toContain(kv.file);
+  });
+
+  it("an object whose chunks were tampered with fails the digest check: ERR_STATE_CORRUPT, nothing crashes", async () => {
+    const { a, b, prefix } = await twoNodes();
+    await a.write(populationRecord("victim", 0));
+    const kv = await saveCache(a, "victim", pattern(300_000, 6));
+    await a.settled();
+    const info = (await a.buckets.objects.info(keys.object("victim", (await a.owner("victim"))!.epoch, kv.file)))!;
+    const js = jetstream(await fixture.connect());
+    // Purge the real chunks and publish garbage of the same total size on the object's chunk subject.
+    const { jetstreamManager } = await import("@nats-io/jetstream");
+    const jsm = await jetstreamManager(await fixture.connect());
+    await jsm.streams.purge(`OBJ_${prefix}-kv`, { filter: `$O.${prefix}-kv.C.${info.nuid}` });
+    await js.publish(`$O.${prefix}-kv.C.${info.nuid}`, pattern(info.size, 7));
+    await expect(b.openKv("victim", kv)).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+  });
+
+  it("a missing object, or a descriptor the head does not name, is ERR_STATE_CORRUPT", async () => {
+    const { a, b } = await twoNodes();
+    await a.write(populationRecord("gone", 0));
+    const kv = await saveCache(a, "gone", pattern(10_000, 8));
+    await a.settled();
+    await a.buckets.objects.delete(keys.object("gone", (await a.owner("gone"))!.epoch, kv.file));
+    await expect(b.openKv("gone", kv)).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+    await expect(b.openKv("gone", { ...kv, file: "kv-0000000000000000.bin" })).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+    await expect(b.openKv("gone", { ...kv, file: "../../etc/passwd" })).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+  });
+
+  it("a damaged or missing journal entry or record chunk is ERR_STATE_CORRUPT on read, never a shorter history", async () => {
+    const { a, b } = await twoNodes();
+    await a.write(populationRecord("j", 1));
+    await a.appendTurn("j", { messages: [{ role: "user", content: "hello" }], updatedAt: 5 });
+    const entryKeys: string[] = [];
+    for await (const key of await a.buckets.data.keys("j.j.>")) entryKeys.push(key);
+    expect(entryKeys).toHaveLength(1);
+    await a.buckets.data.put(entryKeys[0]!, Buffer.from('{"format":"agentrt-entry","sha256":"00","body":"{}"}'));
+    await expect(b.read("j")).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+    await a.write(populationRecord("r", 1));
+    const recordKeys: string[] = [];
+    for await (const key of await a.buckets.data.keys("r.r.>")) recordKeys.push(key);
+    await a.buckets.data.put(recordKeys[0]!, Buffer.from("garbage"));
+    await expect(b.read("r")).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+    await expect(b.history("r")).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+    // A journal entry key deleted under the head: corrupt, not an empty history.
+    await a.buckets.data.purge(entryKeys[0]!);
+    await expect(b.read("j")).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+  });
+});
