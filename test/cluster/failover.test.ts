@@ -23,6 +23,31 @@ afterAll(async () => {
 const lease = { ttlMs: 1500, renewEveryMs: 300, maxClockSkewMs: 200 };
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Polls `acquire` until the owner's membership has expired (ERR_NOT_OWNER until then). */
+async function takeOver(store: NatsStore, id: string, since: number): Promise<void> {
+  for (;;) {
+    try {
+      await store.acquire(id);
+      return;
+    } catch (error) {
+      if ((error as { code?: string }).code !== "ERR_NOT_OWNER" || Date.now() - since > 15_000) throw error;
+      await sleep(100);
+    }
+  }
+}
+
+/** What a child node attempted, from its lines. */
+function childAttempts(lines: Record<string, unknown>[], writer: string): Attempt[] {
+  return lines
+    .filter((line) => line.ev === "attempt")
+    .map((line) => ({
+      turn: String(line.turn),
+      writer,
+      epoch: Number(line.epoch),
+      acked: lines.some((l) => l.ev === "ack" && l.turn === line.turn),
+    }));
+}
+
 const userTurns = (history: { role: string; content: string }[]): string[] => history.filter((m) => m.role === "user").map((m) => m.content);
 
 describe("the test cluster itself", () => {
@@ -53,15 +78,7 @@ describe("a node paused past its lease (SIGSTOP)", () => {
 
       const b = await fixture.store("node-b", prefix, { lease });
       await b.open();
-      for (;;) {
-        try {
-          await b.acquire(id);
-          break;
-        } catch (error) {
-          if ((error as { code?: string }).code !== "ERR_NOT_OWNER" || Date.now() - stoppedAt > 15_000) throw error;
-          await sleep(100);
-        }
-      }
+      await takeOver(b, id, stoppedAt);
       // Taken only once A's membership had expired (its last renewal at most renewEveryMs before the stop).
       expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(lease.ttlMs - lease.renewEveryMs);
       const epochB = (await b.owner(id))!.epoch;
@@ -77,14 +94,7 @@ describe("a node paused past its lease (SIGSTOP)", () => {
       expect(refused.code).toBe("ERR_LEASE_LOST");
       await child.exited;
 
-      const attemptsA: Attempt[] = child.lines
-        .filter((line) => line.ev === "attempt")
-        .map((line) => ({
-          turn: String(line.turn),
-          writer: "node-a",
-          epoch: Number(line.epoch),
-          acked: child.lines.some((l) => l.ev === "ack" && l.turn === line.turn),
-        }));
+      const attemptsA = childAttempts(child.lines, "node-a");
       expect(attemptsA.every((a) => a.epoch < epochB)).toBe(true);
       const history = userTurns((await b.read(id))!.history);
       expect(checkHistory(history, [...attemptsA, ...attemptsB])).toEqual([]);
@@ -95,6 +105,34 @@ describe("a node paused past its lease (SIGSTOP)", () => {
       expect(String(refused.message)).toMatch(/lease/);
     } finally {
       child.process.kill("SIGCONT");
+      child.process.kill("SIGKILL");
+    }
+  });
+});
+
+describe("a node SIGKILLed while appending", () => {
+  it("another node takes the agent over once the membership expires; every acknowledged turn survives, once", async () => {
+    const prefix = fixture.prefix();
+    const id = "support/killed";
+    const child = startFixture("node.ts", [
+      JSON.stringify({ urls: fixture.cluster.urls, prefix, node: "node-a", id, create: true, lease, pauseMs: 0, maxTurns: 10_000 }),
+    ]);
+    try {
+      await child.next("ready");
+      for (let n = 0; n < 20; n++) await child.next("ack");
+      child.process.kill("SIGKILL");
+      const killedAt = Date.now();
+      await child.exited;
+      const b = await fixture.store("node-b", prefix, { lease });
+      await b.open();
+      await takeOver(b, id, killedAt);
+      const epochB = (await b.owner(id))!.epoch;
+      await b.appendTurn(id, { messages: [{ role: "user", content: "node-b-0" }], updatedAt: Date.now() });
+      const history = userTurns((await b.read(id))!.history);
+      const attempts = [...childAttempts(child.lines, "node-a"), { turn: "node-b-0", writer: "node-b", epoch: epochB, acked: true }];
+      expect(checkHistory(history, attempts)).toEqual([]);
+      expect(history.at(-1)).toBe("node-b-0");
+    } finally {
       child.process.kill("SIGKILL");
     }
   });
