@@ -16,13 +16,9 @@
  * its owner's membership expired), and every mutation of an agent this node does not hold fails with
  * ERR_NOT_OWNER (never held) or ERR_LEASE_LOST (held, then lost). Reads need no lease.
  */
-import { createHash, randomBytes } from "node:crypto";
-import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Clock } from "../clock.js";
-import type { ChatMessage } from "../engines/engine.js";
 import { AgentRuntimeError } from "../errors.js";
-import { encodeRecord, MAX_RECORD_BYTES, parseRecord } from "../store/record-file.js";
 import type {
   AgentRecord,
   HistoryOptions,
@@ -35,12 +31,12 @@ import type {
   TurnAppend,
 } from "../store/state-store.js";
 import { openClusterBuckets, type BucketOptions, type ClusterBuckets } from "./buckets.js";
-import { appendRun, entryEpoch, journalLength, type Head } from "./head.js";
-import { agentToken, dataKeyEpoch, keys, tokenToAgent } from "./keys.js";
+import { AgentData, checkMessages, corrupt, MissingKey, sealEntry } from "./agent-data.js";
+import { appendRun, journalLength, type Head } from "./head.js";
+import { agentToken, keys, tokenToAgent } from "./keys.js";
 import { KvFiles } from "./kv-files.js";
 import { AgentLeases, readHead, type HeadAt } from "./leases.js";
 import { Membership, type MembershipOptions } from "./membership.js";
-import { isAmbiguous } from "./nats-errors.js";
 
 const DEFAULT_LIST_LIMIT = 100;
 const MAX_LIST_LIMIT = 1000;
@@ -76,32 +72,9 @@ export interface NatsStoreStats {
   dataPuts: number;
 }
 
-interface EntryBody {
-  id: string;
-  gen: number;
-  seq: number;
-  epoch: number;
-  at: number;
-  messages: ChatMessage[];
-}
-
 interface Pending {
   kv: KvDescriptor;
   updatedAt: number;
-}
-
-const sha256 = (data: string | Uint8Array): string => createHash("sha256").update(data).digest("hex");
-
-function sealEntry(body: EntryBody): Uint8Array {
-  const text = JSON.stringify(body);
-  return Buffer.from(JSON.stringify({ format: "agentrt-entry", sha256: sha256(text), body: text }));
-}
-
-/** A key the head names is gone: the head moved on under the reader (a compaction), or the store is damaged. */
-class MissingKey extends Error {}
-
-function corrupt(id: string, why: string, cause?: unknown): AgentRuntimeError {
-  return new AgentRuntimeError("ERR_STATE_CORRUPT", `The stored state of ${id} is unreadable: ${why}`, { cause, details: { id } });
 }
 
 function writeFailed(id: string, what: string, error: unknown): AgentRuntimeError {
@@ -117,19 +90,12 @@ function checkLimit(name: string, value: unknown, fallback: number): number {
   return value;
 }
 
-function checkMessages(messages: unknown): asserts messages is ChatMessage[] {
-  const valid =
-    Array.isArray(messages) &&
-    messages.every((m: ChatMessage) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
-  if (!valid) throw new TypeError("turn.messages must be a list of { role: 'user' | 'assistant', content: string }");
-}
-
 export class NatsStore implements StateStore {
   readonly location: string;
   readonly #buckets: ClusterBuckets;
   readonly #options: NatsStoreOptions;
   readonly #files: KvFiles;
-  readonly #chunkBytes: number;
+  readonly #data: AgentData;
   readonly #minBytes: number;
   readonly #ratio: number;
   readonly #maxEntries: number;
@@ -139,7 +105,7 @@ export class NatsStore implements StateStore {
   #leases: AgentLeases | undefined;
   #opening: Promise<void> | undefined;
   #disposed = false;
-  readonly #stats: NatsStoreStats = { appends: 0, compactions: 0, recordWrites: 0, headCommits: 0, dataPuts: 0 };
+  readonly #stats = { appends: 0, compactions: 0, headCommits: 0 };
 
   private constructor(buckets: ClusterBuckets, options: NatsStoreOptions) {
     this.#buckets = buckets;
@@ -148,7 +114,7 @@ export class NatsStore implements StateStore {
     this.#files = new KvFiles(options.cacheDir, buckets.objects, { fsync: options.fsync });
     // Chunks stay well under the server's payload limit (1 MiB by default), headers and envelope included.
     const maxPayload = options.connection.info?.max_payload ?? 1024 * 1024;
-    this.#chunkBytes = Math.max(16 * 1024, Math.min(512 * 1024, maxPayload - 16 * 1024));
+    this.#data = new AgentData(buckets.data, { chunkBytes: Math.max(16 * 1024, Math.min(512 * 1024, maxPayload - 16 * 1024)), location: this.location });
     this.#minBytes = options.compaction?.minBytes ?? 64 * 1024;
     this.#ratio = options.compaction?.ratio ?? 1;
     this.#maxEntries = options.compaction?.maxEntries ?? 256;
@@ -168,6 +134,8 @@ export class NatsStore implements StateStore {
     const files = this.#files.stats;
     return {
       ...this.#stats,
+      recordWrites: this.#data.stats.recordWrites,
+      dataPuts: this.#data.stats.puts,
       uploads: files.uploads,
       downloads: files.downloads,
       localHits: files.localHits,
@@ -288,26 +256,6 @@ export class NatsStore implements StateStore {
     return run;
   }
 
-  /** A data put, retried while the cluster fails over (same key, same bytes: idempotent). */
-  async #put(kv: KV, key: string, value: Uint8Array): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await kv.put(key, value);
-        this.#stats.dataPuts++;
-        return;
-      } catch (error) {
-        if (attempt >= 4 || !isAmbiguous(error)) throw error;
-        await new Promise((resolve) => setTimeout(resolve, 250 * attempt));
-      }
-    }
-  }
-
-  async #get(kv: KV, key: string): Promise<Uint8Array> {
-    const entry = await kv.get(key);
-    if (!entry || entry.operation !== "PUT") throw new MissingKey(key);
-    return entry.value;
-  }
-
   // ---- reading -------------------------------------------------------------------------------------
 
   async list(options: ListOptions = {}): Promise<StoredAgentPage> {
@@ -373,7 +321,7 @@ export class NatsStore implements StateStore {
       const at = await this.#headsReader().read(id);
       if (!at) return undefined;
       try {
-        return { record: await this.#materialize(id, at.head), head: at.head };
+        return { record: await this.#data.materialize(id, at.head), head: at.head };
       } catch (error) {
         if (!(error instanceof MissingKey)) throw error;
         const now = await this.#headsReader().read(id);
@@ -382,68 +330,7 @@ export class NatsStore implements StateStore {
     }
   }
 
-  async #materialize(id: string, head: Head): Promise<AgentRecord> {
-    const token = agentToken(id);
-    const data = this.#buckets.data;
-    const chunks = await Promise.all(
-      Array.from({ length: head.record.chunks }, (_, i) => this.#get(data, keys.record(token, head.gen, head.record.epoch, head.record.nonce, i))),
-    );
-    const bytes = Buffer.concat(chunks);
-    if (bytes.length !== head.record.bytes || sha256(bytes) !== head.record.sha256) throw corrupt(id, "the record fails its checksum");
-    const loaded = parseRecord(id, `${this.location}/${keys.record(token, head.gen, head.record.epoch, head.record.nonce, 0)}`, bytes.toString("utf8"));
-    if (loaded.generation !== head.gen) throw corrupt(id, `the record is generation ${loaded.generation}, the head names ${head.gen}`);
-    const record = loaded.record;
-    const total = journalLength(head);
-    for (let from = 1; from <= total; from += 64) {
-      const seqs = Array.from({ length: Math.min(64, total - from + 1) }, (_, i) => from + i);
-      const values = await Promise.all(seqs.map((seq) => this.#get(data, keys.entry(token, head.gen, seq, entryEpoch(head, seq)))));
-      for (const [i, value] of values.entries()) {
-        const seq = seqs[i]!;
-        const entry = this.#parseEntry(id, value);
-        if (entry.gen !== head.gen || entry.seq !== seq || entry.epoch !== entryEpoch(head, seq)) {
-          throw corrupt(id, `journal entry ${seq} is out of place`);
-        }
-        record.history.push(...entry.messages);
-      }
-    }
-    record.kv = head.kv ?? undefined;
-    record.updatedAt = head.updatedAt;
-    return record;
-  }
-
-  #parseEntry(id: string, value: Uint8Array): EntryBody {
-    let entry: EntryBody;
-    try {
-      const envelope = JSON.parse(Buffer.from(value).toString("utf8")) as { format?: string; sha256?: string; body?: string };
-      if (envelope?.format !== "agentrt-entry" || typeof envelope.body !== "string") throw new Error("not a journal entry");
-      if (sha256(envelope.body) !== envelope.sha256) throw new Error("checksum mismatch");
-      entry = JSON.parse(envelope.body) as EntryBody;
-      checkMessages(entry.messages);
-      if (entry.id !== id || !Number.isFinite(entry.at)) throw new Error("invalid fields");
-    } catch (error) {
-      throw corrupt(id, `a journal entry is damaged (${(error as Error).message})`, error);
-    }
-    return entry;
-  }
-
   // ---- writing -------------------------------------------------------------------------------------
-
-  /** Writes the record's chunks as generation `gen` under `epoch`; resolves what the head records of them. */
-  async #putRecord(record: AgentRecord, gen: number, epoch: number): Promise<Head["record"]> {
-    const token = agentToken(record.id);
-    // The head carries the saved cache: the record's copy would go stale at the next setKv.
-    const text = Buffer.from(encodeRecord({ ...record, kv: undefined }, gen));
-    if (text.length > MAX_RECORD_BYTES) throw new Error(`the record would be ${text.length} bytes, over the ${MAX_RECORD_BYTES} limit`);
-    const count = Math.max(1, Math.ceil(text.length / this.#chunkBytes));
-    const nonce = randomBytes(4).toString("hex");
-    await Promise.all(
-      Array.from({ length: count }, (_, i) =>
-        this.#put(this.#buckets.data, keys.record(token, gen, epoch, nonce, i), text.subarray(i * this.#chunkBytes, (i + 1) * this.#chunkBytes)),
-      ),
-    );
-    this.#stats.recordWrites++;
-    return { epoch, nonce, chunks: count, bytes: text.length, sha256: sha256(text) };
-  }
 
   async write(record: AgentRecord): Promise<void> {
     if (typeof record !== "object" || record === null) throw new TypeError("record must be an object");
@@ -460,7 +347,7 @@ export class NatsStore implements StateStore {
     try {
       if (leases.holds(id)) {
         previous = await leases.current(id);
-        const next = await this.#putRecord(record, previous.gen + 1, previous.epoch);
+        const next = await this.#data.putRecord(record, previous.gen + 1, previous.epoch);
         await leases.commit(id, (head) => {
           // The record replaces the saved cache too: kept when it names the committed one, else none until an upload names it.
           const same = record.kv !== undefined && record.kv.sha256 === head.kv?.sha256 && record.kv.file === head.kv.file;
@@ -474,7 +361,7 @@ export class NatsStore implements StateStore {
         // the lease would otherwise overwrite the new owner's acknowledged turns with its stale copy.
         if (await this.has(id)) leases.check(id); // throws ERR_NOT_OWNER or ERR_LEASE_LOST
         const tombstone = await this.#buckets.heads.get(keys.head(agentToken(id)));
-        const written = await this.#putRecord(record, 1, (tombstone?.revision ?? 0) + 1);
+        const written = await this.#data.putRecord(record, 1, (tombstone?.revision ?? 0) + 1);
         const created = await leases.create(id, ({ owner, epoch }) => ({
           id,
           owner,
@@ -514,9 +401,9 @@ export class NatsStore implements StateStore {
       const head = await this.#held(id); // ERR_NOT_OWNER / ERR_LEASE_LOST before any write
       const seq = journalLength(head) + 1;
       const value = sealEntry({ id, gen: head.gen, seq, epoch: head.epoch, at: updatedAt, messages });
-      if (value.length > this.#chunkBytes) {
+      if (value.length > this.#data.chunkBytes) {
         // One turn larger than a chunk: folded into a new record (chunked) rather than a journal entry.
-        const loaded = await this.#materialize(id, head);
+        const loaded = await this.#data.materialize(id, head);
         loaded.history.push(...messages);
         loaded.updatedAt = updatedAt;
         await this.#writeLocked({ ...loaded, kv: undefined });
@@ -524,7 +411,7 @@ export class NatsStore implements StateStore {
         return;
       }
       try {
-        await this.#put(this.#buckets.data, keys.entry(agentToken(id), head.gen, seq, head.epoch), value);
+        await this.#data.put(keys.entry(agentToken(id), head.gen, seq, head.epoch), value);
         await leases.commit(id, (current) => ({
           ...current,
           journal: appendRun(current.journal, current.epoch),
@@ -547,37 +434,16 @@ export class NatsStore implements StateStore {
   async #compact(id: string): Promise<void> {
     const leases = this.#requireLeases(id);
     const head = await leases.current(id);
-    const record = await this.#materialize(id, head);
+    const record = await this.#data.materialize(id, head);
     await this.#writeLocked({ ...record, kv: head.kv ?? undefined });
     this.#stats.compactions++;
   }
 
-  /**
-   * Deletes the data keys `before` named and `after` no longer does (an older generation), then sweeps
-   * this agent's keys that no head ever named (a lost race, a commit refused by fencing) with an epoch
-   * up to ours: a later owner's keys carry a higher epoch and are never touched.
-   */
+  /** Purges what `before` named and `after` no longer does (an older generation), and unnamed keys up to our epoch. */
   async #dropNamed(id: string, before: Head, after: Head): Promise<void> {
     const token = agentToken(id);
-    const named = new Set(this.#namedKeys(token, after));
-    const stale = this.#namedKeys(token, before).filter((key) => !named.has(key));
-    try {
-      for (const filter of keys.dataFilters(token)) {
-        for await (const key of await this.#buckets.data.keys(filter)) {
-          const parsed = dataKeyEpoch(key);
-          if (parsed && parsed.epoch <= after.epoch && !named.has(key)) stale.push(key);
-        }
-      }
-    } catch {
-      // Listing is only for garbage: the next compaction tries again.
-    }
-    await Promise.all([...new Set(stale)].map((key) => this.#buckets.data.purge(key).catch(() => {})));
-  }
-
-  #namedKeys(token: string, head: Head): string[] {
-    const names = Array.from({ length: head.record.chunks }, (_, i) => keys.record(token, head.gen, head.record.epoch, head.record.nonce, i));
-    for (let seq = 1; seq <= journalLength(head); seq++) names.push(keys.entry(token, head.gen, seq, entryEpoch(head, seq)));
-    return names;
+    const named = new Set(this.#data.namedKeys(token, after));
+    await this.#data.purge(id, this.#data.namedKeys(token, before).filter((key) => !named.has(key)), named, after.epoch);
   }
 
   async setKv(id: string, kv: KvDescriptor | undefined, updatedAt: number): Promise<void> {
@@ -646,19 +512,7 @@ export class NatsStore implements StateStore {
         throw writeFailed(id, "remove the agent", error);
       }
       this.#pending.delete(id);
-      const token = agentToken(id);
-      const stale = this.#namedKeys(token, head);
-      try {
-        for (const filter of keys.dataFilters(token)) {
-          for await (const key of await this.#buckets.data.keys(filter)) {
-            const parsed = dataKeyEpoch(key);
-            if (parsed && parsed.epoch <= head.epoch) stale.push(key);
-          }
-        }
-      } catch {
-        // Garbage only.
-      }
-      await Promise.all([...new Set(stale)].map((key) => this.#buckets.data.purge(key).catch(() => {})));
+      await this.#data.purge(id, this.#data.namedKeys(agentToken(id), head), new Set(), head.epoch);
       if (head.kv) await this.#files.deleteObject(id, head.kvEpoch, head.kv.file);
       await this.#files.removeLocal(id);
     });
