@@ -31,7 +31,8 @@ export async function startClusterFixture(): Promise<ClusterFixture> {
     cluster,
     prefix: () => `t${process.pid}-${n++}`,
     connect: async () => {
-      const nc = await connect({ servers: cluster.urls, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+      // Pings every second: a hung server (SIGSTOP) is noticed in ~3 s and the client moves to another.
+      const nc = await connect({ servers: cluster.urls, maxReconnectAttempts: -1, reconnectTimeWait: 100, pingInterval: 1000, maxPingOut: 2 });
       connections.push(nc);
       return nc;
     },
