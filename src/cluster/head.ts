@@ -27,8 +27,8 @@ export interface Head {
   journal: Array<[number, number]>;
   journalBytes: number;
   kv: KvDescriptor | null;
-  /** Epoch under which the saved cache was uploaded (its object is `<agent>/<kvEpoch>/<file>`); 0 without one. */
-  kvEpoch: number;
+  /** The object holding the saved cache (`<agent>/<epoch>/<nonce>-<file>`, unique per upload); null without one. */
+  kvObject: string | null;
   updatedAt: number;
   /** Random id of the commit that wrote this head: tells whether a commit whose reply was lost landed. */
   op: string;
@@ -111,8 +111,8 @@ export function decodeHead(id: string, value: Uint8Array): Head {
       return ok;
     });
   if (!ownerValid || !isCount(head.epoch) || !isCount(head.gen) || head.gen < 1 || !recordValid || !journalValid) corrupt("invalid fields");
-  if (!isCount(head.journalBytes) || !isCount(head.kvEpoch) || !Number.isFinite(head.updatedAt) || typeof head.op !== "string") corrupt("invalid fields");
-  if (head.kv !== null && (typeof head.kv !== "object" || typeof head.kv.file !== "string")) corrupt("invalid KV descriptor");
+  if (!isCount(head.journalBytes) || !(head.kvObject === null || typeof head.kvObject === "string") || !Number.isFinite(head.updatedAt) || typeof head.op !== "string") corrupt("invalid fields");
+  if (head.kv !== null && (typeof head.kv !== "object" || typeof head.kv.file !== "string" || typeof head.kvObject !== "string")) corrupt("invalid KV descriptor");
   return head;
 }
 

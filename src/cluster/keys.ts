@@ -61,8 +61,11 @@ export const keys = {
   dataFilters: (token: string) => [`r.${token}.>`, `j.${token}.>`],
   /** A node's membership record. */
   member: (node: string) => `m.${node}`,
-  /** The object holding a saved KV cache file, uploaded under `epoch` (so two owners never share a name). */
-  object: (token: string, epoch: number, file: string) => `${token}/${epoch}/${file}`,
+  /**
+   * The object holding a saved KV cache file, uploaded under `epoch` with a random `nonce`: every upload
+   * has a name of its own, so deleting a superseded or refused one never deletes another.
+   */
+  object: (token: string, epoch: number, nonce: string, file: string) => `${token}/${epoch}/${nonce}-${file}`,
 } as const;
 
 /** The generation and epoch a data key was written under, or undefined when it is not a data key. */

@@ -71,19 +71,24 @@ export class KvFiles {
     };
   }
 
-  /** Uploads the local file `kv.file` of `id`; resolves once the object store acknowledged all of it. */
-  async upload(id: string, kv: KvDescriptor, epoch: number): Promise<void> {
+  /** A name for a new upload of `kv.file` under `epoch`. */
+  objectName(id: string, kv: KvDescriptor, epoch: number): string {
+    return keys.object(agentToken(id), epoch, randomBytes(4).toString("hex"), kv.file);
+  }
+
+  /** Uploads the local file `kv.file` of `id` as `name`; resolves once the object store acknowledged all of it. */
+  async upload(id: string, kv: KvDescriptor, name: string): Promise<void> {
     const path = join(this.dir(id), kv.file);
     const stream = Readable.toWeb(createReadStream(path, { highWaterMark: 1024 * 1024 })) as ReadableStream<Uint8Array>;
-    const info = await this.#objects.put({ name: keys.object(agentToken(id), epoch, kv.file), metadata: { sha256: kv.sha256 } }, stream);
+    const info = await this.#objects.put({ name, metadata: { sha256: kv.sha256 } }, stream);
     if (info.size !== kv.bytes) throw new Error(`uploaded ${info.size} bytes of ${kv.bytes}`);
     this.stats.uploads++;
     this.stats.uploadBytes += info.size;
   }
 
   /** Deletes the shared copy of `file` (after the head stopped naming it). */
-  async deleteObject(id: string, epoch: number, file: string): Promise<void> {
-    await this.#objects.delete(keys.object(agentToken(id), epoch, file)).catch(() => {});
+  async deleteObject(name: string): Promise<void> {
+    await this.#objects.delete(name).catch(() => {});
   }
 
   /**
@@ -91,7 +96,7 @@ export class KvFiles {
    * the object store, checked (size and sha256) before it is renamed into place. ERR_STATE_CORRUPT when
    * the file is missing everywhere, or its bytes are not the ones the descriptor vouches for.
    */
-  async open(id: string, kv: KvDescriptor, shared: () => Promise<number | undefined>): Promise<string> {
+  async open(id: string, kv: KvDescriptor, shared: () => Promise<string | undefined>): Promise<string> {
     if (!KV_FILE.test(kv.file)) throw corrupt(id, "has an invalid name", { file: kv.file });
     const dir = this.dir(id);
     const path = join(dir, kv.file);
@@ -110,10 +115,10 @@ export class KvFiles {
     await mkdir(dir, { recursive: true });
     const temp = join(dir, `download-${randomBytes(6).toString("hex")}.tmp`);
     try {
-      // Only the head knows under which epoch the shared copy was uploaded (and whether it still names it).
-      const epoch = await shared();
-      if (epoch === undefined) throw corrupt(id, "is not the one the store names", { file: kv.file });
-      const result = await this.#objects.get(keys.object(agentToken(id), epoch, kv.file)).catch((error: unknown) => {
+      // Only the head knows which object holds the shared copy (and whether it still names this file).
+      const name = await shared();
+      if (name === undefined) throw corrupt(id, "is not the one the store names", { file: kv.file });
+      const result = await this.#objects.get(name).catch((error: unknown) => {
         throw corrupt(id, "could not be fetched from the object store", { file: kv.file }, error);
       });
       if (!result || result.info.deleted) throw corrupt(id, "is missing from the object store", { file: kv.file });

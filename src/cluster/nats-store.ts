@@ -77,6 +77,11 @@ interface Pending {
   updatedAt: number;
 }
 
+/** Whether two descriptors name the same saved file. */
+function sameFile(a: KvDescriptor | undefined, b: KvDescriptor | null | undefined): boolean {
+  return a !== undefined && b !== undefined && b !== null && a.file === b.file && a.sha256 === b.sha256;
+}
+
 function writeFailed(id: string, what: string, error: unknown): AgentRuntimeError {
   if (error instanceof AgentRuntimeError) return error;
   return new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not ${what} of ${id}: ${(error as Error).message}`, { cause: error, details: { id } });
@@ -348,11 +353,19 @@ export class NatsStore implements StateStore {
       if (leases.holds(id)) {
         previous = await leases.current(id);
         const next = await this.#data.putRecord(record, previous.gen + 1, previous.epoch);
-        await leases.commit(id, (head) => {
-          // The record replaces the saved cache too: kept when it names the committed one, else none until an upload names it.
-          const same = record.kv !== undefined && record.kv.sha256 === head.kv?.sha256 && record.kv.file === head.kv.file;
-          return { ...head, gen: head.gen + 1, record: next, journal: [], journalBytes: 0, kv: same ? head.kv : null, kvEpoch: same ? head.kvEpoch : 0, updatedAt: record.updatedAt };
-        });
+        // The record replaces the saved cache too: the committed one is kept when the record names it or
+        // the one uploading now (which the upload will commit), else none until an upload names one.
+        const keep = record.kv !== undefined && (sameFile(record.kv, previous.kv) || sameFile(record.kv, this.#pending.get(id)?.kv));
+        await leases.commit(id, (head) => ({
+          ...head,
+          gen: head.gen + 1,
+          record: next,
+          journal: [],
+          journalBytes: 0,
+          kv: keep ? head.kv : null,
+          kvObject: keep ? head.kvObject : null,
+          updatedAt: record.updatedAt,
+        }));
       } else {
         leases.membership.check(id);
         // A new agent: the record is written first (its keys are ours alone: epoch above the tombstone),
@@ -371,7 +384,7 @@ export class NatsStore implements StateStore {
           journal: [],
           journalBytes: 0,
           kv: null,
-          kvEpoch: 0,
+          kvObject: null,
           updatedAt: record.updatedAt,
           op: "",
         }));
@@ -384,10 +397,12 @@ export class NatsStore implements StateStore {
     const head = leases.heldHead(id)!;
     if (previous) {
       await this.#dropNamed(id, previous, head);
-      if (previous.kv && !head.kv) await this.#files.deleteObject(id, previous.kvEpoch, previous.kv.file);
+      if (previous.kvObject && !head.kvObject) await this.#files.deleteObject(previous.kvObject);
     }
-    // A saved cache the record names but the head does not yet: committed once it is uploaded.
-    if (record.kv && record.kv.sha256 !== head.kv?.sha256) this.#startUpload(id, record.kv, record.updatedAt);
+    // An upload of a cache the new record does not name is superseded: it will not commit.
+    if (!sameFile(record.kv, this.#pending.get(id)?.kv)) this.#pending.delete(id);
+    // A saved cache the record names, neither committed nor uploading: committed once it is uploaded.
+    if (record.kv && !sameFile(record.kv, head.kv) && !sameFile(record.kv, this.#pending.get(id)?.kv)) this.#startUpload(id, record.kv, record.updatedAt);
   }
 
   async appendTurn(id: string, turn: TurnAppend): Promise<void> {
@@ -455,19 +470,19 @@ export class NatsStore implements StateStore {
     const leases = this.#requireLeases(id);
     return this.#exclusive(id, async () => {
       const head = await this.#held(id);
-      if (kv !== undefined && kv.sha256 !== head.kv?.sha256) {
+      if (kv !== undefined && !sameFile(kv, head.kv)) {
         // Durable here already (the staged file was fsynced at commit); shared once uploaded.
         this.#startUpload(id, kv, updatedAt);
         return;
       }
       this.#pending.delete(id);
       try {
-        await leases.commit(id, (current) => ({ ...current, kv: kv ?? null, kvEpoch: kv ? current.kvEpoch : 0, updatedAt: Math.max(current.updatedAt, updatedAt) }));
+        await leases.commit(id, (current) => ({ ...current, kv: kv ?? null, kvObject: kv ? current.kvObject : null, updatedAt: Math.max(current.updatedAt, updatedAt) }));
       } catch (error) {
         throw writeFailed(id, "commit the saved cache", error);
       }
       this.#stats.headCommits++;
-      if (!kv && head.kv) await this.#files.deleteObject(id, head.kvEpoch, head.kv.file);
+      if (!kv && head.kvObject) await this.#files.deleteObject(head.kvObject);
       await this.#files.sweepLocal(id, new Set(kv ? [kv.file] : []));
     });
   }
@@ -477,23 +492,23 @@ export class NatsStore implements StateStore {
     const pending: Pending = { kv, updatedAt };
     this.#pending.set(id, pending);
     const leases = this.#requireLeases(id);
-    const epoch = leases.check(id).epoch;
+    const name = this.#files.objectName(id, kv, leases.check(id).epoch);
     const job = (async () => {
-      await this.#files.upload(id, kv, epoch);
+      await this.#files.upload(id, kv, name);
       const committed = await this.#exclusive(id, async () => {
         if (this.#pending.get(id) !== pending) return false;
         const before = await leases.current(id);
-        await leases.commit(id, (head) => ({ ...head, kv, kvEpoch: epoch, updatedAt: Math.max(head.updatedAt, updatedAt) }));
+        await leases.commit(id, (head) => ({ ...head, kv, kvObject: name, updatedAt: Math.max(head.updatedAt, updatedAt) }));
         this.#stats.headCommits++;
         this.#pending.delete(id);
-        if (before.kv && (before.kv.file !== kv.file || before.kvEpoch !== epoch)) await this.#files.deleteObject(id, before.kvEpoch, before.kv.file);
+        if (before.kvObject) await this.#files.deleteObject(before.kvObject);
         await this.#files.sweepLocal(id, new Set([kv.file]));
         return true;
       });
-      // Superseded or refused: nothing names this upload any more.
-      if (!committed) await this.#files.deleteObject(id, epoch, kv.file);
+      // Superseded: nothing names this upload (and its name is its own, so deleting it touches nothing else).
+      if (!committed) await this.#files.deleteObject(name);
     })().catch(async (error: unknown) => {
-      await this.#files.deleteObject(id, epoch, kv.file);
+      await this.#files.deleteObject(name);
       this.#options.onUploadError?.({ id, error });
     });
     this.#uploads.add(job);
@@ -513,7 +528,7 @@ export class NatsStore implements StateStore {
       }
       this.#pending.delete(id);
       await this.#data.purge(id, this.#data.namedKeys(agentToken(id), head), new Set(), head.epoch);
-      if (head.kv) await this.#files.deleteObject(id, head.kvEpoch, head.kv.file);
+      if (head.kvObject) await this.#files.deleteObject(head.kvObject);
       await this.#files.removeLocal(id);
     });
   }
@@ -529,7 +544,7 @@ export class NatsStore implements StateStore {
     agentToken(id);
     return this.#files.open(id, kv, async () => {
       const at = await this.#headsReader().read(id);
-      return at?.head.kv?.sha256 === kv.sha256 && at.head.kv.file === kv.file ? at.head.kvEpoch : undefined;
+      return at?.head.kv?.sha256 === kv.sha256 && at.head.kv.file === kv.file ? (at.head.kvObject ?? undefined) : undefined;
     });
   }
 

@@ -6,7 +6,6 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { jetstream } from "@nats-io/jetstream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { keys } from "../../src/cluster/keys.js";
 import type { NatsStore } from "../../src/cluster/nats-store.js";
 import type { KvDescriptor } from "../../src/store/state-store.js";
 import { populationRecord } from "../store/populate.js";
@@ -27,6 +26,11 @@ async function saveCache(store: NatsStore, id: string, bytes: Buffer): Promise<K
   const kv: KvDescriptor = { ...committed, tokens: 10, fingerprint: "f".repeat(64), engine: "llama.cpp", historyLength: 0 };
   await store.setKv(id, kv, Date.now());
   return kv;
+}
+
+/** The live objects holding `id`'s saved caches. */
+async function objectsOf(store: NatsStore, id: string): Promise<string[]> {
+  return (await store.buckets.objects.list()).filter((o) => !o.deleted && o.name.startsWith(`${id}/`)).map((o) => o.name);
 }
 
 const pattern = (size: number, seed: number): Buffer => {
@@ -72,8 +76,25 @@ describe("saved caches in the cluster", () => {
     const newer = await saveCache(a, "x", pattern(1024, 3));
     await a.settled();
     expect((await b.read("x"))?.kv).toEqual(newer);
-    const names = (await a.buckets.objects.list()).filter((o) => !o.deleted).map((o) => o.name);
-    expect(names).toEqual([keys.object("x", (await a.owner("x"))!.epoch, newer.file)]);
+    const names = await objectsOf(a, "x");
+    expect(names).toHaveLength(1);
+    expect(names[0]).toMatch(new RegExp(`^x/${(await a.owner("x"))!.epoch}/[0-9a-f]{8}-${newer.file}$`));
+  });
+  it("a rewrite naming the cache still uploading keeps that upload (no second one); a rewrite without a cache drops it", async () => {
+    const { a, b } = await twoNodes();
+    await a.write(populationRecord("w", 0));
+    const kv = await saveCache(a, "w", pattern(8 * 1024 * 1024, 9));
+    const current = (await a.read("w"))!;
+    expect(current.kv).toEqual(kv); // the pending cache, on the node that saved it
+    await a.write({ ...current, history: populationRecord("w", 2).history });
+    await a.settled();
+    expect((await b.read("w"))?.kv).toEqual(kv);
+    expect((await b.read("w"))?.history).toHaveLength(4);
+    expect(a.stats.uploads).toBe(1);
+    expect(await objectsOf(a, "w")).toHaveLength(1);
+    await a.write({ ...populationRecord("w", 1), kv: undefined });
+    expect((await b.read("w"))?.kv).toBeUndefined();
+    expect(await objectsOf(a, "w")).toEqual([]);
   });
 });
 
@@ -83,8 +104,8 @@ describe("hostile cluster input", () => {
     await a.write(populationRecord("victim", 0));
     const kv = await saveCache(a, "victim", pattern(200_000, 4));
     await a.settled();
-    const name = keys.object("victim", (await a.owner("victim"))!.epoch, kv.file);
-    await a.buckets.objects.putBlob({ name }, pattern(200_000, 5));
+    const [name] = await objectsOf(a, "victim");
+    await a.buckets.objects.putBlob({ name: name! }, pattern(200_000, 5));
     await expect(b.openKv("victim", kv)).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
     // The node with the intact local copy is unaffected.
     await expect(a.openKv("victim", kv)).resolves.toContain(kv.file);
@@ -95,7 +116,7 @@ describe("hostile cluster input", () => {
     await a.write(populationRecord("victim", 0));
     const kv = await saveCache(a, "victim", pattern(300_000, 6));
     await a.settled();
-    const info = (await a.buckets.objects.info(keys.object("victim", (await a.owner("victim"))!.epoch, kv.file)))!;
+    const info = (await a.buckets.objects.info((await objectsOf(a, "victim"))[0]!))!;
     const js = jetstream(await fixture.connect());
     // Purge the real chunks and publish garbage of the same total size on the object's chunk subject.
     const { jetstreamManager } = await import("@nats-io/jetstream");
@@ -110,7 +131,7 @@ describe("hostile cluster input", () => {
     await a.write(populationRecord("gone", 0));
     const kv = await saveCache(a, "gone", pattern(10_000, 8));
     await a.settled();
-    await a.buckets.objects.delete(keys.object("gone", (await a.owner("gone"))!.epoch, kv.file));
+    await a.buckets.objects.delete((await objectsOf(a, "gone"))[0]!);
     await expect(b.openKv("gone", kv)).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
     await expect(b.openKv("gone", { ...kv, file: "kv-0000000000000000.bin" })).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
     await expect(b.openKv("gone", { ...kv, file: "../../etc/passwd" })).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
