@@ -85,8 +85,7 @@ export class Membership {
   #closed = false;
   #halted = false;
   #renewing: Promise<void> | undefined;
-  /** Renewals sent (for `bench:cluster`: heartbeat traffic must not grow with agents owned). */
-  renewals = 0;
+  #renewals = 0;
 
   private constructor(members: KV, options: Required<Omit<MembershipOptions, "onLost">> & Pick<MembershipOptions, "onLost">, revision: number, startedAt: number, incarnation: string) {
     this.node = options.node;
@@ -145,6 +144,11 @@ export class Membership {
     return membership;
   }
 
+  /** Renewals sent so far (`bench:cluster`: heartbeat traffic must not grow with the agents owned). */
+  get renewals(): number {
+    return this.#renewals;
+  }
+
   get self(): NodeIncarnation {
     return { node: this.node, incarnation: this.incarnation };
   }
@@ -191,7 +195,7 @@ export class Membership {
     if (this.#closed || this.#lost) return;
     const sentAt = this.#clock.now();
     const record: MemberRecord = { format: "agentrt-member", node: this.node, incarnation: this.incarnation, expiresAt: sentAt + this.ttlMs, startedAt: this.#startedAt };
-    this.renewals++;
+    this.#renewals++;
     try {
       this.#revision = await this.#members.update(keys.member(this.node), encode(record), this.#revision);
       // Counted from when it was sent: the record may have been visible since then, never before.

@@ -59,6 +59,11 @@ export interface NatsStoreOptions extends BucketOptions {
   compaction?: { minBytes?: number; ratio?: number; maxEntries?: number } | undefined;
   /** fsync local KV files. Default true. */
   fsync?: boolean | undefined;
+  /**
+   * Called once if this node's membership is lost for good (another process replaced its record): every
+   * lease is gone and every later commit fails ERR_LEASE_LOST; the node should drop its agents and rejoin.
+   */
+  onMembershipLost?: ((reason: string) => void) | undefined;
   /** Called when a saved cache could not be uploaded (the agent keeps its local copy; others rebuild from history). */
   onUploadError?: ((event: { id: string; error: unknown }) => void) | undefined;
 }
@@ -170,6 +175,7 @@ export class NatsStore implements StateStore {
         node: this.#options.node,
         ...this.#options.lease,
         clock: this.#options.clock,
+        onLost: this.#options.onMembershipLost,
       });
       this.#leases = new AgentLeases(this.#buckets.heads, membership);
     })().catch((error: unknown) => {
@@ -461,6 +467,12 @@ export class NatsStore implements StateStore {
     await this.#data.purge(id, this.#data.namedKeys(token, before).filter((key) => !named.has(key)), named, after.epoch);
   }
 
+  /**
+   * Commits a new saved cache, or none. A new cache is durable on this node when this resolves (its file
+   * was fsynced at `commit()`), and this node reads and opens it from then on; the head names it — and
+   * other nodes see it — once its upload to the object store is complete (`settled()` waits for that).
+   * Until then others use the previous cache or rebuild from the history. `undefined` commits at once.
+   */
   async setKv(id: string, kv: KvDescriptor | undefined, updatedAt: number): Promise<void> {
     agentToken(id);
     if (kv !== undefined && (typeof kv !== "object" || kv === null || typeof kv.file !== "string")) {

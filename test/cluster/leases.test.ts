@@ -190,6 +190,28 @@ describe("leases", () => {
     expect((await b.read("good"))?.id).toBe("good");
   });
 
+  it("a node cut off from every NATS server stops committing on its own once its membership lapses, and resumes after if no one took over", async () => {
+    const prefix = fixture.prefix();
+    const a = await fixture.store("node-a", prefix, { lease });
+    await a.open();
+    await a.write(populationRecord("cut", 0));
+    for (let i = 0; i < 3; i++) await fixture.cluster.kill(i, "SIGSTOP");
+    try {
+      await new Promise((resolve) => setTimeout(resolve, lease.ttlMs + 200));
+      expect(a.membership!.isValid()).toBe(false);
+      // Refused locally, before any I/O: no request to a cluster it cannot reach.
+      const started = Date.now();
+      await expect(a.appendTurn("cut", turn("while cut off"))).rejects.toMatchObject({ code: "ERR_LEASE_LOST" });
+      expect(Date.now() - started).toBeLessThan(200);
+    } finally {
+      for (let i = 0; i < 3; i++) await fixture.cluster.kill(i, "SIGCONT");
+    }
+    await fixture.cluster.waitReady();
+    for (let attempt = 0; !a.membership!.isValid() && attempt < 100; attempt++) await new Promise((resolve) => setTimeout(resolve, 100));
+    await a.appendTurn("cut", turn("back"));
+    expect((await a.read("cut"))!.history.map((m) => m.content)).toEqual(["back", "re: back"]);
+  });
+
   it("two nodes spawning the same new id at once: exactly one owns it, the other gets ERR_NOT_OWNER, the record is whole", async () => {
     const prefix = fixture.prefix();
     const a = await fixture.store("node-a", prefix, { lease });
