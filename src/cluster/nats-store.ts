@@ -427,7 +427,7 @@ export class NatsStore implements StateStore {
         const loaded = await this.#data.materialize(id, head);
         loaded.history.push(...messages);
         loaded.updatedAt = updatedAt;
-        await this.#writeLocked({ ...loaded, kv: undefined });
+        await this.#writeLocked({ ...loaded, kv: this.#latestKv(id, head) });
         this.#stats.appends++;
         return;
       }
@@ -452,11 +452,16 @@ export class NatsStore implements StateStore {
     });
   }
 
+  /** The newest saved cache: the one uploading, else the committed one. A rewrite that keeps it cancels nothing. */
+  #latestKv(id: string, head: Head): KvDescriptor | undefined {
+    return this.#pending.get(id)?.kv ?? head.kv ?? undefined;
+  }
+
   async #compact(id: string): Promise<void> {
     const leases = this.#requireLeases(id);
     const head = await leases.current(id);
     const record = await this.#data.materialize(id, head);
-    await this.#writeLocked({ ...record, kv: head.kv ?? undefined });
+    await this.#writeLocked({ ...record, kv: this.#latestKv(id, head) });
     this.#stats.compactions++;
   }
 

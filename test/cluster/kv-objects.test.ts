@@ -98,6 +98,26 @@ describe("saved caches in the cluster", () => {
   });
 });
 
+describe("saved caches and compaction", () => {
+  it("turns and compactions while a cache uploads neither cancel the upload nor drop the committed cache", async () => {
+    const prefix = fixture.prefix();
+    const a = await fixture.store("node-a", prefix, { compaction: { maxEntries: 2 } });
+    const b = await fixture.store("node-b", prefix);
+    await a.open();
+    await a.write(populationRecord("c", 0));
+    const first = await saveCache(a, "c", pattern(1000, 10));
+    await a.settled();
+    const second = await saveCache(a, "c", pattern(8 * 1024 * 1024, 11));
+    for (let n = 0; n < 5; n++) await a.appendTurn("c", { messages: [{ role: "user", content: `t${n}` }], updatedAt: 10 + n });
+    expect(a.stats.compactions).toBeGreaterThanOrEqual(2);
+    expect((await b.read("c"))?.kv).toEqual(first); // still the committed one while the second uploads
+    await a.settled();
+    const read = (await b.read("c"))!;
+    expect(read.kv).toEqual(second);
+    expect(read.history.map((m) => m.content)).toEqual(["t0", "t1", "t2", "t3", "t4"]);
+  });
+});
+
 describe("hostile cluster input", () => {
   it("an object replaced with other bytes of the same size is ERR_STATE_CORRUPT on a node without a local copy", async () => {
     const { a, b } = await twoNodes();
