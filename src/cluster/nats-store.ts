@@ -525,6 +525,7 @@ export class NatsStore implements StateStore {
       // Superseded: nothing names this upload (and its name is its own, so deleting it touches nothing else).
       if (!committed) await this.#files.deleteObject(name);
     })().catch(async (error: unknown) => {
+      if (this.#pending.get(id) === pending) this.#pending.delete(id);
       await this.#files.deleteObject(name);
       this.#options.onUploadError?.({ id, error });
     });
