@@ -11,8 +11,10 @@
  * majority), direct gets off so that reads go through the stream leader and never see a lagging replica.
  */
 import type { NatsConnection } from "@nats-io/transport-node";
+import { jetstream } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvOptions } from "@nats-io/kv";
 import { Objm, StorageType, type ObjectStore } from "@nats-io/obj";
+import { Cas } from "./cas.js";
 import { validatePrefix } from "./keys.js";
 
 export interface ClusterBuckets {
@@ -20,6 +22,9 @@ export interface ClusterBuckets {
   heads: KV;
   data: KV;
   objects: ObjectStore;
+  /** Compare-and-set on the members and heads buckets that holds when writers race (see `cas.ts`). */
+  membersCas: Cas;
+  headsCas: Cas;
 }
 
 export interface BucketOptions {
@@ -58,5 +63,6 @@ export async function openClusterBuckets(nc: NatsConnection, options: BucketOpti
     open("data"),
     new Objm(nc).create(`${prefix}-kv`, { replicas, storage: StorageType.File }),
   ]);
-  return { members, heads, data, objects };
+  const js = jetstream(nc, { timeout });
+  return { members, heads, data, objects, membersCas: new Cas(js, `${prefix}-members`, timeout), headsCas: new Cas(js, `${prefix}-heads`, timeout) };
 }

@@ -13,6 +13,7 @@
  */
 import type { KV } from "@nats-io/kv";
 import { AgentRuntimeError } from "../errors.js";
+import type { Cas } from "./cas.js";
 import { decodeHead, encodeHead, newOp, sameOwner, type Head } from "./head.js";
 import { agentToken, keys } from "./keys.js";
 import type { Membership } from "./membership.js";
@@ -45,6 +46,7 @@ export async function readHead(heads: KV, id: string): Promise<HeadAt | undefine
 
 export class AgentLeases {
   readonly #heads: KV;
+  readonly #cas: Cas;
   readonly #membership: Membership;
   readonly #held = new Map<string, Held>();
   /** Agents whose lease this node lost (so that it says "lost" rather than "not yours"); bounded. */
@@ -52,8 +54,9 @@ export class AgentLeases {
   /** Takes and commits refused by fencing, for tests and metrics. */
   fenced = 0;
 
-  constructor(heads: KV, membership: Membership) {
+  constructor(heads: KV, cas: Cas, membership: Membership) {
     this.#heads = heads;
+    this.#cas = cas;
     this.#membership = membership;
   }
 
@@ -151,7 +154,7 @@ export class AgentLeases {
       if (head.owner && (await this.#membership.isAlive(head.owner))) throw this.#notOwner(id, head);
       const next: Head = { ...head, owner: me, epoch: revision + 1, op: newOp() };
       try {
-        const written = await this.#heads.update(keys.head(agentToken(id)), encodeHead(next), revision);
+        const written = await this.#cas.put(keys.head(agentToken(id)), encodeHead(next), revision);
         this.#held.set(id, { head: next, revision: written, uncertain: false });
         this.#lost.delete(id);
         return next;
@@ -184,7 +187,7 @@ export class AgentLeases {
     const next: Head = { ...make({ owner: this.#membership.self, epoch: tombstone + 1 }), op: newOp() };
     const key = keys.head(agentToken(id));
     try {
-      const revision = tombstone === 0 ? await this.#heads.create(key, encodeHead(next)) : await this.#heads.update(key, encodeHead(next), tombstone);
+      const revision = await this.#cas.put(key, encodeHead(next), tombstone);
       this.#held.set(id, { head: next, revision, uncertain: false });
       this.#lost.delete(id);
       return next;
@@ -209,7 +212,7 @@ export class AgentLeases {
     if (held.uncertain) await this.#resync(id, held);
     const next: Head = { ...mutate(held.head), op: newOp() };
     try {
-      held.revision = await this.#heads.update(keys.head(agentToken(id)), encodeHead(next), held.revision);
+      held.revision = await this.#cas.put(keys.head(agentToken(id)), encodeHead(next), held.revision);
       held.head = next;
       return next;
     } catch (error) {
@@ -229,7 +232,7 @@ export class AgentLeases {
     if (held.uncertain) await this.#resync(id, held);
     const key = keys.head(agentToken(id));
     try {
-      await this.#heads.delete(key, { previousSeq: held.revision });
+      await this.#cas.delete(key, held.revision);
     } catch (error) {
       held.uncertain = true;
       const entry = await this.#heads.get(key).catch(() => undefined);

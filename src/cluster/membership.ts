@@ -11,6 +11,7 @@
  */
 import { randomBytes } from "node:crypto";
 import type { KV } from "@nats-io/kv";
+import type { Cas } from "./cas.js";
 import { systemClock, type Clock } from "../clock.js";
 import { AgentRuntimeError } from "../errors.js";
 import { keys, validateNodeName } from "./keys.js";
@@ -75,6 +76,7 @@ export class Membership {
   readonly renewEveryMs: number;
   readonly maxClockSkewMs: number;
   readonly #members: KV;
+  readonly #cas: Cas;
   readonly #clock: Clock;
   readonly #onLost: MembershipOptions["onLost"];
   readonly #startedAt: number;
@@ -87,13 +89,14 @@ export class Membership {
   #renewing: Promise<void> | undefined;
   #renewals = 0;
 
-  private constructor(members: KV, options: Required<Omit<MembershipOptions, "onLost">> & Pick<MembershipOptions, "onLost">, revision: number, startedAt: number, incarnation: string) {
+  private constructor(members: KV, cas: Cas, options: Required<Omit<MembershipOptions, "onLost">> & Pick<MembershipOptions, "onLost">, revision: number, startedAt: number, incarnation: string) {
     this.node = options.node;
     this.incarnation = incarnation;
     this.ttlMs = options.ttlMs;
     this.renewEveryMs = options.renewEveryMs;
     this.maxClockSkewMs = options.maxClockSkewMs;
     this.#members = members;
+    this.#cas = cas;
     this.#clock = options.clock;
     this.#onLost = options.onLost;
     this.#startedAt = startedAt;
@@ -105,7 +108,7 @@ export class Membership {
    * Registers this process as `node` with a new incarnation and starts renewing. ERR_STATE_LOCKED when
    * a live incarnation of the same node name holds the record (two processes must not share a name).
    */
-  static async join(members: KV, options: MembershipOptions): Promise<Membership> {
+  static async join(members: KV, cas: Cas, options: MembershipOptions): Promise<Membership> {
     const node = validateNodeName(options.node);
     const ttlMs = options.ttlMs ?? 10_000;
     if (!Number.isInteger(ttlMs) || ttlMs < 100) throw new RangeError(`ttlMs must be an integer ≥ 100, got ${ttlMs}`);
@@ -123,7 +126,7 @@ export class Membership {
     const current = await members.get(key);
     let revision: number;
     if (!current || current.operation !== "PUT") {
-      revision = await members.create(key, encode(record)).catch((error: unknown) => {
+      revision = await cas.put(key, encode(record), current?.revision ?? 0).catch((error: unknown) => {
         throw new AgentRuntimeError("ERR_STATE_LOCKED", `Another process registered node ${node} at the same time`, { cause: error, details: { node } });
       });
     } else {
@@ -135,11 +138,11 @@ export class Membership {
       }
       // An expired (or unreadable) record of an earlier process under this name: replaced by CAS, which
       // invalidates every lease that incarnation held, since leases name the incarnation.
-      revision = await members.update(key, encode(record), current.revision).catch((error: unknown) => {
+      revision = await cas.put(key, encode(record), current.revision).catch((error: unknown) => {
         throw new AgentRuntimeError("ERR_STATE_LOCKED", `Another process registered node ${node} at the same time`, { cause: error, details: { node } });
       });
     }
-    const membership = new Membership(members, { node, ttlMs, renewEveryMs, maxClockSkewMs, clock, onLost: options.onLost }, revision, startedAt, incarnation);
+    const membership = new Membership(members, cas, { node, ttlMs, renewEveryMs, maxClockSkewMs, clock, onLost: options.onLost }, revision, startedAt, incarnation);
     membership.#schedule();
     return membership;
   }
@@ -197,7 +200,7 @@ export class Membership {
     const record: MemberRecord = { format: "agentrt-member", node: this.node, incarnation: this.incarnation, expiresAt: sentAt + this.ttlMs, startedAt: this.#startedAt };
     this.#renewals++;
     try {
-      this.#revision = await this.#members.update(keys.member(this.node), encode(record), this.#revision);
+      this.#revision = await this.#cas.put(keys.member(this.node), encode(record), this.#revision);
       // Counted from when it was sent: the record may have been visible since then, never before.
       this.#validUntil = Math.max(this.#validUntil, sentAt + this.ttlMs);
     } catch (error) {
@@ -244,7 +247,7 @@ export class Membership {
     this.#clock.clearTimeout(this.#timer);
     await this.#renewing?.catch(() => {});
     if (this.#lost) return;
-    await this.#members.delete(keys.member(this.node), { previousSeq: this.#revision }).catch(() => {});
+    await this.#cas.delete(keys.member(this.node), this.#revision).catch(() => {});
   }
 
   /**

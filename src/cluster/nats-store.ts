@@ -171,13 +171,13 @@ export class NatsStore implements StateStore {
   async open(): Promise<void> {
     if (this.#disposed) throw new AgentRuntimeError("ERR_LEASE_LOST", "This store was disposed");
     this.#opening ??= (async () => {
-      const membership = await Membership.join(this.#buckets.members, {
+      const membership = await Membership.join(this.#buckets.members, this.#buckets.membersCas, {
         node: this.#options.node,
         ...this.#options.lease,
         clock: this.#options.clock,
         onLost: this.#options.onMembershipLost,
       });
-      this.#leases = new AgentLeases(this.#buckets.heads, membership);
+      this.#leases = new AgentLeases(this.#buckets.heads, this.#buckets.headsCas, membership);
     })().catch((error: unknown) => {
       this.#opening = undefined;
       throw error;
@@ -223,6 +223,11 @@ export class NatsStore implements StateStore {
     agentToken(id);
     await this.settled();
     await this.#exclusive(id, () => this.#requireLeases(id).release(id));
+  }
+
+  /** The epoch of this node's lease on `id`, or undefined when it holds none (local, no I/O). */
+  heldEpoch(id: string): number | undefined {
+    return this.holds(id) ? this.#leases?.heldHead(id)?.epoch : undefined;
   }
 
   /** Whether this node holds the lease of `id` (local check). */

@@ -10,7 +10,10 @@ import { encodeHead, type Head } from "../../src/cluster/head.js";
 import { keys } from "../../src/cluster/keys.js";
 import { Membership } from "../../src/cluster/membership.js";
 import { openClusterBuckets } from "../../src/cluster/buckets.js";
+import { isWrongLastSequence } from "../../src/cluster/nats-errors.js";
+import type { NatsStore } from "../../src/cluster/nats-store.js";
 import { populationRecord } from "../store/populate.js";
+import { checkHistory, type Attempt } from "./history-checker.js";
 import { startClusterFixture, type ClusterFixture } from "./cluster-fixture.js";
 
 let fixture: ClusterFixture;
@@ -40,17 +43,40 @@ const turn = (text: string, at = 1) => ({
 
 const lease = { ttlMs: 1000, renewEveryMs: 250, maxClockSkewMs: 100 };
 
+describe("compare-and-set under racing writers", () => {
+  it("of six writers on one revision (two per server), exactly one wins, every round (nats-server < 2.9.21 lets several through a plain kv.update)", async () => {
+    const { connect } = await import("@nats-io/transport-node");
+    const prefix = fixture.prefix();
+    const conns = await Promise.all([...fixture.cluster.urls, ...fixture.cluster.urls].map((url) => connect({ servers: [url] })));
+    try {
+      const all = await Promise.all(conns.map((nc) => openClusterBuckets(nc, { prefix })));
+      const { heads } = all[0]!;
+      await heads.put("h.k", Buffer.from("0"));
+      for (let round = 0; round < 100; round++) {
+        const revision = (await heads.get("h.k"))!.revision;
+        const results = await Promise.allSettled(all.map((b, i) => b.headsCas.put("h.k", Buffer.from(`${round}-${i}`), revision)));
+        const won = results.flatMap((r, i) => (r.status === "fulfilled" ? [i] : []));
+        expect(won, `round ${round}`).toHaveLength(1);
+        for (const r of results) if (r.status === "rejected") expect(isWrongLastSequence(r.reason)).toBe(true);
+        expect(Buffer.from((await heads.get("h.k"))!.value).toString()).toBe(`${round}-${won[0]}`);
+      }
+    } finally {
+      for (const nc of conns) await nc.close();
+    }
+  });
+});
+
 describe("membership", () => {
   it("one live incarnation per node name: a second gets ERR_STATE_LOCKED; after leave() a new incarnation joins", async () => {
-    const { members } = await openClusterBuckets(await fixture.connect(), { prefix: fixture.prefix() });
-    const first = await Membership.join(members, { node: "n1", ...lease });
-    await expect(Membership.join(members, { node: "n1", ...lease })).rejects.toMatchObject({ code: "ERR_STATE_LOCKED" });
+    const { members, membersCas } = await openClusterBuckets(await fixture.connect(), { prefix: fixture.prefix() });
+    const first = await Membership.join(members, membersCas, { node: "n1", ...lease });
+    await expect(Membership.join(members, membersCas, { node: "n1", ...lease })).rejects.toMatchObject({ code: "ERR_STATE_LOCKED" });
     await first.leave();
-    const second = await Membership.join(members, { node: "n1", ...lease });
+    const second = await Membership.join(members, membersCas, { node: "n1", ...lease });
     expect(second.incarnation).not.toBe(first.incarnation);
     expect(await second.isAlive(first.self)).toBe(false);
     await second.leave();
-    await expect(Membership.join(members, { node: "Bad Name" })).rejects.toThrow(TypeError);
+    await expect(Membership.join(members, membersCas, { node: "Bad Name" })).rejects.toThrow(TypeError);
   });
 
   it("renewal is one write per interval, however many agents the node owns", async () => {
@@ -210,6 +236,58 @@ describe("leases", () => {
     for (let attempt = 0; !a.membership!.isValid() && attempt < 100; attempt++) await new Promise((resolve) => setTimeout(resolve, 100));
     await a.appendTurn("cut", turn("back"));
     expect((await a.read("cut"))!.history.map((m) => m.content)).toEqual(["back", "re: back"]);
+  });
+
+  it("random takeovers under concurrent appends (30 rounds): every acknowledged turn once, epochs never interleave", async () => {
+    const prefix = fixture.prefix();
+    const a = await fixture.store("node-a", prefix, { lease, compaction: { maxEntries: 7 } });
+    const b = await fixture.store("node-b", prefix, { lease, compaction: { maxEntries: 5 } });
+    // The thief's clock is an hour ahead: to it every other membership has expired, so it can take the
+    // agent from a live owner who still believes it holds it — the stale owner that fencing must stop.
+    const thief = await fixture.store("thief", prefix, { lease, clock: clock({ offsetMs: 3_600_000 }) });
+    for (const store of [a, b, thief]) await store.open();
+    const id = "contended";
+    await a.write(populationRecord(id, 0));
+    const attempts: Attempt[] = [];
+    let counter = 0;
+    const append = async (store: NatsStore, name: string): Promise<void> => {
+      const epoch = store.heldEpoch(id);
+      if (epoch === undefined) return;
+      const attempt: Attempt = { turn: `${name}-${counter++}`, writer: name, epoch, acked: false };
+      attempts.push(attempt);
+      try {
+        await store.appendTurn(id, { messages: [{ role: "user", content: attempt.turn }], updatedAt: counter });
+        attempt.acked = true;
+      } catch (error) {
+        expect((error as { code?: string }).code).toMatch(/ERR_LEASE_LOST|ERR_NOT_OWNER/);
+      }
+    };
+    let owner: NatsStore = a;
+    for (let round = 0; round < 30; round++) {
+      const victim = owner;
+      const name = victim === a ? "a" : "b";
+      // The owner appends while the thief takes over and appends too.
+      await Promise.all([
+        (async () => {
+          for (let i = 0; i < 4; i++) await append(victim, name);
+        })(),
+        (async () => {
+          await new Promise((resolve) => setTimeout(resolve, Math.random() * 15));
+          await thief.acquire(id);
+          for (let i = 0; i < 2; i++) await append(thief, "thief");
+        })(),
+      ]);
+      // Its next append is refused, by the head's compare-and-set (it still believed it held the lease).
+      await append(victim, name);
+      expect(victim.holds(id)).toBe(false);
+      await thief.release(id);
+      owner = Math.random() < 0.5 ? a : b;
+      await owner.acquire(id);
+    }
+    const history = (await a.read(id))!.history.map((m) => m.content);
+    expect(checkHistory(history, attempts)).toEqual([]);
+    expect(attempts.filter((x) => x.acked).length).toBeGreaterThan(60);
+    expect(a.stats.fenced + b.stats.fenced).toBeGreaterThanOrEqual(1);
   });
 
   it("two nodes spawning the same new id at once: exactly one owns it, the other gets ERR_NOT_OWNER, the record is whole", async () => {
