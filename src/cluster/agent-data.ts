@@ -11,7 +11,7 @@ import { encodeRecord, MAX_RECORD_BYTES, parseRecord } from "../store/record-fil
 import type { AgentRecord } from "../store/state-store.js";
 import { entryEpoch, journalLength, type Head } from "./head.js";
 import { agentToken, dataKeyEpoch, keys } from "./keys.js";
-import { isAmbiguous } from "./nats-errors.js";
+import { retryTransient } from "./nats-errors.js";
 
 /** One journal entry as stored (inside a checksummed envelope). */
 export interface EntryBody {
@@ -73,20 +73,12 @@ export class AgentData {
 
   /** A put, retried while the cluster fails over (same key, same bytes: idempotent). */
   async put(key: string, value: Uint8Array): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.#data.put(key, value);
-        this.stats.puts++;
-        return;
-      } catch (error) {
-        if (attempt >= 4 || !isAmbiguous(error)) throw error;
-        await new Promise((resolve) => setTimeout(resolve, 250 * attempt));
-      }
-    }
+    await retryTransient(() => this.#data.put(key, value));
+    this.stats.puts++;
   }
 
   async #get(key: string): Promise<Uint8Array> {
-    const entry = await this.#data.get(key);
+    const entry = await retryTransient(() => this.#data.get(key));
     if (!entry || entry.operation !== "PUT") throw new MissingKey(key);
     return entry.value;
   }

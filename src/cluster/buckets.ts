@@ -45,23 +45,25 @@ export async function openClusterBuckets(nc: NatsConnection, options: BucketOpti
   const timeout = options.timeoutMs ?? 5000;
   const kvm = new Kvm(nc);
   const base: Partial<KvOptions> = { replicas, history: 1, storage: StorageType.File, allow_direct: false, timeout };
-  const open = async (name: string, extra: Partial<KvOptions> = {}): Promise<KV> => {
-    // Two nodes starting together both create; the loser's identical request succeeds or finds it there.
+  // Nodes starting together all create: an identical request succeeds or finds the stream there; one
+  // that times out while the meta group is busy placing streams is tried again.
+  const retried = async <T>(create: () => Promise<T>): Promise<T> => {
     for (let attempt = 0; ; attempt++) {
       try {
-        return await kvm.create(`${prefix}-${name}`, { ...base, ...extra });
+        return await create();
       } catch (error) {
         if (attempt >= 4) throw error;
         await new Promise((resolve) => setTimeout(resolve, 200 * (attempt + 1)));
       }
     }
   };
+  const open = (name: string, extra: Partial<KvOptions> = {}): Promise<KV> => retried(() => kvm.create(`${prefix}-${name}`, { ...base, ...extra }));
   // Created together: each is a replicated stream whose raft group elects its own leader.
   const [members, heads, data, objects] = await Promise.all([
     open("members", { ttl: options.membersTtlMs ?? 3_600_000 }),
     open("heads"),
     open("data"),
-    new Objm(nc).create(`${prefix}-kv`, { replicas, storage: StorageType.File }),
+    retried(() => new Objm(nc).create(`${prefix}-kv`, { replicas, storage: StorageType.File })),
   ]);
   const js = jetstream(nc, { timeout });
   return { members, heads, data, objects, membersCas: new Cas(js, `${prefix}-members`, timeout), headsCas: new Cas(js, `${prefix}-heads`, timeout) };

@@ -17,7 +17,7 @@ import type { Cas } from "./cas.js";
 import { decodeHead, encodeHead, newOp, sameOwner, type Head } from "./head.js";
 import { agentToken, keys } from "./keys.js";
 import type { Membership } from "./membership.js";
-import { isWrongLastSequence } from "./nats-errors.js";
+import { isWrongLastSequence, retryTransient } from "./nats-errors.js";
 
 interface Held {
   head: Head;
@@ -39,7 +39,8 @@ function writeFailed(id: string, error: unknown): AgentRuntimeError {
 
 /** The committed head of `id` as stored, or undefined when there is no agent. */
 export async function readHead(heads: KV, id: string): Promise<HeadAt | undefined> {
-  const entry = await heads.get(keys.head(agentToken(id)));
+  const key = keys.head(agentToken(id));
+  const entry = await retryTransient(() => heads.get(key));
   if (!entry || entry.operation !== "PUT") return undefined;
   return { head: decodeHead(id, entry.value), revision: entry.revision };
 }

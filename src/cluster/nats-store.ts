@@ -36,6 +36,7 @@ import { appendRun, journalLength, type Head } from "./head.js";
 import { agentToken, keys, tokenToAgent } from "./keys.js";
 import { KvFiles } from "./kv-files.js";
 import { AgentLeases, readHead, type HeadAt } from "./leases.js";
+import { retryTransient } from "./nats-errors.js";
 import { Membership, type MembershipOptions } from "./membership.js";
 
 const DEFAULT_LIST_LIMIT = 100;
@@ -300,7 +301,8 @@ export class NatsStore implements StateStore {
   }
 
   async has(id: string): Promise<boolean> {
-    const entry = await this.#buckets.heads.get(keys.head(agentToken(id)));
+    const key = keys.head(agentToken(id));
+    const entry = await retryTransient(() => this.#buckets.heads.get(key));
     return entry?.operation === "PUT";
   }
 
