@@ -86,7 +86,8 @@ export class AgentLeases {
 
   /** The revision of the head's delete marker (or 0): a new head's epoch starts above it. */
   async #tombstone(id: string): Promise<number | "exists"> {
-    const entry = await this.#heads.get(keys.head(agentToken(id)));
+    const key = keys.head(agentToken(id));
+    const entry = await retryTransient(() => this.#heads.get(key));
     if (!entry) return 0;
     return entry.operation === "PUT" ? "exists" : entry.revision;
   }
