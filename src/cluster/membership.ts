@@ -205,15 +205,21 @@ export class Membership {
       this.#validUntil = Math.max(this.#validUntil, sentAt + this.ttlMs);
     } catch (error) {
       if (isWrongLastSequence(error)) {
-        const now = await this.#members.get(keys.member(this.node)).catch(() => undefined);
-        const seen = parseMember(now?.value);
-        // A reply lost after the write landed: the record is still ours.
-        if (seen && seen.incarnation === this.incarnation && now) {
+        let now: Awaited<ReturnType<KV["get"]>>;
+        try {
+          now = await this.#members.get(keys.member(this.node));
+        } catch {
+          return; // Unknown (the cluster is failing over): never a reason to give up; the next tick looks again.
+        }
+        const seen = now?.operation === "PUT" ? parseMember(now.value) : undefined;
+        // An earlier renewal whose reply was lost landed after all: the record is still ours. It vouches
+        // for us only as long as the older of the two expiries says.
+        if (now && seen && seen.incarnation === this.incarnation && seen.node === this.node) {
           this.#revision = now.revision;
-          this.#validUntil = Math.max(this.#validUntil, Math.min(sentAt, seen.expiresAt - this.ttlMs) + this.ttlMs);
+          this.#validUntil = Math.max(this.#validUntil, Math.min(sentAt + this.ttlMs, seen.expiresAt));
           return;
         }
-        this.#lose(`its membership record was replaced${seen ? ` by incarnation ${seen.incarnation}` : ""}`);
+        this.#lose(`its membership record was replaced${seen ? ` by incarnation ${seen.incarnation}` : now ? " by a value that is not ours" : " (deleted)"}`);
       }
       // Anything else (a server failing over, a timeout): the next tick tries again; validUntil runs down.
     }

@@ -29,7 +29,10 @@ interface ServerSlot {
   clusterPort: number;
   config: string;
   log: string;
+  /** The `sh` that runs the server and kills it when our end of its stdin closes (see #spawn). */
   process: ChildProcess | undefined;
+  /** The nats-server's own pid, for signals. */
+  serverPid: number | undefined;
   exited: Promise<void> | undefined;
 }
 
@@ -75,7 +78,7 @@ export class NatsCluster {
     const taken = new Set<number>();
     const slots: ServerSlot[] = [];
     for (let i = 0; i < count; i++) {
-      slots.push({ name: `n${i}`, port: await freePort(taken), clusterPort: await freePort(taken), config: "", log: "", process: undefined, exited: undefined });
+      slots.push({ name: `n${i}`, port: await freePort(taken), clusterPort: await freePort(taken), config: "", log: "", process: undefined, serverPid: undefined, exited: undefined });
     }
     for (const [i, slot] of slots.entries()) {
       const store = join(dir, slot.name);
@@ -99,7 +102,7 @@ export class NatsCluster {
     }
     const cluster = new NatsCluster(dir, slots, options.binary ?? DEFAULT_BINARY, options.readyTimeoutMs ?? 30_000);
     try {
-      for (let i = 0; i < count; i++) cluster.#spawn(i);
+      for (let i = 0; i < count; i++) await cluster.#spawn(i);
       await cluster.waitReady();
     } catch (error) {
       await cluster.stop();
@@ -120,7 +123,8 @@ export class NatsCluster {
 
   /** Process id of server `i`, or undefined while it is not running. */
   pid(i: number): number | undefined {
-    return this.#slot(i).process?.pid;
+    const slot = this.#slot(i);
+    return slot.process ? slot.serverPid : undefined;
   }
 
   #slot(i: number): ServerSlot {
@@ -129,16 +133,35 @@ export class NatsCluster {
     return slot;
   }
 
-  #spawn(i: number): void {
+  /**
+   * Starts server `i` under a small `sh` that prints its pid, waits for it, and kills it as soon as our
+   * end of the shell's stdin closes — so that servers never outlive a test process that was killed
+   * (SIGKILL, a closed pipe) before its `finally` could stop them.
+   */
+  async #spawn(i: number): Promise<void> {
     const slot = this.#slot(i);
-    const child = spawn(this.#binary, ["-c", slot.config, "-l", slot.log], { stdio: "ignore" });
+    // fd 3 keeps our pipe: a background job's stdin is otherwise /dev/null in a non-interactive shell.
+    const script = 'exec 3<&0; "$0" -c "$1" -l "$2" </dev/null & pid=$!; echo $pid; (cat <&3 >/dev/null; kill -9 $pid 2>/dev/null) & wait $pid';
+    const child = spawn("sh", ["-c", script, this.#binary, slot.config, slot.log], { stdio: ["pipe", "pipe", "ignore"] });
     slot.process = child;
+    slot.serverPid = undefined;
     slot.exited = new Promise((resolve) => {
       child.once("exit", () => resolve());
       child.once("error", () => resolve());
     });
     child.once("exit", () => {
+      // The watcher in the shell still holds the pipe: closing it ends that too.
+      child.stdin?.end();
       if (slot.process === child) slot.process = undefined;
+    });
+    slot.serverPid = await new Promise<number>((resolve, reject) => {
+      let text = "";
+      child.stdout!.setEncoding("utf8").on("data", (chunk: string) => {
+        text += chunk;
+        const line = text.split("\n")[0];
+        if (text.includes("\n") && /^\d+$/.test(line!)) resolve(Number(line));
+      });
+      child.once("exit", () => reject(new Error(`nats-server ${slot.name} exited at once (see ${slot.log})`)));
     });
   }
 
@@ -177,19 +200,19 @@ export class NatsCluster {
   /** Sends `signal` to server `i` (SIGKILL, SIGSTOP, SIGCONT, SIGTERM). Resolves once a killed server has exited. */
   async kill(i: number, signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
     const slot = this.#slot(i);
-    if (!slot.process) return;
-    slot.process.kill(signal);
+    if (!slot.process || slot.serverPid === undefined) return;
+    process.kill(slot.serverPid, signal);
     if (signal === "SIGKILL" || signal === "SIGTERM" || signal === "SIGINT") await slot.exited;
   }
 
   /** Starts server `i` again on the same ports and store (after `kill`), and waits until the cluster is ready. */
   async restart(i: number, options: { wait?: boolean } = {}): Promise<void> {
     const slot = this.#slot(i);
-    if (slot.process) {
-      slot.process.kill("SIGKILL");
+    if (slot.process && slot.serverPid !== undefined) {
+      process.kill(slot.serverPid, "SIGKILL");
       await slot.exited;
     }
-    this.#spawn(i);
+    await this.#spawn(i);
     if (options.wait ?? true) await this.waitReady();
   }
 
@@ -199,9 +222,9 @@ export class NatsCluster {
     this.#stopped = true;
     await Promise.all(
       this.#servers.map(async (slot) => {
-        if (!slot.process) return;
-        slot.process.kill("SIGCONT");
-        slot.process.kill("SIGKILL");
+        if (!slot.process || slot.serverPid === undefined) return;
+        process.kill(slot.serverPid, "SIGCONT");
+        process.kill(slot.serverPid, "SIGKILL");
         await slot.exited;
       }),
     );

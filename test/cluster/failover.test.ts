@@ -90,7 +90,7 @@ describe("a node paused past its lease (SIGSTOP)", () => {
     const prefix = fixture.prefix();
     const id = "support/paused";
     const child = startFixture("node.ts", [
-      JSON.stringify({ urls: fixture.cluster.urls, prefix, node: "node-a", id, create: true, lease, pauseMs: 20, maxTurns: 10_000 }),
+      JSON.stringify({ urls: fixture.cluster.urls, dir: fixture.cluster.dir, prefix, node: "node-a", id, create: true, lease, pauseMs: 20, maxTurns: 10_000 }),
     ]);
     try {
       await child.next("ready");
@@ -137,7 +137,7 @@ describe("a node SIGKILLed while appending", () => {
     const prefix = fixture.prefix();
     const id = "support/killed";
     const child = startFixture("node.ts", [
-      JSON.stringify({ urls: fixture.cluster.urls, prefix, node: "node-a", id, create: true, lease, pauseMs: 0, maxTurns: 10_000 }),
+      JSON.stringify({ urls: fixture.cluster.urls, dir: fixture.cluster.dir, prefix, node: "node-a", id, create: true, lease, pauseMs: 0, maxTurns: 10_000 }),
     ]);
     try {
       await child.next("ready");
