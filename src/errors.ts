@@ -30,6 +30,8 @@ export const ERROR_CODES = {
   ERR_SEQUENCE_NOT_OPEN: "No KV sequence is open for this agent",
   ERR_ENGINE_CLOSED: "The engine is not loaded or has been disposed",
   ERR_STATE_LOCKED: "Another process holds the state directory",
+  ERR_LEASE_LOST: "This node no longer holds the agent's lease; another node may own it now",
+  ERR_NOT_OWNER: "Another live node owns this agent",
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

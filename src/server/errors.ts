@@ -47,6 +47,10 @@ export const STATUS_BY_CODE: Record<ErrorCode | HttpErrorCode, number> = {
   ERR_SEQUENCE_NOT_OPEN: 500,
   ERR_ENGINE_CLOSED: 503,
   ERR_STATE_LOCKED: 503,
+  // The agent moved: retrying (on the node that owns it now) succeeds.
+  ERR_LEASE_LOST: 503,
+  // Misdirected Request: this node is not the one that serves the agent.
+  ERR_NOT_OWNER: 421,
   ERR_INVALID_ARGUMENT: 400,
   ERR_BODY_TOO_LARGE: 413,
   ERR_INVALID_JSON: 400,

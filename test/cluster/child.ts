@@ -1,0 +1,61 @@
+/** Starts a TypeScript fixture of test/cluster/fixtures in a child process and reads its JSON lines. */
+import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+
+export interface Child {
+  process: ChildProcessWithoutNullStreams;
+  /** Resolves the next unread line whose `ev` is one of `events` (rejects when the child exits first). */
+  next(...events: string[]): Promise<Record<string, unknown>>;
+  lines: Record<string, unknown>[];
+  exited: Promise<number | null>;
+  stderr(): string;
+}
+
+export function startFixture(name: string, args: string[]): Child {
+  const path = fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
+  const child = spawn(process.execPath, ["--import", "tsx", path, ...args], { stdio: ["pipe", "pipe", "pipe"] });
+  const lines: Record<string, unknown>[] = [];
+  const waiters: Array<{ events: string[]; resolve: (line: Record<string, unknown>) => void; reject: (error: Error) => void }> = [];
+  let stderr = "";
+  let read = 0;
+  child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+  const deliver = (): void => {
+    for (let i = 0; i < waiters.length; i++) {
+      const waiter = waiters[i]!;
+      const index = lines.findIndex((line, at) => at >= read && waiter.events.includes(String(line.ev)));
+      if (index !== -1) {
+        read = index + 1;
+        waiters.splice(i--, 1);
+        waiter.resolve(lines[index]!);
+      }
+    }
+  };
+  createInterface({ input: child.stdout }).on("line", (line) => {
+    try {
+      lines.push(JSON.parse(line) as Record<string, unknown>);
+    } catch {
+      lines.push({ ev: "garbage", line });
+    }
+    deliver();
+  });
+  const exited = new Promise<number | null>((resolve) =>
+    child.on("exit", (code) => {
+      setImmediate(() => {
+        for (const waiter of waiters.splice(0)) waiter.reject(new Error(`${name} exited (${code}) first; stderr: ${stderr.slice(-2000)}`));
+        resolve(code);
+      });
+    }),
+  );
+  return {
+    process: child,
+    lines,
+    exited,
+    stderr: () => stderr,
+    next: (...events) =>
+      new Promise((resolve, reject) => {
+        waiters.push({ events, resolve, reject });
+        deliver();
+      }),
+  };
+}
