@@ -31,11 +31,12 @@ export default tseslint.config(
   },
   // Each room may import only the rooms under it: ground (errors, ids, clock, events) < engines <
   // worker, store < actor < supervisor < runtime < server < cli. testing sits beside, for tests.
-  below("engines", ["worker", "store", "actor", "supervisor", "runtime", "server", "cli", "testing"]),
-  below("worker", ["store", "actor", "supervisor", "runtime", "server", "cli", "testing"]),
-  below("store", ["worker", "actor", "supervisor", "runtime", "server", "cli", "testing"]),
-  below("actor", ["worker", "supervisor", "runtime", "server", "cli", "testing"]),
-  below("supervisor", ["runtime", "server", "cli", "testing"]),
+  below("engines", ["worker", "store", "actor", "supervisor", "runtime", "server", "cli", "testing", "cluster"]),
+  below("worker", ["store", "actor", "supervisor", "runtime", "server", "cli", "testing", "cluster"]),
+  below("store", ["worker", "actor", "supervisor", "runtime", "server", "cli", "testing", "cluster"]),
+  below("actor", ["worker", "supervisor", "runtime", "server", "cli", "testing", "cluster"]),
+  below("supervisor", ["runtime", "server", "cli", "testing", "cluster"]),
+  below("cluster", ["worker", "actor", "supervisor", "runtime", "server", "cli", "testing"]),
   below("runtime", ["server", "cli", "testing"]),
   below("server", ["cli", "testing"]),
   { files: ["test/**/*.ts", "bench/**/*.ts"], rules: { "@typescript-eslint/no-explicit-any": "off" } },
