@@ -67,7 +67,7 @@ export class AgentRuntime {
   private constructor(init: RuntimeParts) {
     ({ options: this.#options, store: this.#store, clock: this.#clock, host: this.#host, behaviours: this.#behaviours } = init);
     this.#defaultBehaviour = init.defaultBehaviour;
-    this.#supervisor = new Supervisor({ ...init, maxAgents: init.options.maxAgents, emit: this.#emit });
+    this.#supervisor = new Supervisor({ ...init, maxAgents: init.options.maxAgents, hostCacheBytes: init.options.hostCacheBytes, emit: this.#emit });
     this.#directory = new AgentDirectory({ ...init, ...init.options, supervisor: this.#supervisor, emit: this.#emit });
     this.#host.on("crashed", (error) => this.#emit("agent:error", { error }));
     this.#host.on("restarted", (event) => this.#emit("worker:restarted", event));
@@ -298,6 +298,7 @@ export class AgentRuntime {
     this.#destroyed = true;
     const error = new AgentRuntimeError("ERR_RUNTIME_CLOSED");
     for (const agent of this.#directory.agents) agent.mailbox.rejectPending(error);
+    await this.#supervisor.dispose();
     await this.#host.dispose();
     await this.#store.dispose();
   }

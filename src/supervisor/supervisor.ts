@@ -1,3 +1,4 @@
+import { unlink } from "node:fs/promises";
 import type { Agent } from "../actor/agent.js";
 import type { Clock } from "../clock.js";
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
@@ -7,6 +8,7 @@ import type { PrefixCache } from "../store/prefix-cache.js";
 import type { StagedKv, StateStore } from "../store/state-store.js";
 import { writeFailure } from "../store/write-failure.js";
 import type { EngineHost } from "../worker/engine-host.js";
+import { HostTier, type HostTierStats } from "./host-tier.js";
 import { ResidentSlots } from "./resident-slots.js";
 
 const never = new AbortController().signal;
@@ -18,6 +20,8 @@ export interface SupervisorOptions {
   prefixes: PrefixCache | undefined;
   clock: Clock;
   emit: EmitEvent;
+  /** Bytes of passivated agents' KV states kept in host RAM and written to the store in the background. 0: none. */
+  hostCacheBytes?: number | undefined;
 }
 
 /**
@@ -25,6 +29,9 @@ export interface SupervisorOptions {
  * passivating the least recently used idle one (KV state, then the record that names it), and loads
  * the admitted agent from its saved state, or from its history when the state is missing or unusable.
  * When the worker crashes every resident's cache is gone: they become passivated, to be rebuilt.
+ *
+ * With `hostCacheBytes`, passivation saves into the {@link HostTier} (RAM) instead and the store gets
+ * the state in the background; the agent's durable state until then is its history (see host-tier.ts).
  */
 export class Supervisor {
   readonly #slots: ResidentSlots<Agent>;
@@ -33,6 +40,9 @@ export class Supervisor {
   readonly #prefixes: PrefixCache | undefined;
   readonly #clock: Clock;
   readonly #emit: EmitEvent;
+  readonly #tier: HostTier | undefined;
+  /** Passivated agents whose state is in RAM, not yet named by the store. */
+  readonly #unwritten = new Map<string, Agent>();
 
   constructor(options: SupervisorOptions) {
     this.#host = options.host;
@@ -40,6 +50,27 @@ export class Supervisor {
     this.#prefixes = options.prefixes;
     this.#clock = options.clock;
     this.#emit = options.emit;
+    if (options.hostCacheBytes) {
+      this.#tier = new HostTier({
+        maxBytes: options.hostCacheBytes,
+        store: options.store,
+        now: () => this.#clock.now(),
+        onDurable: (id, kv) => {
+          const agent = this.#unwritten.get(id);
+          this.#unwritten.delete(id);
+          if (agent && !agent.removed) agent.kv = kv;
+        },
+        onWriteFailed: (id, error) => {
+          const agent = this.#unwritten.get(id);
+          this.#unwritten.delete(id);
+          if (!agent || agent.removed) return;
+          // Not an agent failure: its history is durable, and its state stays in RAM for this process.
+          const failure = writeFailure(error, `Writing the saved cache of ${id} to the store failed`, id);
+          agent.log.warn({ err: failure }, "background write of the saved cache failed; a restart rebuilds it from history");
+          this.#emit("agent:error", { id, error: failure });
+        },
+      });
+    }
     this.#slots = new ResidentSlots<Agent>({ maxAgents: options.maxAgents, passivate: (agent) => this.#passivate(agent) });
     this.#host.on("crashed", () => {
       for (const agent of this.#slots.releaseAll()) agent.lostCache();
@@ -93,14 +124,33 @@ export class Supervisor {
     return this.#slots.evict(agent);
   }
 
-  /** Passivates every resident (close). Failures leave that agent resident and are logged by #passivate. */
+  /**
+   * Passivates every resident (close), then writes every state held in RAM to the store and frees the
+   * RAM. Failures leave that agent resident and are logged by #passivate.
+   */
   async passivateAll(): Promise<void> {
     for (const agent of this.#slots.residents) await this.#slots.evict(agent).catch(() => {});
+    await this.#tier?.flush();
+    await this.dispose();
   }
 
-  /** Resolves once no passivation of `agent` is running; pin it first so that none starts after. */
-  settled(agent: Agent): Promise<void> {
-    return this.#slots.settled(agent);
+  /** Stops background writes (the running one is awaited) and frees the RAM tier. Idempotent. */
+  async dispose(): Promise<void> {
+    await this.#tier?.dispose();
+  }
+
+  /** The RAM tier's figures; undefined without `hostCacheBytes`. */
+  get hostTier(): Readonly<HostTierStats> | undefined {
+    return this.#tier?.stats;
+  }
+
+  /**
+   * Resolves once no passivation of `agent` is running, nor a background write of its state; pin it
+   * first so that none starts after.
+   */
+  async settled(agent: Agent): Promise<void> {
+    await this.#slots.settled(agent);
+    await this.#tier?.settled(agent.id);
   }
 
   /** Frees an admitted agent's sequence without saving it (a failed load, a broken cache, removal). */
@@ -110,6 +160,9 @@ export class Supervisor {
     await engine?.closeSequence(agent.id).catch(() => {});
     this.#slots.release(agent);
     agent.lostCache();
+    // Its RAM copy may be what broke (or the agent is going): the next load uses the store or the history.
+    this.#tier?.forget(agent.id);
+    this.#unwritten.delete(agent.id);
   }
 
   /** Gives an admitted agent its cache: from its state file when valid, else by re-evaluating its context. */
@@ -121,7 +174,23 @@ export class Supervisor {
     await engine.openSequence(agent.id);
     let source: "state" | "history" = "history";
     let tokens = 0;
-    if (agent.kv) {
+    const inRam = await this.#tier?.take(agent.id, engine.info.fingerprint);
+    if (inRam) {
+      try {
+        tokens = (await engine.loadState(agent.id, inRam)).tokens;
+        source = "state";
+        // A background write still copying it is awaited: none may run while the agent is resident.
+        await this.#tier!.loaded(agent.id);
+        this.#unwritten.delete(agent.id);
+      } catch (error) {
+        if (isAgentRuntimeError(error, "ERR_WORKER_CRASHED")) throw error;
+        agent.log.warn({ err: error }, "saved cache in RAM refused; trying the store");
+        this.#tier!.forget(agent.id);
+        await engine.closeSequence(agent.id);
+        await engine.openSequence(agent.id);
+      }
+    }
+    if (agent.kv && source === "history") {
       try {
         checkKvDescriptor(agent.id, agent.kv, engine.info);
         const path = await this.#store.openKv(agent.id, agent.kv);
@@ -158,6 +227,7 @@ export class Supervisor {
 
   /** Saves an agent's cache, then the record naming it, and frees its sequence. */
   async #passivate(agent: Agent): Promise<void> {
+    if (this.#tier) return this.#passivateToRam(agent, this.#tier);
     const engine = await this.#host.engine();
     const started = this.#clock.now();
     agent.moveTo("passivating");
@@ -198,5 +268,40 @@ export class Supervisor {
     const ms = this.#clock.now() - started;
     agent.log.debug({ tokens: agent.kv.tokens, bytes: agent.kv.bytes, ms }, "passivated");
     this.#emit("agent:passivated", { id: agent.id, tokens: agent.kv.tokens, bytes: agent.kv.bytes, ms });
+  }
+
+  /** Saves an agent's cache into RAM and frees its sequence; the store gets it in the background. */
+  async #passivateToRam(agent: Agent, tier: HostTier): Promise<void> {
+    const engine = await this.#host.engine();
+    const started = this.#clock.now();
+    agent.moveTo("passivating");
+    let path: string | undefined;
+    let bytes: number;
+    let tokens: number;
+    try {
+      const extension = engine.info.stateFileExtension;
+      path = await tier.stagePath(agent.id, extension);
+      ({ bytes, tokens } = await engine.saveState(agent.id, path));
+      const { fingerprint, engine: engineName } = engine.info;
+      this.#unwritten.set(agent.id, agent);
+      await tier.add({ id: agent.id, path, extension, bytes, tokens, fingerprint, engine: engineName, historyLength: agent.history.length });
+    } catch (error) {
+      this.#unwritten.delete(agent.id);
+      if (path) await unlink(path).catch(() => {});
+      const crashed = isAgentRuntimeError(error, "ERR_WORKER_CRASHED");
+      if (crashed) agent.lostCache();
+      else agent.moveTo("resident");
+      const failure = crashed ? error : writeFailure(error, `Passivating ${agent.id} failed`, agent.id);
+      agent.log.error({ err: failure }, crashed ? "worker crashed during passivation" : "passivation failed; agent stays resident");
+      this.#emit("agent:error", { id: agent.id, error: failure });
+      throw failure;
+    }
+    await engine.closeSequence(agent.id);
+    agent.moveTo("passivated");
+    // Back within hostCacheBytes before the slot is given to another agent (waits for writes if it must).
+    await tier.fit();
+    const ms = this.#clock.now() - started;
+    agent.log.debug({ tokens, bytes, ms, tier: "ram" }, "passivated");
+    this.#emit("agent:passivated", { id: agent.id, tokens, bytes, ms });
   }
 }
