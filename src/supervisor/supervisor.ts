@@ -169,12 +169,12 @@ export class Supervisor {
   async #load(agent: Agent, signal: AbortSignal | undefined): Promise<void> {
     const engine = await this.#host.engine();
     const started = this.#clock.now();
-    const wasStored = agent.kv !== undefined || agent.history.length > 0;
+    const inRam = await this.#tier?.take(agent.id, engine.info.fingerprint);
+    const wasStored = agent.kv !== undefined || agent.history.length > 0 || inRam !== undefined;
     agent.moveTo("rehydrating");
     await engine.openSequence(agent.id);
     let source: "state" | "history" = "history";
     let tokens = 0;
-    const inRam = await this.#tier?.take(agent.id, engine.info.fingerprint);
     if (inRam) {
       try {
         tokens = (await engine.loadState(agent.id, inRam)).tokens;
