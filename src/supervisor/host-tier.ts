@@ -13,7 +13,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, type BigIntStats } from "node:fs";
-import { copyFile, mkdir, readdir, rm, stat, unlink } from "node:fs/promises";
+import { copyFile, mkdir, readdir, rm, stat, statfs, unlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { EngineName } from "../engines/engine.js";
@@ -76,6 +76,8 @@ function tierRoot(location: string): { dir: string; prefix: string } {
 
 export class HostTier {
   readonly #options: HostTierOptions;
+  /** `maxBytes`, or less when the RAM file system has less than twice that free. */
+  #maxBytes: number;
   /** Least recently passivated first (Map insertion order). */
   readonly #entries = new Map<string, Entry>();
   #dir: Promise<string> | undefined;
@@ -86,6 +88,7 @@ export class HostTier {
   constructor(options: HostTierOptions) {
     if (!Number.isSafeInteger(options.maxBytes) || options.maxBytes < 1) throw new RangeError(`hostCacheBytes must be a positive integer, got ${options.maxBytes}`);
     this.#options = options;
+    this.#maxBytes = options.maxBytes;
   }
 
   get stats(): Readonly<HostTierStats> {
@@ -101,6 +104,10 @@ export class HostTier {
         if (name.startsWith(prefix)) await rm(join(parent, name), { recursive: true, force: true });
       }
       await mkdir(dir, { recursive: true, mode: 0o700 });
+      // A container's /dev/shm is often 64 MiB: keep to half of what is free (a save that still does not
+      // fit falls back to the store).
+      const free = await statfs(dir).then((fs) => fs.bavail * fs.bsize, () => Infinity);
+      this.#maxBytes = Math.max(1, Math.min(this.#options.maxBytes, Math.floor(free / 2)));
       return dir;
     })();
     return this.#dir;
@@ -194,8 +201,7 @@ export class HostTier {
 
   /** Resolves once the tier is within `maxBytes`, waiting for writes when only non-durable states are left. */
   async fit(): Promise<void> {
-    const { maxBytes } = this.#options;
-    while (this.#stats.bytes > maxBytes) {
+    while (this.#stats.bytes > this.#maxBytes) {
       // Least recently passivated first, among those the store names already (or could not take).
       const victim = [...this.#entries.values()].find((e) => e.durable || e.failed);
       if (victim) {

@@ -227,7 +227,10 @@ export class Supervisor {
 
   /** Saves an agent's cache, then the record naming it, and frees its sequence. */
   async #passivate(agent: Agent): Promise<void> {
-    if (this.#tier) return this.#passivateToRam(agent, this.#tier);
+    return this.#tier ? this.#passivateToRam(agent, this.#tier) : this.#passivateToStore(agent);
+  }
+
+  async #passivateToStore(agent: Agent): Promise<void> {
     const engine = await this.#host.engine();
     const started = this.#clock.now();
     agent.moveTo("passivating");
@@ -289,12 +292,15 @@ export class Supervisor {
       this.#unwritten.delete(agent.id);
       if (path) await unlink(path).catch(() => {});
       const crashed = isAgentRuntimeError(error, "ERR_WORKER_CRASHED");
-      if (crashed) agent.lostCache();
-      else agent.moveTo("resident");
-      const failure = crashed ? error : writeFailure(error, `Passivating ${agent.id} failed`, agent.id);
-      agent.log.error({ err: failure }, crashed ? "worker crashed during passivation" : "passivation failed; agent stays resident");
-      this.#emit("agent:error", { id: agent.id, error: failure });
-      throw failure;
+      if (crashed) {
+        agent.lostCache();
+        agent.log.error({ err: error }, "worker crashed during passivation");
+        this.#emit("agent:error", { id: agent.id, error: error as AgentRuntimeError });
+        throw error;
+      }
+      // The RAM folder is full or unwritable (a small /dev/shm in a container, say): straight to the store.
+      agent.log.warn({ err: error }, "saving the cache to RAM failed; saving it to the store");
+      return this.#passivateToStore(agent);
     }
     await engine.closeSequence(agent.id);
     agent.moveTo("passivated");

@@ -9,6 +9,7 @@ import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { AgentRuntime, DirectoryStore, type EngineName } from "../../src/index.js";
+import { FakeEngine } from "../../src/testing/index.js";
 import { ENGINES, FAST, MODELS } from "../helpers/model.js";
 import { collect, fakeRuntime, HookedStore, useScratch } from "../robustness/helpers.js";
 
@@ -110,6 +111,25 @@ describe("host-RAM tier (fake engine)", () => {
     await runtime.close();
     expect(existsSync(join(stateDir, "agents", "a"))).toBe(false);
     expect(await new DirectoryStore(stateDir).count()).toBe(0);
+  });
+
+  it("when the RAM folder refuses a save (a full /dev/shm), the state goes straight to the store", async () => {
+    const stateDir = scratch.stateDir();
+    class FullRam extends FakeEngine {
+      override async saveState(key: string, path: string) {
+        if (!path.startsWith(stateDir)) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
+        return super.saveState(key, path);
+      }
+    }
+    const runtime = scratch.track(await AgentRuntime.create({ stateDir, maxAgents: 1, hostCacheBytes: 64 * MiB, engineFactory: async () => new FullRam({ sequences: 1 }) }));
+    const errors = collect(runtime, "agent:error");
+    await runtime.spawn({ id: "a", systemPrompt: "A" });
+    await runtime.ask("a", "one");
+    await runtime.passivate("a");
+    expect(runtime.get("a").status).toBe("passivated");
+    expect(await storedKv(stateDir, "a")).toMatchObject({ checksum: { algorithm: "xxh3-64" } });
+    expect((await runtime.ask("a", "two")).reply).toMatch(/^r/);
+    expect(errors).toEqual([]);
   });
 
   it("hostCacheBytes must be a non-negative integer", async () => {
