@@ -29,6 +29,8 @@ const { values } = parseArgs({
     concurrency: { type: "string" },
     tokens: { type: "string" },
     seed: { type: "string" },
+    "host-cache-mib": { type: "string" },
+    out: { type: "string" },
   },
 });
 const choice = await resolveModel(values);
@@ -40,6 +42,8 @@ const turnCount = intOption("turns", values.turns, 400);
 const concurrency = intOption("concurrency", values.concurrency, 4);
 const maxTokens = intOption("tokens", values.tokens, 8);
 const seed = intOption("seed", values.seed, 42);
+/** `hostCacheBytes` in MiB (the host-RAM tier); 0: off. */
+const hostCacheMiB = values["host-cache-mib"] === undefined ? 0 : Number(values["host-cache-mib"]);
 if (engine === "mlx") pinMlxThreads(threads);
 
 /** A few roles, so agents share system prompts as in a real deployment (and the shared prefix cache works). */
@@ -74,7 +78,7 @@ let turnPassivations = 0;
 let turnRehydrations = 0;
 try {
   progress(`${choice.label} on ${engine}, ${threads} threads; ${agentCount} agents, ${maxAgents} resident`);
-  const runtime = await AgentRuntime.create({ model: choice.path, engine, stateDir: join(root, "state"), maxAgents, threads, contextSize: 1024 });
+  const runtime = await AgentRuntime.create({ model: choice.path, engine, stateDir: join(root, "state"), maxAgents, threads, contextSize: 1024, hostCacheBytes: Math.round(hostCacheMiB * 2 ** 20) });
   runtime.subscribe("agent:passivated", () => passivations++);
   runtime.subscribe("agent:rehydrated", (event) => {
     rehydrations++;
@@ -189,7 +193,7 @@ console.log(
   ]),
 );
 console.log(`RSS (MiB) by tenth of the turns' passivations: ${tenths.map((v) => v.toFixed(1)).join(" ")}; slope after the first 20 %: ${result.rssSlopeMiBPer1000Passivations.toFixed(2)} MiB per 1 000 passivations`);
-const path = await writeResult("churn.json", result);
+const path = await writeResult(values.out ?? "churn.json", { ...result, hostCacheMiB, mallocArenaMax: process.env.MALLOC_ARENA_MAX });
 const plot = await lineChart(
   plotName("churn", choice.label, [engine]),
   rss.samples.map((s) => ({ x: s.seconds, y: s.rssMiB, series: phaseAt(s.seconds) })),
