@@ -53,7 +53,7 @@ const whole = Buffer.allocUnsafeSlow(size);
 async function readChunks(each: (bytes: Buffer) => void): Promise<void> {
   const handle = await open(path, "r");
   try {
-    for (let position = 0; ; ) {
+    for (let position = 0; ;) {
       const { bytesRead } = await handle.read(chunk, 0, CHUNK, position);
       if (bytesRead === 0) break;
       each(bytesRead === CHUNK ? chunk : chunk.subarray(0, bytesRead));
@@ -67,7 +67,7 @@ async function readChunks(each: (bytes: Buffer) => void): Promise<void> {
 async function readWhole(): Promise<void> {
   const handle = await open(path, "r");
   try {
-    for (let offset = 0; offset < size; ) {
+    for (let offset = 0; offset < size;) {
       const { bytesRead } = await handle.read(whole, offset, Math.min(8 << 20, size - offset), offset);
       if (bytesRead === 0) break;
       offset += bytesRead;
@@ -82,10 +82,11 @@ const timed = (work: () => unknown) => async () => {
   await work();
   return performance.now() - started;
 };
-const nodeHash = (algorithm: string) => timed(() => {
-  const h = createHash(algorithm);
-  return readChunks((b) => h.update(b)).then(() => h.digest("hex"));
-});
+const nodeHash = (algorithm: string) =>
+  timed(() => {
+    const h = createHash(algorithm);
+    return readChunks((b) => h.update(b)).then(() => h.digest("hex"));
+  });
 
 try {
   await writeFile(path, randomFillSync(Buffer.allocUnsafe(size)));

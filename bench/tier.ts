@@ -29,7 +29,22 @@ import { DirectoryStore } from "../src/store/directory-store.js";
 import { RECORD_FORMAT_VERSION, type KvDescriptor } from "../src/store/state-store.js";
 import { HostTier } from "../src/supervisor/host-tier.js";
 import { RemoteEngine } from "../src/worker/remote-engine.js";
-import { buildHistories, CORES, DEFAULT_THREADS, engineOption, interleave, intOption, listOption, median, MODEL_OPTIONS, pinMlxThreads, plotName, progress, resolveModel, writeResult } from "./lib.js";
+import {
+  buildHistories,
+  CORES,
+  DEFAULT_THREADS,
+  engineOption,
+  interleave,
+  intOption,
+  listOption,
+  median,
+  MODEL_OPTIONS,
+  pinMlxThreads,
+  plotName,
+  progress,
+  resolveModel,
+  writeResult,
+} from "./lib.js";
 import { barChart } from "./plot.js";
 
 const { values } = parseArgs({
@@ -68,7 +83,7 @@ async function plainRead(path: string, into: Uint8Array): Promise<number> {
   const started = performance.now();
   const handle = await open(path, "r");
   try {
-    for (let offset = 0; offset < into.length; ) {
+    for (let offset = 0; offset < into.length;) {
       const { bytesRead } = await handle.read(into, offset, Math.min(8 << 20, into.length - offset), offset);
       if (bytesRead === 0) break;
       offset += bytesRead;
@@ -89,13 +104,28 @@ try {
     const engine = await RemoteEngine.start({ engine: engineName, model: choice.path, contextSize, sequences: 4, threads });
     const stateDir = join(root, engineName);
     const store = await DirectoryStore.open(stateDir);
-    const tier = new HostTier({ maxBytes: 1 << 30, store, now: Date.now, onDurable: () => {}, onWriteFailed: (_id, error) => progress(`background write failed: ${String(error)}`) });
+    const tier = new HostTier({
+      maxBytes: 1 << 30,
+      store,
+      now: Date.now,
+      onDurable: () => {},
+      onWriteFailed: (_id, error) => progress(`background write failed: ${String(error)}`),
+    });
     const extension = engine.info.stateFileExtension;
     const { fingerprint } = engine.info;
     try {
       for (const target of lengths) {
         const messages = histories.get(target)!;
-        await store.write({ formatVersion: RECORD_FORMAT_VERSION, id: "agent", role: "bench", systemPrompt: "bench", sampling: {}, history: [], createdAt: 0, updatedAt: 0 });
+        await store.write({
+          formatVersion: RECORD_FORMAT_VERSION,
+          id: "agent",
+          role: "bench",
+          systemPrompt: "bench",
+          sampling: {},
+          history: [],
+          createdAt: 0,
+          updatedAt: 0,
+        });
         await engine.openSequence("agent");
         const tokens = (await engine.prefill("agent", messages, never)).cacheTokens;
         progress(`${engineName}: ${tokens} tokens in the cache, ${reps} repetitions`);
@@ -115,7 +145,16 @@ try {
         const toRam = async () => {
           const path = await tier.stagePath("agent", extension);
           const saved = await engine.saveState("agent", path);
-          await tier.add({ id: "agent", path, extension, bytes: saved.bytes, tokens, fingerprint, engine: engineName, historyLength: messages.length });
+          await tier.add({
+            id: "agent",
+            path,
+            extension,
+            bytes: saved.bytes,
+            tokens,
+            fingerprint,
+            engine: engineName,
+            historyLength: messages.length,
+          });
           await tier.fit();
         };
         await toRam();

@@ -57,7 +57,7 @@ export async function checksumFile(path: string, algorithm: ChecksumAlgorithm = 
   const buffer = spare.pop() ?? Buffer.allocUnsafeSlow(CHUNK_BYTES);
   const handle = await open(path, "r");
   try {
-    for (let position = 0; ; ) {
+    for (let position = 0; ;) {
       const { bytesRead } = await handle.read(buffer, 0, CHUNK_BYTES, position);
       if (bytesRead === 0) break;
       hash.update(bytesRead === CHUNK_BYTES ? buffer : buffer.subarray(0, bytesRead));

@@ -86,7 +86,8 @@ export class HostTier {
   readonly #stats: HostTierStats = { bytes: 0, entries: 0, hits: 0, writes: 0, writeFailures: 0, evictions: 0 };
 
   constructor(options: HostTierOptions) {
-    if (!Number.isSafeInteger(options.maxBytes) || options.maxBytes < 1) throw new RangeError(`hostCacheBytes must be a positive integer, got ${options.maxBytes}`);
+    if (!Number.isSafeInteger(options.maxBytes) || options.maxBytes < 1)
+      throw new RangeError(`hostCacheBytes must be a positive integer, got ${options.maxBytes}`);
     this.#options = options;
     this.#maxBytes = options.maxBytes;
   }
@@ -106,7 +107,10 @@ export class HostTier {
       await mkdir(dir, { recursive: true, mode: 0o700 });
       // A container's /dev/shm is often 64 MiB: keep to half of what is free (a save that still does not
       // fit falls back to the store).
-      const free = await statfs(dir).then((fs) => fs.bavail * fs.bsize, () => Infinity);
+      const free = await statfs(dir).then(
+        (fs) => fs.bavail * fs.bsize,
+        () => Infinity,
+      );
       this.#maxBytes = Math.max(1, Math.min(this.#options.maxBytes, Math.floor(free / 2)));
       return dir;
     })();
@@ -131,7 +135,16 @@ export class HostTier {
     if (identity.size !== BigInt(state.bytes)) throw new Error(`the saved state has ${identity.size} bytes; the engine wrote ${state.bytes}`);
     const previous = this.#entries.get(state.id);
     if (previous) this.#drop(previous);
-    const entry: Entry = { ...state, identity, durable: false, failed: false, dropped: false, loaded: false, writing: false, written: Promise.resolve() };
+    const entry: Entry = {
+      ...state,
+      identity,
+      durable: false,
+      failed: false,
+      dropped: false,
+      loaded: false,
+      writing: false,
+      written: Promise.resolve(),
+    };
     this.#entries.set(state.id, entry);
     this.#stats.bytes += entry.bytes;
     entry.written = this.#queue = this.#queue.then(() => this.#write(entry));

@@ -121,7 +121,9 @@ describe("host-RAM tier (fake engine)", () => {
         return super.saveState(key, path);
       }
     }
-    const runtime = scratch.track(await AgentRuntime.create({ stateDir, maxAgents: 1, hostCacheBytes: 64 * MiB, engineFactory: async () => new FullRam({ sequences: 1 }) }));
+    const runtime = scratch.track(
+      await AgentRuntime.create({ stateDir, maxAgents: 1, hostCacheBytes: 64 * MiB, engineFactory: async () => new FullRam({ sequences: 1 }) }),
+    );
     const errors = collect(runtime, "agent:error");
     await runtime.spawn({ id: "a", systemPrompt: "A" });
     await runtime.ask("a", "one");
@@ -139,31 +141,34 @@ describe("host-RAM tier (fake engine)", () => {
 });
 
 describe.each(ENGINES)("host-RAM tier on the real model (%s)", (engine: EngineName) => {
-  it.each(Object.entries(MODELS))("%s: agents that came back from RAM answer word for word as without the tier; after close the store holds their states", async (_name, model) => {
-    const script = ["Once upon a time", "the robot", "dreamed of stars"];
-    const ids = ["tier/a", "tier/b", "tier/c"];
-    const replies: Record<string, string[]> = {};
-    for (const hostCacheBytes of [0, 64 * MiB]) {
-      const stateDir = scratch.stateDir();
-      let fromDisk = 0;
-      const store = new HookedStore(new DirectoryStore(stateDir), { beforeOpenKv: () => void fromDisk++ });
-      const runtime = await AgentRuntime.create({ model, engine, store, maxAgents: 1, hostCacheBytes, ...FAST });
-      scratch.track(runtime);
-      const rehydrated = collect(runtime, "agent:rehydrated");
-      const errors = collect(runtime, "agent:error");
-      const out: string[] = [];
-      for (const id of ids) await runtime.spawn({ id, systemPrompt: `Lily and the ${id.slice(5)} dragon.` });
-      // Every turn passivates the agent before it and rehydrates this one (one resident slot).
-      for (const text of script) for (const id of ids) out.push((await runtime.ask(id, text)).reply);
-      await runtime.close();
-      expect(errors).toEqual([]);
-      expect(rehydrated.length).toBeGreaterThanOrEqual(ids.length * script.length - 1);
-      expect(rehydrated.every((e) => e.source === "state")).toBe(true);
-      // With the tier every state came back from RAM (64 MiB holds them all); without it, from the store.
-      expect(fromDisk).toBe(hostCacheBytes ? 0 : rehydrated.length);
-      for (const id of ids) expect(await storedKv(stateDir, id), id).toMatchObject({ checksum: { algorithm: "xxh3-64" }, engine });
-      replies[hostCacheBytes] = out;
-    }
-    expect(replies[64 * MiB]).toEqual(replies[0]);
-  });
+  it.each(Object.entries(MODELS))(
+    "%s: agents that came back from RAM answer word for word as without the tier; after close the store holds their states",
+    async (_name, model) => {
+      const script = ["Once upon a time", "the robot", "dreamed of stars"];
+      const ids = ["tier/a", "tier/b", "tier/c"];
+      const replies: Record<string, string[]> = {};
+      for (const hostCacheBytes of [0, 64 * MiB]) {
+        const stateDir = scratch.stateDir();
+        let fromDisk = 0;
+        const store = new HookedStore(new DirectoryStore(stateDir), { beforeOpenKv: () => void fromDisk++ });
+        const runtime = await AgentRuntime.create({ model, engine, store, maxAgents: 1, hostCacheBytes, ...FAST });
+        scratch.track(runtime);
+        const rehydrated = collect(runtime, "agent:rehydrated");
+        const errors = collect(runtime, "agent:error");
+        const out: string[] = [];
+        for (const id of ids) await runtime.spawn({ id, systemPrompt: `Lily and the ${id.slice(5)} dragon.` });
+        // Every turn passivates the agent before it and rehydrates this one (one resident slot).
+        for (const text of script) for (const id of ids) out.push((await runtime.ask(id, text)).reply);
+        await runtime.close();
+        expect(errors).toEqual([]);
+        expect(rehydrated.length).toBeGreaterThanOrEqual(ids.length * script.length - 1);
+        expect(rehydrated.every((e) => e.source === "state")).toBe(true);
+        // With the tier every state came back from RAM (64 MiB holds them all); without it, from the store.
+        expect(fromDisk).toBe(hostCacheBytes ? 0 : rehydrated.length);
+        for (const id of ids) expect(await storedKv(stateDir, id), id).toMatchObject({ checksum: { algorithm: "xxh3-64" }, engine });
+        replies[hostCacheBytes] = out;
+      }
+      expect(replies[64 * MiB]).toEqual(replies[0]);
+    },
+  );
 });
