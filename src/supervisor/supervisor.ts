@@ -1,4 +1,3 @@
-import { unlink } from "node:fs/promises";
 import type { Agent } from "../actor/agent.js";
 import type { Clock } from "../clock.js";
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
@@ -20,7 +19,7 @@ export interface SupervisorOptions {
   prefixes: PrefixCache | undefined;
   clock: Clock;
   emit: EmitEvent;
-  /** Bytes of passivated agents' KV states kept in host RAM and written to the store in the background. 0: none. */
+  /** Bytes of passivated agents' KV states that may wait for their commit to the store (host tier). 0: none. */
   hostCacheBytes?: number | undefined;
 }
 
@@ -30,8 +29,9 @@ export interface SupervisorOptions {
  * the admitted agent from its saved state, or from its history when the state is missing or unusable.
  * When the worker crashes every resident's cache is gone: they become passivated, to be rebuilt.
  *
- * With `hostCacheBytes`, passivation saves into the {@link HostTier} (RAM) instead and the store gets
- * the state in the background; the agent's durable state until then is its history (see host-tier.ts).
+ * With `hostCacheBytes`, passivation returns once the engine has saved the state to a staged file (the
+ * page cache) and the {@link HostTier} commits it in the background; until then the agent's durable
+ * state is its history (see host-tier.ts).
  */
 export class Supervisor {
   readonly #slots: ResidentSlots<Agent>;
@@ -41,7 +41,7 @@ export class Supervisor {
   readonly #clock: Clock;
   readonly #emit: EmitEvent;
   readonly #tier: HostTier | undefined;
-  /** Passivated agents whose state is in RAM, not yet named by the store. */
+  /** Passivated agents whose saved state is not yet committed to the store. */
   readonly #unwritten = new Map<string, Agent>();
 
   constructor(options: SupervisorOptions) {
@@ -64,9 +64,9 @@ export class Supervisor {
           const agent = this.#unwritten.get(id);
           this.#unwritten.delete(id);
           if (!agent || agent.removed) return;
-          // Not an agent failure: its history is durable, and its state stays in RAM for this process.
-          const failure = writeFailure(error, `Writing the saved cache of ${id} to the store failed`, id);
-          agent.log.warn({ err: failure }, "background write of the saved cache failed; a restart rebuilds it from history");
+          // Not an agent failure: its history is durable, and the next load rebuilds the cache from it.
+          const failure = writeFailure(error, `Committing the saved cache of ${id} failed`, id);
+          agent.log.warn({ err: failure }, "background commit of the saved cache failed; it will be rebuilt from history");
           this.#emit("agent:error", { id, error: failure });
         },
       });
@@ -125,8 +125,8 @@ export class Supervisor {
   }
 
   /**
-   * Passivates every resident (close), then writes every state held in RAM to the store and frees the
-   * RAM. Failures leave that agent resident and are logged by #passivate.
+   * Passivates every resident (close), then commits every state still waiting. Failures leave that
+   * agent resident and are logged by #passivate.
    */
   async passivateAll(): Promise<void> {
     for (const agent of this.#slots.residents) await this.#slots.evict(agent).catch(() => {});
@@ -134,12 +134,12 @@ export class Supervisor {
     await this.dispose();
   }
 
-  /** Stops background writes (the running one is awaited) and frees the RAM tier. Idempotent. */
+  /** Stops background commits (the running one is awaited) and deletes uncommitted files. Idempotent. */
   async dispose(): Promise<void> {
     await this.#tier?.dispose();
   }
 
-  /** The RAM tier's figures; undefined without `hostCacheBytes`. */
+  /** The host tier's figures; undefined without `hostCacheBytes`. */
   get hostTier(): Readonly<HostTierStats> | undefined {
     return this.#tier?.stats;
   }
@@ -160,7 +160,7 @@ export class Supervisor {
     await engine?.closeSequence(agent.id).catch(() => {});
     this.#slots.release(agent);
     agent.lostCache();
-    // Its RAM copy may be what broke (or the agent is going): the next load uses the store or the history.
+    // Its staged state may be what broke (or the agent is going): the next load uses the store or the history.
     this.#tier?.forget(agent.id);
     this.#unwritten.delete(agent.id);
   }
@@ -169,22 +169,22 @@ export class Supervisor {
   async #load(agent: Agent, signal: AbortSignal | undefined): Promise<void> {
     const engine = await this.#host.engine();
     const started = this.#clock.now();
-    const inRam = await this.#tier?.take(agent.id, engine.info.fingerprint);
-    const wasStored = agent.kv !== undefined || agent.history.length > 0 || inRam !== undefined;
+    const pending = await this.#tier?.take(agent.id, engine.info.fingerprint);
+    const wasStored = agent.kv !== undefined || agent.history.length > 0 || pending !== undefined;
     agent.moveTo("rehydrating");
     await engine.openSequence(agent.id);
     let source: "state" | "history" = "history";
     let tokens = 0;
-    if (inRam) {
+    if (pending) {
       try {
-        tokens = (await engine.loadState(agent.id, inRam)).tokens;
+        tokens = (await engine.loadState(agent.id, pending)).tokens;
         source = "state";
-        // A background write still copying it is awaited: none may run while the agent is resident.
-        await this.#tier!.loaded(agent.id);
+        // Its commit is skipped: no write of the agent's files runs while it is resident.
+        this.#tier!.loaded(agent.id);
         this.#unwritten.delete(agent.id);
       } catch (error) {
         if (isAgentRuntimeError(error, "ERR_WORKER_CRASHED")) throw error;
-        agent.log.warn({ err: error }, "saved cache in RAM refused; trying the store");
+        agent.log.warn({ err: error }, "staged cache refused; trying the store");
         this.#tier!.forget(agent.id);
         await engine.closeSequence(agent.id);
         await engine.openSequence(agent.id);
@@ -227,7 +227,7 @@ export class Supervisor {
 
   /** Saves an agent's cache, then the record naming it, and frees its sequence. */
   async #passivate(agent: Agent): Promise<void> {
-    return this.#tier ? this.#passivateToRam(agent, this.#tier) : this.#passivateToStore(agent);
+    return this.#tier ? this.#passivateDeferred(agent, this.#tier) : this.#passivateToStore(agent);
   }
 
   async #passivateToStore(agent: Agent): Promise<void> {
@@ -273,41 +273,40 @@ export class Supervisor {
     this.#emit("agent:passivated", { id: agent.id, tokens: agent.kv.tokens, bytes: agent.kv.bytes, ms });
   }
 
-  /** Saves an agent's cache into RAM and frees its sequence; the store gets it in the background. */
-  async #passivateToRam(agent: Agent, tier: HostTier): Promise<void> {
+  /**
+   * Saves an agent's cache into a staged file and frees its sequence; the commit (fsync, checksum,
+   * rename, record pointer) runs in the background (see host-tier.ts).
+   */
+  async #passivateDeferred(agent: Agent, tier: HostTier): Promise<void> {
     const engine = await this.#host.engine();
     const started = this.#clock.now();
     agent.moveTo("passivating");
-    let path: string | undefined;
+    let staged: StagedKv | undefined;
     let bytes: number;
     let tokens: number;
     try {
-      const extension = engine.info.stateFileExtension;
-      path = await tier.stagePath(agent.id, extension);
-      ({ bytes, tokens } = await engine.saveState(agent.id, path));
+      staged = await this.#store.stageKv(agent.id, engine.info.stateFileExtension);
+      ({ bytes, tokens } = await engine.saveState(agent.id, staged.path));
       const { fingerprint, engine: engineName } = engine.info;
       this.#unwritten.set(agent.id, agent);
-      await tier.add({ id: agent.id, path, extension, bytes, tokens, fingerprint, engine: engineName, historyLength: agent.history.length });
+      await tier.add({ id: agent.id, staged, bytes, tokens, fingerprint, engine: engineName, historyLength: agent.history.length });
     } catch (error) {
       this.#unwritten.delete(agent.id);
-      if (path) await unlink(path).catch(() => {});
+      await staged?.discard();
       const crashed = isAgentRuntimeError(error, "ERR_WORKER_CRASHED");
-      if (crashed) {
-        agent.lostCache();
-        agent.log.error({ err: error }, "worker crashed during passivation");
-        this.#emit("agent:error", { id: agent.id, error: error as AgentRuntimeError });
-        throw error;
-      }
-      // The RAM folder is full or unwritable (a small /dev/shm in a container, say): straight to the store.
-      agent.log.warn({ err: error }, "saving the cache to RAM failed; saving it to the store");
-      return this.#passivateToStore(agent);
+      if (crashed) agent.lostCache();
+      else agent.moveTo("resident");
+      const failure = crashed ? error : writeFailure(error, `Passivating ${agent.id} failed`, agent.id);
+      agent.log.error({ err: failure }, crashed ? "worker crashed during passivation" : "passivation failed; agent stays resident");
+      this.#emit("agent:error", { id: agent.id, error: failure });
+      throw failure;
     }
     await engine.closeSequence(agent.id);
     agent.moveTo("passivated");
-    // Back within hostCacheBytes before the slot is given to another agent (waits for writes if it must).
+    // Within hostCacheBytes before the slot is given to another agent (waits for commits if it must).
     await tier.fit();
     const ms = this.#clock.now() - started;
-    agent.log.debug({ tokens, bytes, ms, tier: "ram" }, "passivated");
+    agent.log.debug({ tokens, bytes, ms, deferred: true }, "passivated");
     this.#emit("agent:passivated", { id: agent.id, tokens, bytes, ms });
   }
 }
