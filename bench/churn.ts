@@ -29,6 +29,8 @@ const { values } = parseArgs({
     concurrency: { type: "string" },
     tokens: { type: "string" },
     seed: { type: "string" },
+    "host-cache-mib": { type: "string" },
+    out: { type: "string" },
   },
 });
 const choice = await resolveModel(values);
@@ -40,6 +42,8 @@ const turnCount = intOption("turns", values.turns, 400);
 const concurrency = intOption("concurrency", values.concurrency, 4);
 const maxTokens = intOption("tokens", values.tokens, 8);
 const seed = intOption("seed", values.seed, 42);
+/** `hostCacheBytes` in MiB (the host-RAM tier); 0: off. */
+const hostCacheMiB = values["host-cache-mib"] === undefined ? 0 : Number(values["host-cache-mib"]);
 if (engine === "mlx") pinMlxThreads(threads);
 
 /** A few roles, so agents share system prompts as in a real deployment (and the shared prefix cache works). */
@@ -58,6 +62,9 @@ async function pool(count: number, limit: number, task: (index: number) => Promi
 
 const root = await mkdtemp(join(tmpdir(), "agentrt-bench-churn-"));
 const rss = new RssSampler(250);
+/** RSS against the passivations so far, sampled during the turns: the slope says whether memory is bounded. */
+const byPassivations: { passivations: number; rssMiB: number }[] = [];
+let churnTimer: NodeJS.Timeout | undefined;
 const phases: { name: string; seconds: number }[] = [];
 const mark = (name: string) => phases.push({ name, seconds: (performance.now() - startedAt) / 1000 });
 const startedAt = performance.now();
@@ -71,7 +78,7 @@ let turnPassivations = 0;
 let turnRehydrations = 0;
 try {
   progress(`${choice.label} on ${engine}, ${threads} threads; ${agentCount} agents, ${maxAgents} resident`);
-  const runtime = await AgentRuntime.create({ model: choice.path, engine, stateDir: join(root, "state"), maxAgents, threads, contextSize: 1024 });
+  const runtime = await AgentRuntime.create({ model: choice.path, engine, stateDir: join(root, "state"), maxAgents, threads, contextSize: 1024, hostCacheBytes: Math.round(hostCacheMiB * 2 ** 20) });
   runtime.subscribe("agent:passivated", () => passivations++);
   runtime.subscribe("agent:rehydrated", (event) => {
     rehydrations++;
@@ -92,6 +99,7 @@ try {
     const targets = Array.from({ length: turnCount }, () => Math.floor(random() * agentCount));
     const before = { passivations, rehydrations };
     const turnStart = performance.now();
+    churnTimer = setInterval(() => byPassivations.push({ passivations: passivations - before.passivations, rssMiB: process.memoryUsage.rss() / 2 ** 20 }), 250);
     await pool(turnCount, concurrency, async (t) => {
       const i = targets[t]!;
       const id = `${ROLES[i % ROLES.length]}/${i}`;
@@ -101,6 +109,7 @@ try {
       if ((t + 1) % 100 === 0) progress(`turn ${t + 1}/${turnCount}`);
     });
     turnSeconds = (performance.now() - turnStart) / 1000;
+    clearInterval(churnTimer);
     turnPassivations = passivations - before.passivations;
     turnRehydrations = rehydrations - before.rehydrations;
     mark("close");
@@ -113,6 +122,27 @@ try {
 }
 
 const rssValues = rss.samples.map((s) => s.rssMiB);
+/** Least-squares slope of RSS (MiB) per 1 000 passivations, after the first `warmUp` share of the turns. */
+function rssSlope(warmUp: number): number {
+  const total = byPassivations.at(-1)?.passivations ?? 0;
+  const points = byPassivations.filter((p) => p.passivations >= total * warmUp);
+  if (points.length < 2) return NaN;
+  const mx = points.reduce((a, p) => a + p.passivations, 0) / points.length;
+  const my = points.reduce((a, p) => a + p.rssMiB, 0) / points.length;
+  let num = 0;
+  let den = 0;
+  for (const p of points) {
+    num += (p.passivations - mx) * (p.rssMiB - my);
+    den += (p.passivations - mx) ** 2;
+  }
+  return den === 0 ? NaN : (num / den) * 1000;
+}
+/** RSS medians over each tenth of the turn phase (by passivations): a flat tail means bounded. */
+const tenths = Array.from({ length: 10 }, (_, k) => {
+  const total = byPassivations.at(-1)?.passivations ?? 0;
+  const slice = byPassivations.filter((p) => p.passivations >= (total * k) / 10 && p.passivations < (total * (k + 1)) / 10 + (k === 9 ? 1 : 0));
+  return slice.length ? median(slice.map((p) => p.rssMiB)) : NaN;
+});
 const phaseStart = (name: string) => phases.find((p) => p.name === name)?.seconds ?? Infinity;
 const turnSamples = rss.samples.filter((s) => s.seconds >= phaseStart("turns") && s.seconds < phaseStart("close"));
 const result = {
@@ -137,6 +167,9 @@ const result = {
   rehydrationsTotal: rehydrations,
   rehydratedFromState,
   turnLatencyMs: { p50: percentile(latencies, 50), p90: percentile(latencies, 90), p99: percentile(latencies, 99), max: Math.max(...latencies), median: median(latencies) },
+  rssSlopeMiBPer1000Passivations: rssSlope(0.2),
+  rssTenthsMiB: tenths,
+  rssByPassivations: byPassivations,
   rssMiB: { start: rssValues[0], peak: Math.max(...rssValues), end: rssValues.at(-1), turnPhaseFirst: turnSamples[0]?.rssMiB, turnPhaseLast: turnSamples.at(-1)?.rssMiB },
   phases,
   rss: rss.samples,
@@ -155,10 +188,12 @@ console.log(
       "RSS start MiB": result.rssMiB.start!,
       "RSS peak MiB": result.rssMiB.peak,
       "RSS end MiB": result.rssMiB.end!,
+      "RSS MiB/1000 pass.": result.rssSlopeMiBPer1000Passivations,
     },
   ]),
 );
-const path = await writeResult("churn.json", result);
+console.log(`RSS (MiB) by tenth of the turns' passivations: ${tenths.map((v) => v.toFixed(1)).join(" ")}; slope after the first 20 %: ${result.rssSlopeMiBPer1000Passivations.toFixed(2)} MiB per 1 000 passivations`);
+const path = await writeResult(values.out ?? "churn.json", { ...result, hostCacheMiB, mallocArenaMax: process.env.MALLOC_ARENA_MAX });
 const plot = await lineChart(
   plotName("churn", choice.label, [engine]),
   rss.samples.map((s) => ({ x: s.seconds, y: s.rssMiB, series: phaseAt(s.seconds) })),

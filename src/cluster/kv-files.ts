@@ -14,7 +14,8 @@ import type { ObjectStore } from "@nats-io/obj";
 import { agentIdToKey } from "../agent-id.js";
 import { AgentRuntimeError } from "../errors.js";
 import { fsyncPath } from "../store/atomic-file.js";
-import { sha256File } from "../store/checksum.js";
+import { CHECKSUM_ALGORITHM, checksumFile } from "../store/checksum.js";
+import { kvChecksum } from "../store/kv-descriptor.js";
 import type { KvDescriptor, StagedKv } from "../store/state-store.js";
 import { agentToken, keys } from "./keys.js";
 
@@ -29,7 +30,7 @@ export class KvFiles {
   readonly #objects: ObjectStore;
   readonly #fsync: boolean;
   /** Files hashed here, by identity (as DirectoryStore): rehydrating in the same process skips re-hashing. */
-  readonly #checked = new Map<string, { identity: BigIntStats; sha256: string }>();
+  readonly #checked = new Map<string, { identity: BigIntStats; digest: string }>();
   /** Uploads and downloads, for counters (bench) and tests. */
   readonly stats = { uploads: 0, uploadBytes: 0, downloads: 0, downloadBytes: 0, localHits: 0 };
 
@@ -53,13 +54,13 @@ export class KvFiles {
       commit: async () => {
         try {
           if (this.#fsync) await fsyncPath(path, "r+");
-          const sha256 = await sha256File(path);
-          const file = `kv-${sha256.slice(0, 16)}${extension}`;
+          const checksum = { algorithm: CHECKSUM_ALGORITHM, value: await checksumFile(path, CHECKSUM_ALGORITHM) };
+          const file = `kv-${checksum.value.slice(0, 16)}${extension}`;
           await rename(path, join(dir, file));
           if (this.#fsync) await fsyncPath(dir);
           const info = await stat(join(dir, file), { bigint: true });
-          this.#remember(join(dir, file), info, sha256);
-          return { file, bytes: Number(info.size), sha256 };
+          this.#remember(join(dir, file), info, `${checksum.algorithm}:${checksum.value}`);
+          return { file, bytes: Number(info.size), checksum };
         } catch (error) {
           await unlink(path).catch(() => {});
           throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not commit the KV state of ${id}: ${(error as Error).message}`, { cause: error, details: { id } });
@@ -80,7 +81,8 @@ export class KvFiles {
   async upload(id: string, kv: KvDescriptor, name: string): Promise<void> {
     const path = join(this.dir(id), kv.file);
     const stream = Readable.toWeb(createReadStream(path, { highWaterMark: 1024 * 1024 })) as ReadableStream<Uint8Array>;
-    const info = await this.#objects.put({ name, metadata: { sha256: kv.sha256 } }, stream);
+    const checksum = kvChecksum(kv);
+    const info = await this.#objects.put({ name, metadata: { checksum: checksum ? `${checksum.algorithm}:${checksum.value}` : "" } }, stream);
     if (info.size !== kv.bytes) throw new Error(`uploaded ${info.size} bytes of ${kv.bytes}`);
     this.stats.uploads++;
     this.stats.uploadBytes += info.size;
@@ -100,12 +102,16 @@ export class KvFiles {
     if (!KV_FILE.test(kv.file)) throw corrupt(id, "has an invalid name", { file: kv.file });
     const dir = this.dir(id);
     const path = join(dir, kv.file);
+    const expected = kvChecksum(kv);
+    if (!expected) throw corrupt(id, "has no valid checksum", { file: kv.file });
+    const want = `${expected.algorithm}:${expected.value}`;
+    const digest = async (file: string) => `${expected.algorithm}:${await checksumFile(file, expected.algorithm)}`;
     const local = await stat(path, { bigint: true }).catch(() => undefined);
     if (local?.isFile() && Number(local.size) === kv.bytes) {
       const known = this.#checked.get(path);
-      const sha256 = known && sameFile(known.identity, local) ? known.sha256 : await sha256File(path);
-      if (sha256 === kv.sha256) {
-        this.#remember(path, local, sha256);
+      const found = known && sameFile(known.identity, local) ? known.digest : await digest(path);
+      if (found === want) {
+        this.#remember(path, local, found);
         this.stats.localHits++;
         return path;
       }
@@ -147,11 +153,11 @@ export class KvFiles {
       // The client checks the object's own digest at the end of the stream: a tampered chunk fails here.
       const digestError = await result.error;
       if (digestError) throw corrupt(id, "fails the object store's digest check", { file: kv.file }, digestError);
-      const sha256 = await sha256File(temp);
-      if (sha256 !== kv.sha256 || received !== kv.bytes) throw corrupt(id, "fails its checksum", { file: kv.file });
+      const found = await digest(temp);
+      if (found !== want || received !== kv.bytes) throw corrupt(id, "fails its checksum", { file: kv.file });
       await rename(temp, path);
       const info = await stat(path, { bigint: true });
-      this.#remember(path, info, sha256);
+      this.#remember(path, info, found);
       this.stats.downloads++;
       this.stats.downloadBytes += received;
       return path;
@@ -174,9 +180,9 @@ export class KvFiles {
     await rm(this.dir(id), { recursive: true, force: true });
   }
 
-  #remember(path: string, identity: BigIntStats, sha256: string): void {
+  #remember(path: string, identity: BigIntStats, digest: string): void {
     this.#checked.delete(path);
-    this.#checked.set(path, { identity, sha256 });
+    this.#checked.set(path, { identity, digest });
     if (this.#checked.size > 4096) this.#checked.delete(this.#checked.keys().next().value!);
   }
 }

@@ -16,6 +16,7 @@
  * its owner's membership expired), and every mutation of an agent this node does not hold fails with
  * ERR_NOT_OWNER (never held) or ERR_LEASE_LOST (held, then lost). Reads need no lease.
  */
+import { kvChecksum } from "../store/kv-descriptor.js";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Clock } from "../clock.js";
 import { AgentRuntimeError } from "../errors.js";
@@ -569,7 +570,9 @@ export class NatsStore implements StateStore {
     agentToken(id);
     return this.#files.open(id, kv, async () => {
       const at = await this.#headsReader().read(id);
-      return at?.head.kv?.sha256 === kv.sha256 && at.head.kv.file === kv.file ? (at.head.kvObject ?? undefined) : undefined;
+      const named = at?.head.kv;
+      const same = named && named.file === kv.file && JSON.stringify(kvChecksum(named)) === JSON.stringify(kvChecksum(kv));
+      return same ? (at.head.kvObject ?? undefined) : undefined;
     });
   }
 

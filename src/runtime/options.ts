@@ -20,6 +20,15 @@ export interface AgentRuntimeOptions {
   store?: StateStore;
   /** Most agents resident in memory at once; more are passivated to the store. Default 3. */
   maxAgents?: number;
+  /**
+   * Bytes of passivated agents' KV states kept in host RAM (`/dev/shm`, else the OS temp folder), least
+   * recently passivated dropped first. Passivation then returns once the engine has saved the state to
+   * RAM, and the state is written to the store in the background; rehydration loads it from RAM when it
+   * is still there. Acknowledged turns are as durable as without it (the history is written before every
+   * acknowledgement); a crash before a background write completes costs that agent a rebuild from its
+   * history (or from its previous state file). Default 0: states go straight to the store.
+   */
+  hostCacheBytes?: number;
   /** Most agents kept in the store (resident or not); spawning more fails. Default: unlimited. */
   maxStoredAgents?: number;
   /** Tokens per agent sequence (system prompt + history + reply). Default 2048. */
@@ -116,6 +125,7 @@ function positiveInteger(name: string, value: unknown, fallback: number): number
 
 export interface ResolvedOptions {
   maxAgents: number;
+  hostCacheBytes: number;
   maxStoredAgents: number;
   contextSize: number;
   threads: number;
@@ -129,6 +139,7 @@ export interface ResolvedOptions {
 export function resolveOptions(options: AgentRuntimeOptions): ResolvedOptions {
   return {
     maxAgents: positiveInteger("maxAgents", options.maxAgents, DEFAULTS.maxAgents),
+    hostCacheBytes: options.hostCacheBytes === 0 ? 0 : positiveInteger("hostCacheBytes", options.hostCacheBytes, 0),
     maxStoredAgents:
       options.maxStoredAgents === undefined ? Infinity : positiveInteger("maxStoredAgents", options.maxStoredAgents, 0),
     contextSize: positiveInteger("contextSize", options.contextSize, DEFAULTS.contextSize),

@@ -67,7 +67,7 @@ export class AgentRuntime {
   private constructor(init: RuntimeParts) {
     ({ options: this.#options, store: this.#store, clock: this.#clock, host: this.#host, behaviours: this.#behaviours } = init);
     this.#defaultBehaviour = init.defaultBehaviour;
-    this.#supervisor = new Supervisor({ ...init, maxAgents: init.options.maxAgents, emit: this.#emit });
+    this.#supervisor = new Supervisor({ ...init, maxAgents: init.options.maxAgents, hostCacheBytes: init.options.hostCacheBytes, emit: this.#emit });
     this.#directory = new AgentDirectory({ ...init, ...init.options, supervisor: this.#supervisor, emit: this.#emit });
     this.#events.on("agent:passivated", ({ id }) => this.#directory.retireIfIdle(id));
     this.#host.on("crashed", (error) => this.#emit("agent:error", { error }));
@@ -306,6 +306,7 @@ export class AgentRuntime {
     this.#destroyed = true;
     const error = new AgentRuntimeError("ERR_RUNTIME_CLOSED");
     for (const agent of this.#directory.active) agent.mailbox.rejectPending(error);
+    await this.#supervisor.dispose();
     await this.#host.dispose();
     await this.#store.dispose();
   }

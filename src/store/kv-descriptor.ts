@@ -1,6 +1,7 @@
 import type { ModelInfo } from "../engines/engine.js";
 import { AgentRuntimeError } from "../errors.js";
-import type { KvDescriptor } from "./state-store.js";
+import { DIGEST_HEX_LENGTH, isChecksumAlgorithm } from "./checksum.js";
+import type { KvChecksum, KvDescriptor } from "./state-store.js";
 
 /** Slack over the per-token estimate: file headers, token lists, fixed-size (recurrent) state. */
 const FIXED_SLACK_BYTES = 64 * 1024 * 1024;
@@ -14,6 +15,22 @@ const PER_TOKEN_SLACK_BYTES = 64;
  */
 export function kvSizeLimit(info: Pick<ModelInfo, "contextSize" | "kvBytesPerToken">): number {
   return 2 * info.contextSize * (info.kvBytesPerToken + PER_TOKEN_SLACK_BYTES) + FIXED_SLACK_BYTES;
+}
+
+const isHex = (value: unknown, length: number): boolean => typeof value === "string" && value.length === length && /^[0-9a-f]+$/.test(value);
+
+/**
+ * The checksum a descriptor vouches for its file with: `checksum` when present (it must then be
+ * well-formed), else the `sha256` of descriptors written before checksums named their algorithm.
+ * Undefined when neither is usable.
+ */
+export function kvChecksum(kv: Pick<KvDescriptor, "checksum" | "sha256">): KvChecksum | undefined {
+  const c = kv.checksum as unknown;
+  if (c !== undefined) {
+    const { algorithm, value } = (c ?? {}) as Partial<KvChecksum>;
+    return typeof c === "object" && isChecksumAlgorithm(algorithm) && isHex(value, DIGEST_HEX_LENGTH[algorithm]) ? { algorithm, value: value! } : undefined;
+  }
+  return isHex(kv.sha256, 64) ? { algorithm: "sha256", value: kv.sha256! } : undefined;
 }
 
 const isCount = (value: unknown): value is number => typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
@@ -31,8 +48,7 @@ export function checkKvDescriptor(id: string, kv: unknown, info: ModelInfo): ass
     typeof d.file === "string" &&
     isCount(d.bytes) &&
     d.bytes > 0 &&
-    typeof d.sha256 === "string" &&
-    /^[0-9a-f]{64}$/.test(d.sha256) &&
+    kvChecksum(d) !== undefined &&
     isCount(d.tokens) &&
     typeof d.fingerprint === "string" &&
     typeof d.engine === "string" &&

@@ -1,6 +1,6 @@
 /**
- * An agent's saved cache files: staged by the engine, committed (fsync, sha256, rename, folder fsync),
- * and verified (size + sha256) before the engine loads one. The state that names a file is written by
+ * An agent's saved cache files: staged by the engine, committed (fsync, checksum, rename, folder fsync),
+ * and verified (size + checksum: XXH3-64, or sha256 for older files) before the engine loads one. The state that names a file is written by
  * the store after the commit; files the committed state does not name are swept by the store.
  */
 import { randomBytes } from "node:crypto";
@@ -9,9 +9,10 @@ import { mkdir, rename, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { AgentRuntimeError } from "../errors.js";
 import { fsyncPath } from "./atomic-file.js";
-import { sha256File } from "./checksum.js";
+import { CHECKSUM_ALGORITHM, checksumFile } from "./checksum.js";
+import { kvChecksum } from "./kv-descriptor.js";
 import { sameIdentity } from "./record-file.js";
-import type { KvDescriptor, StagedKv } from "./state-store.js";
+import type { KvChecksum, KvDescriptor, StagedKv } from "./state-store.js";
 
 export class KvFiles {
   readonly #fsync: boolean;
@@ -20,15 +21,16 @@ export class KvFiles {
    * still has all three is the same bytes, since any write or replacement changes the ctime. Rehydrating
    * within one process then skips re-hashing; a new process (or a touched file) hashes in full.
    */
-  readonly #checked = new Map<string, { identity: BigIntStats; sha256: string }>();
+  readonly #checked = new Map<string, { identity: BigIntStats; digest: string }>();
 
   constructor(fsync: boolean) {
     this.#fsync = fsync;
   }
 
-  #remember(path: string, identity: BigIntStats, sha256: string): void {
+  #remember(path: string, identity: BigIntStats, checksum: KvChecksum): void {
+    const digest = `${checksum.algorithm}:${checksum.value}`;
     this.#checked.delete(path);
-    this.#checked.set(path, { identity, sha256 });
+    this.#checked.set(path, { identity, digest });
     // Bounded: the oldest entries go first (Map keeps insertion order).
     if (this.#checked.size > 4096) this.#checked.delete(this.#checked.keys().next().value!);
   }
@@ -43,13 +45,13 @@ export class KvFiles {
       commit: async () => {
         try {
           if (this.#fsync) await fsyncPath(path, "r+");
-          const sha256 = await sha256File(path);
-          const file = `kv-${sha256.slice(0, 16)}${extension}`;
+          const checksum: KvChecksum = { algorithm: CHECKSUM_ALGORITHM, value: await checksumFile(path, CHECKSUM_ALGORITHM) };
+          const file = `kv-${checksum.value.slice(0, 16)}${extension}`;
           await rename(path, join(dir, file));
           if (this.#fsync) await fsyncPath(dir);
           const info = await stat(join(dir, file), { bigint: true });
-          this.#remember(join(dir, file), info, sha256);
-          return { file, bytes: Number(info.size), sha256 };
+          this.#remember(join(dir, file), info, checksum);
+          return { file, bytes: Number(info.size), checksum };
         } catch (error) {
           await unlink(path).catch(() => {});
           throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not commit the KV state of ${id}: ${(error as Error).message}`, {
@@ -86,13 +88,14 @@ export class KvFiles {
         details: { id, path, size, expected: kv.bytes },
       });
     }
+    const expected = kvChecksum(kv);
+    if (!expected) throw new AgentRuntimeError("ERR_STATE_CORRUPT", `The saved cache descriptor of ${id} has no valid checksum`, { details: { id, path } });
     const known = this.#checked.get(path);
-    if (known && known.sha256 === kv.sha256 && sameIdentity(known.identity, identity)) return path;
-    const sha256 = await sha256File(path);
-    if (sha256 !== kv.sha256) {
-      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} fails its checksum`, { details: { id, path } });
+    if (known && known.digest === `${expected.algorithm}:${expected.value}` && sameIdentity(known.identity, identity)) return path;
+    if ((await checksumFile(path, expected.algorithm)) !== expected.value) {
+      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} fails its checksum`, { details: { id, path, algorithm: expected.algorithm } });
     }
-    this.#remember(path, identity, sha256);
+    this.#remember(path, identity, expected);
     return path;
   }
 }

@@ -4,12 +4,16 @@ import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import type { HostedEngine } from "../engines/engine.js";
 import { fsyncPath, writeFileAtomic } from "./atomic-file.js";
-import { sha256File } from "./checksum.js";
+import { CHECKSUM_ALGORITHM, checksumFile } from "./checksum.js";
+import { kvChecksum } from "./kv-descriptor.js";
+import type { KvChecksum } from "./state-store.js";
 
 interface PrefixEntry {
   extension: string;
   fingerprint: string;
-  sha256: string;
+  /** The state file's checksum; entries written before it carry `sha256` (still read). */
+  checksum?: KvChecksum;
+  sha256?: string;
   bytes: number;
   tokens: number;
 }
@@ -49,7 +53,8 @@ export class PrefixCache {
       const path = this.#statePath(key, entry.extension);
       const info = await stat(path);
       if (entry.fingerprint !== fingerprint || !info.isFile() || info.size !== entry.bytes) return undefined;
-      if ((await sha256File(path)) !== entry.sha256) return undefined;
+      const expected = kvChecksum(entry);
+      if (!expected || (await checksumFile(path, expected.algorithm)) !== expected.value) return undefined;
       this.#verified.set(key, entry);
       return entry;
     } catch {
@@ -82,7 +87,7 @@ export class PrefixCache {
     try {
       const saved = await engine.saveState(sequenceKey, temp);
       await fsyncPath(temp, "r+");
-      const entry: PrefixEntry = { extension, fingerprint: engine.info.fingerprint, sha256: await sha256File(temp), bytes: saved.bytes, tokens: saved.tokens };
+      const entry: PrefixEntry = { extension, fingerprint: engine.info.fingerprint, checksum: { algorithm: CHECKSUM_ALGORITHM, value: await checksumFile(temp) }, bytes: saved.bytes, tokens: saved.tokens };
       await rename(temp, this.#statePath(key, extension));
       await writeFileAtomic(join(this.#dir, `${key}.json`), JSON.stringify(entry));
       this.#verified.set(key, entry);

@@ -1,4 +1,5 @@
 import type { ChatMessage, EngineName, SamplingOptions } from "../engines/engine.js";
+import type { ChecksumAlgorithm } from "./checksum.js";
 
 /**
  * Version of the agent record layout. 2: the record is the state as of its last compaction and a journal
@@ -21,8 +22,10 @@ export interface KvDescriptor {
   /** File name inside the agent's folder. */
   file: string;
   bytes: number;
-  /** sha256 of the file, checked before the engine sees it. */
-  sha256: string;
+  /** Checksum of the file, checked before the engine sees it (XXH3-64 for files written since 0.1). */
+  checksum?: KvChecksum | undefined;
+  /** sha256 of the file: descriptors written before `checksum` existed carry this instead (still read). */
+  sha256?: string | undefined;
   /** Tokens held by the saved cache. */
   tokens: number;
   /** Fingerprint of the model + engine + KV format that wrote it. */
@@ -30,6 +33,13 @@ export interface KvDescriptor {
   engine: EngineName;
   /** Number of history messages the cache covered when it was saved. */
   historyLength: number;
+}
+
+/** A state file's checksum and the algorithm that made it (corruption detection, see checksum.ts). */
+export interface KvChecksum {
+  algorithm: ChecksumAlgorithm;
+  /** Lowercase hex digest. */
+  value: string;
 }
 
 /** Everything persisted about one agent: identity, behaviour settings, conversation and its KV cache. */
@@ -100,7 +110,7 @@ export interface TurnAppend {
 /** A KV file being written: the engine writes `path`, then `commit` makes it durable and checksummed. */
 export interface StagedKv {
   readonly path: string;
-  commit(): Promise<{ file: string; bytes: number; sha256: string }>;
+  commit(): Promise<{ file: string; bytes: number; checksum: KvChecksum }>;
   discard(): Promise<void>;
 }
 

@@ -7,6 +7,7 @@ import type { PrefixCache } from "../store/prefix-cache.js";
 import type { StagedKv, StateStore } from "../store/state-store.js";
 import { writeFailure } from "../store/write-failure.js";
 import type { EngineHost } from "../worker/engine-host.js";
+import { HostTier, type HostTierStats } from "./host-tier.js";
 import { ResidentSlots } from "./resident-slots.js";
 
 const never = new AbortController().signal;
@@ -18,6 +19,8 @@ export interface SupervisorOptions {
   prefixes: PrefixCache | undefined;
   clock: Clock;
   emit: EmitEvent;
+  /** Bytes of passivated agents' KV states that may wait for their commit to the store (host tier). 0: none. */
+  hostCacheBytes?: number | undefined;
 }
 
 /**
@@ -25,6 +28,10 @@ export interface SupervisorOptions {
  * passivating the least recently used idle one (KV state, then the record that names it), and loads
  * the admitted agent from its saved state, or from its history when the state is missing or unusable.
  * When the worker crashes every resident's cache is gone: they become passivated, to be rebuilt.
+ *
+ * With `hostCacheBytes`, passivation returns once the engine has saved the state to a staged file (the
+ * page cache) and the {@link HostTier} commits it in the background; until then the agent's durable
+ * state is its history (see host-tier.ts).
  */
 export class Supervisor {
   readonly #slots: ResidentSlots<Agent>;
@@ -33,6 +40,9 @@ export class Supervisor {
   readonly #prefixes: PrefixCache | undefined;
   readonly #clock: Clock;
   readonly #emit: EmitEvent;
+  readonly #tier: HostTier | undefined;
+  /** Passivated agents whose saved state is not yet committed to the store. */
+  readonly #unwritten = new Map<string, Agent>();
 
   constructor(options: SupervisorOptions) {
     this.#host = options.host;
@@ -40,6 +50,27 @@ export class Supervisor {
     this.#prefixes = options.prefixes;
     this.#clock = options.clock;
     this.#emit = options.emit;
+    if (options.hostCacheBytes) {
+      this.#tier = new HostTier({
+        maxBytes: options.hostCacheBytes,
+        store: options.store,
+        now: () => this.#clock.now(),
+        onDurable: (id, kv) => {
+          const agent = this.#unwritten.get(id);
+          this.#unwritten.delete(id);
+          if (agent && !agent.removed) agent.kv = kv;
+        },
+        onWriteFailed: (id, error) => {
+          const agent = this.#unwritten.get(id);
+          this.#unwritten.delete(id);
+          if (!agent || agent.removed) return;
+          // Not an agent failure: its history is durable, and the next load rebuilds the cache from it.
+          const failure = writeFailure(error, `Committing the saved cache of ${id} failed`, id);
+          agent.log.warn({ err: failure }, "background commit of the saved cache failed; it will be rebuilt from history");
+          this.#emit("agent:error", { id, error: failure });
+        },
+      });
+    }
     this.#slots = new ResidentSlots<Agent>({ maxAgents: options.maxAgents, passivate: (agent) => this.#passivate(agent) });
     this.#host.on("crashed", () => {
       for (const agent of this.#slots.releaseAll()) agent.lostCache();
@@ -93,14 +124,33 @@ export class Supervisor {
     return this.#slots.evict(agent);
   }
 
-  /** Passivates every resident (close). Failures leave that agent resident and are logged by #passivate. */
+  /**
+   * Passivates every resident (close), then commits every state still waiting. Failures leave that
+   * agent resident and are logged by #passivate.
+   */
   async passivateAll(): Promise<void> {
     for (const agent of this.#slots.residents) await this.#slots.evict(agent).catch(() => {});
+    await this.#tier?.flush();
+    await this.dispose();
   }
 
-  /** Resolves once no passivation of `agent` is running; pin it first so that none starts after. */
-  settled(agent: Agent): Promise<void> {
-    return this.#slots.settled(agent);
+  /** Stops background commits (the running one is awaited) and deletes uncommitted files. Idempotent. */
+  async dispose(): Promise<void> {
+    await this.#tier?.dispose();
+  }
+
+  /** The host tier's figures; undefined without `hostCacheBytes`. */
+  get hostTier(): Readonly<HostTierStats> | undefined {
+    return this.#tier?.stats;
+  }
+
+  /**
+   * Resolves once no passivation of `agent` is running, nor a background write of its state; pin it
+   * first so that none starts after.
+   */
+  async settled(agent: Agent): Promise<void> {
+    await this.#slots.settled(agent);
+    await this.#tier?.settled(agent.id);
   }
 
   /** Frees an admitted agent's sequence without saving it (a failed load, a broken cache, removal). */
@@ -110,6 +160,9 @@ export class Supervisor {
     await engine?.closeSequence(agent.id).catch(() => {});
     this.#slots.release(agent);
     agent.lostCache();
+    // Its staged state may be what broke (or the agent is going): the next load uses the store or the history.
+    this.#tier?.forget(agent.id);
+    this.#unwritten.delete(agent.id);
   }
 
   /**
@@ -127,12 +180,28 @@ export class Supervisor {
   async #load(agent: Agent, signal: AbortSignal | undefined): Promise<void> {
     const engine = await this.#host.engine();
     const started = this.#clock.now();
-    const wasStored = agent.kv !== undefined || agent.history.length > 0;
+    const pending = await this.#tier?.take(agent.id, engine.info.fingerprint);
+    const wasStored = agent.kv !== undefined || agent.history.length > 0 || pending !== undefined;
     agent.moveTo("rehydrating");
     await engine.openSequence(agent.id);
     let source: "state" | "history" = "history";
     let tokens = 0;
-    if (agent.kv) {
+    if (pending) {
+      try {
+        tokens = (await engine.loadState(agent.id, pending)).tokens;
+        source = "state";
+        // Its commit is skipped: no write of the agent's files runs while it is resident.
+        this.#tier!.loaded(agent.id);
+        this.#unwritten.delete(agent.id);
+      } catch (error) {
+        if (isAgentRuntimeError(error, "ERR_WORKER_CRASHED")) throw error;
+        agent.log.warn({ err: error }, "staged cache refused; trying the store");
+        this.#tier!.forget(agent.id);
+        await engine.closeSequence(agent.id);
+        await engine.openSequence(agent.id);
+      }
+    }
+    if (agent.kv && source === "history") {
       try {
         checkKvDescriptor(agent.id, agent.kv, engine.info);
         const path = await this.#store.openKv(agent.id, agent.kv);
@@ -169,6 +238,10 @@ export class Supervisor {
 
   /** Saves an agent's cache, then the record naming it, and frees its sequence. */
   async #passivate(agent: Agent): Promise<void> {
+    return this.#tier ? this.#passivateDeferred(agent, this.#tier) : this.#passivateToStore(agent);
+  }
+
+  async #passivateToStore(agent: Agent): Promise<void> {
     const engine = await this.#host.engine();
     const started = this.#clock.now();
     agent.moveTo("passivating");
@@ -209,5 +282,42 @@ export class Supervisor {
     const ms = this.#clock.now() - started;
     agent.log.debug({ tokens: agent.kv.tokens, bytes: agent.kv.bytes, ms }, "passivated");
     this.#emit("agent:passivated", { id: agent.id, tokens: agent.kv.tokens, bytes: agent.kv.bytes, ms });
+  }
+
+  /**
+   * Saves an agent's cache into a staged file and frees its sequence; the commit (fsync, checksum,
+   * rename, record pointer) runs in the background (see host-tier.ts).
+   */
+  async #passivateDeferred(agent: Agent, tier: HostTier): Promise<void> {
+    const engine = await this.#host.engine();
+    const started = this.#clock.now();
+    agent.moveTo("passivating");
+    let staged: StagedKv | undefined;
+    let bytes: number;
+    let tokens: number;
+    try {
+      staged = await this.#store.stageKv(agent.id, engine.info.stateFileExtension);
+      ({ bytes, tokens } = await engine.saveState(agent.id, staged.path));
+      const { fingerprint, engine: engineName } = engine.info;
+      this.#unwritten.set(agent.id, agent);
+      await tier.add({ id: agent.id, staged, bytes, tokens, fingerprint, engine: engineName, historyLength: agent.history.length });
+    } catch (error) {
+      this.#unwritten.delete(agent.id);
+      await staged?.discard();
+      const crashed = isAgentRuntimeError(error, "ERR_WORKER_CRASHED");
+      if (crashed) agent.lostCache();
+      else agent.moveTo("resident");
+      const failure = crashed ? error : writeFailure(error, `Passivating ${agent.id} failed`, agent.id);
+      agent.log.error({ err: failure }, crashed ? "worker crashed during passivation" : "passivation failed; agent stays resident");
+      this.#emit("agent:error", { id: agent.id, error: failure });
+      throw failure;
+    }
+    await engine.closeSequence(agent.id);
+    agent.moveTo("passivated");
+    // Within hostCacheBytes before the slot is given to another agent (waits for commits if it must).
+    await tier.fit();
+    const ms = this.#clock.now() - started;
+    agent.log.debug({ tokens, bytes, ms, deferred: true }, "passivated");
+    this.#emit("agent:passivated", { id: agent.id, tokens, bytes, ms });
   }
 }

@@ -6,14 +6,14 @@ import { copyFile, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { expect, it } from "vitest";
 import { collect, fakeRuntime, kindOf, realRuntime, rejection, useScratch } from "./helpers.js";
-import { agentDir, flipBit, kvPath, readRecordBody, rewriteRecord, sha256 } from "./state-files.js";
+import { agentDir, flipBit, forgedChecksum, kvPath, readRecordBody, rewriteRecord } from "./state-files.js";
 
 const scratch = useScratch("hostile-state-real");
 
 /** Re-seals a KV file the record names so that size and checksum match whatever bytes are there now. */
 async function vouchFor(stateDir: string, id: string, bytes: Uint8Array, tokens?: number): Promise<void> {
   await writeFile(await kvPath(stateDir, id), bytes);
-  await rewriteRecord(stateDir, id, (b) => void Object.assign(b.kv, { bytes: bytes.length, sha256: sha256(bytes), ...(tokens === undefined ? {} : { tokens }) }));
+  await rewriteRecord(stateDir, id, (b) => void Object.assign(b.kv, { bytes: bytes.length, ...forgedChecksum(bytes), ...(tokens === undefined ? {} : { tokens }) }));
 }
 
 it("every kind of damaged llama.cpp state file is refused or fails as an error; each agent is rebuilt and answers", async () => {

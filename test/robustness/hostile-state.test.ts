@@ -10,7 +10,7 @@ import { describe, expect, it } from "vitest";
 import { AgentRuntime, DirectoryStore, isAgentRuntimeError, type AgentRuntimeOptions, type KvDescriptor } from "../../src/index.js";
 import { FakeEngine, type FakeEngineOptions } from "../../src/testing/index.js";
 import { collect, envInt, rejection, useScratch } from "./helpers.js";
-import { agentDir, flipBit, kvPath, readRecordBody, recordPath, rewriteRecord, sha256 } from "./state-files.js";
+import { agentDir, flipBit, forgedChecksum, kvPath, readRecordBody, recordPath, rewriteRecord } from "./state-files.js";
 
 /** A fake engine that records which agents' own state files reached it (shared prefix states aside). */
 class SpyEngine extends FakeEngine {
@@ -296,7 +296,7 @@ const KV_DAMAGE: Array<{ kind: string; code: string; damage: Damage }> = [
       const path = await kvPath(dir, id);
       await truncate(path, 4 * 1024 ** 3);
       // A forger can set any size and checksum; hashing 4 GiB to find out would stall the agent.
-      await rewriteRecord(dir, id, (b) => void Object.assign(b.kv as KvDescriptor, { bytes: 4 * 1024 ** 3, sha256: "f".repeat(64) }));
+      await rewriteRecord(dir, id, (b) => void Object.assign(b.kv as KvDescriptor, { bytes: 4 * 1024 ** 3, checksum: { algorithm: "xxh3-64", value: "f".repeat(16) } }));
     },
   },
   {
@@ -306,7 +306,7 @@ const KV_DAMAGE: Array<{ kind: string; code: string; damage: Damage }> = [
       const path = await kvPath(dir, id);
       await unlink(path);
       execFileSync("mkfifo", [path]);
-      await rewriteRecord(dir, id, (b) => void Object.assign(b.kv as KvDescriptor, { bytes: 1, sha256: sha256("x") }));
+      await rewriteRecord(dir, id, (b) => void Object.assign(b.kv as KvDescriptor, { bytes: 1, ...forgedChecksum("x") }));
     },
   },
 ];
@@ -351,7 +351,7 @@ describe("damaged KV files", () => {
     const path = await kvPath(stateDir, "victim");
     const garbage = Buffer.from("{ this is not a fake-engine state file");
     await writeFile(path, garbage);
-    await rewriteRecord(stateDir, "victim", (b) => void Object.assign(b.kv, { bytes: garbage.length, sha256: sha256(garbage) }));
+    await rewriteRecord(stateDir, "victim", (b) => void Object.assign(b.kv, { bytes: garbage.length, ...forgedChecksum(garbage) }));
     const { runtime } = await start(stateDir);
     const errors = collect(runtime, "agent:error");
     const result = await runtime.ask("victim", "third");
@@ -392,7 +392,7 @@ describe("shared prefix states (stateDir/prefixes)", () => {
         const target = join(files.entry, "../../agents/first/agent.json");
         const bytes = await readFile(target);
         const entry = JSON.parse(await readFile(files.entry, "utf8")) as Record<string, unknown>;
-        await writeFile(files.entry, JSON.stringify({ ...entry, extension: "/../../agents/first/agent.json", bytes: bytes.length, sha256: sha256(bytes) }));
+        await writeFile(files.entry, JSON.stringify({ ...entry, extension: "/../../agents/first/agent.json", bytes: bytes.length, ...forgedChecksum(bytes) }));
       },
     ],
   ])("%s: ignored before the engine sees it; the prompt is evaluated as usual", async (_kind, damage) => {

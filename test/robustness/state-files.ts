@@ -1,3 +1,4 @@
+import { checksumBytes, CHECKSUM_ALGORITHM } from "../../src/store/checksum.js";
 import { DirectoryStore } from "../../src/store/directory-store.js";
 /** Helpers that damage stored agents the way disks, people and other programs do. */
 import { createHash } from "node:crypto";
@@ -20,6 +21,11 @@ export async function kvPath(stateDir: string, id: string): Promise<string> {
 }
 
 export const sha256 = (data: string | Uint8Array) => createHash("sha256").update(data).digest("hex");
+
+/** The checksum field a forger writes into a KV descriptor (or prefix entry) to vouch for `data`. */
+export const forgedChecksum = (data: string | Uint8Array) => ({
+  checksum: { algorithm: CHECKSUM_ALGORITHM, value: checksumBytes(typeof data === "string" ? Buffer.from(data) : data) },
+});
 
 /**
  * Rewrites a record's body through `mutate` and re-seals the envelope with a matching checksum: what a

@@ -2,6 +2,8 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createHash } from "node:crypto";
+import { checkKvDescriptor } from "../../src/store/kv-descriptor.js";
 import { DirectoryStore } from "../../src/store/directory-store.js";
 import type { KvDescriptor } from "../../src/store/state-store.js";
 
@@ -36,6 +38,47 @@ describe("DirectoryStore KV verification", () => {
     const kv = await commitKv(new DirectoryStore(root), Buffer.alloc(4096, 7));
     const restarted = new DirectoryStore(root);
     await expect(restarted.openKv("a", kv)).resolves.toContain(kv.file);
-    await expect(restarted.openKv("a", { ...kv, sha256: "0".repeat(64) })).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+    await expect(restarted.openKv("a", { ...kv, checksum: { algorithm: "xxh3-64", value: "0".repeat(16) } })).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+  });
+
+  it("new files are checksummed with XXH3-64 and named after it", async () => {
+    const kv = await commitKv(new DirectoryStore(root), Buffer.alloc(4096, 7));
+    expect(kv.checksum).toEqual({ algorithm: "xxh3-64", value: expect.stringMatching(/^[0-9a-f]{16}$/) });
+    expect(kv.file).toBe(`kv-${kv.checksum!.value}.bin`);
+    expect(kv.sha256).toBeUndefined();
+  });
+
+  it("after a restart, every single bit flipped anywhere in the file is caught", async () => {
+    const bytes = Buffer.from(Array.from({ length: 96 }, (_, i) => (i * 37) & 0xff));
+    const kv = await commitKv(new DirectoryStore(root), bytes);
+    const path = await new DirectoryStore(root).openKv("a", kv);
+    for (let bit = 0; bit < bytes.length * 8; bit++) {
+      const flipped = Buffer.from(bytes);
+      flipped[bit >> 3]! ^= 1 << (bit & 7);
+      await writeFile(path, flipped);
+      await expect(new DirectoryStore(root).openKv("a", kv), `bit ${bit} flipped`).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+    }
+    await writeFile(path, bytes);
+    await expect(new DirectoryStore(root).openKv("a", kv)).resolves.toBe(path);
+  });
+
+  it("a descriptor written before checksums named their algorithm (sha256 only) still opens, and is still checked", async () => {
+    const bytes = Buffer.alloc(8192, 3);
+    const kv = await commitKv(new DirectoryStore(root), bytes);
+    const legacy: KvDescriptor = { ...kv, checksum: undefined, sha256: createHash("sha256").update(bytes).digest("hex") };
+    delete legacy.checksum;
+    await expect(new DirectoryStore(root).openKv("a", legacy)).resolves.toContain(kv.file);
+    await expect(new DirectoryStore(root).openKv("a", { ...legacy, sha256: "0".repeat(64) })).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+  });
+
+  it("a descriptor whose checksum is malformed or of an unknown algorithm is refused as corrupt", async () => {
+    const kv = await commitKv(new DirectoryStore(root), Buffer.alloc(64, 1));
+    const info = { fingerprint: kv.fingerprint, engine: kv.engine, contextSize: 1024, kvBytesPerToken: 1024 } as Parameters<typeof checkKvDescriptor>[2];
+    expect(() => checkKvDescriptor("a", kv, info)).not.toThrow();
+    for (const checksum of [{ algorithm: "md5", value: kv.checksum!.value }, { algorithm: "xxh3-64", value: "abc" }, { algorithm: "sha256", value: kv.checksum!.value }, null, "x"]) {
+      const bad = { ...kv, checksum } as unknown as KvDescriptor;
+      expect(() => checkKvDescriptor("a", bad, info), JSON.stringify(checksum)).toThrow(expect.objectContaining({ code: "ERR_STATE_CORRUPT" }));
+      await expect(new DirectoryStore(root).openKv("a", bad)).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+    }
   });
 });
