@@ -8,7 +8,7 @@
  * tokens/s = G / wall time of the turn (message evaluation + generation); TTFT is part of it.
  *
  * - llama.cpp: `agentrt` vs `raw evaluate` (node-llama-cpp `sequence.evaluate`, fixed budget) and
- *   `raw LlamaChat` (node-llama-cpp's chat loop, which agentrt's engine uses inside the worker).
+ *   `raw LlamaChat` (node-llama-cpp's chat loop, which agentrt's engine used until it got its own decode loop).
  * - mlx: `agentrt` vs `raw forward` (agentrt's MLX forward pass, src/engines/mlx/model.ts, driven by a
  *   plain greedy loop in this process: no worker, no chat rendering or text decoding per token).
  * - both: `engine in-process` (the engine class agentrt hosts, called in this process) and `engine in

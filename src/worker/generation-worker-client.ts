@@ -117,8 +117,8 @@ export class GenerationWorker extends EventEmitter<GenerationWorkerEvents> {
       case "ready":
         this.#onReady(message.protocolVersion);
         return;
-      case "chunk":
-        this.#pending.get(message.id)?.onChunk?.(message.text);
+      case "chunks":
+        for (const { id, text } of message.chunks) this.#pending.get(id)?.onChunk?.(text);
         return;
       case "result": {
         const pending = this.#pending.get(message.id);
