@@ -2,6 +2,7 @@ import { basename } from "node:path";
 import {
   getLlama,
   LlamaLogLevel,
+  readGgufFileInfo,
   resolveChatWrapper,
   SpecialToken,
   SpecialTokensText,
@@ -32,7 +33,23 @@ import { validateLoadOptions } from "../load-options.js";
 import { splitStopTriggers } from "../stop-triggers.js";
 import { TextStream } from "../text-stream.js";
 import { resolveGgufModel } from "../model-source.js";
-import { kvBytesPerToken } from "./kv-size.js";
+import { attentionShape, kvBytesPerToken, Q8_0_BLOCK } from "./kv-size.js";
+
+/**
+ * Refuses `kvType: "q8_0"` for a model whose head dimension is not a multiple of 32 (stories260K's is 8), from
+ * the GGUF's header alone: llama.cpp would only fail later, and a native failure can take the process down.
+ */
+async function assertQuantizableKv(modelPath: string): Promise<void> {
+  const { metadata } = await readGgufFileInfo(modelPath, { readTensorInfo: false });
+  const raw = metadata as unknown as Record<string, unknown>;
+  const architecture = String((raw.general as Record<string, unknown> | undefined)?.architecture ?? "llama");
+  const { keyLength, valueLength } = attentionShape(raw, architecture);
+  if (keyLength % Q8_0_BLOCK !== 0 || valueLength % Q8_0_BLOCK !== 0) {
+    throw new RangeError(
+      `kvType "q8_0" needs attention heads whose dimension is a multiple of ${Q8_0_BLOCK}; ${basename(modelPath)} has keys of ${keyLength} and values of ${valueLength}: use "f16"`,
+    );
+  }
+}
 
 interface StopSet {
   tokens: ReadonlySet<Token>;
@@ -71,6 +88,8 @@ export class LlamaCppEngine implements Engine {
     validateLoadOptions(options);
     if (options.engine !== "llama.cpp") throw new TypeError(`engine must be "llama.cpp" to load the llama.cpp engine, got "${options.engine}"`);
     const modelPath = await resolveGgufModel(options.model, options.modelCacheDir);
+    const kvType = options.kvType ?? "f16";
+    if (kvType === "q8_0") await assertQuantizableKv(modelPath);
     const llama = await getLlama({
       gpu: "auto",
       build: "never",
@@ -87,12 +106,21 @@ export class LlamaCppEngine implements Engine {
         cause: error,
       });
     }
-    const context = await model.createContext({
-      contextSize: options.contextSize,
-      sequences: options.sequences,
-      threads: options.threads,
-      batchSize: options.batchSize ?? Math.min(512, options.contextSize),
-    });
+    let context: LlamaContext;
+    try {
+      context = await model.createContext({
+        contextSize: options.contextSize,
+        sequences: options.sequences,
+        threads: options.threads,
+        batchSize: options.batchSize ?? Math.min(512, options.contextSize),
+        // A quantized V cache needs flash attention, which "auto" (the default) turns on where it runs.
+        ...(kvType === "q8_0" ? { experimentalKvCacheKeyType: "Q8_0", experimentalKvCacheValueType: "Q8_0" } : {}),
+      });
+    } catch (error) {
+      await model.dispose();
+      await llama.dispose();
+      throw error;
+    }
     const metadata = model.fileInfo.metadata as unknown as Record<string, unknown>;
     const architecture = String((metadata.general as Record<string, unknown> | undefined)?.architecture ?? "llama");
     const hasTemplate = typeof (metadata.tokenizer as Record<string, unknown> | undefined)?.chat_template === "string";
@@ -112,6 +140,7 @@ export class LlamaCppEngine implements Engine {
       modelBytes: model.size,
       contextSize: context.contextSize,
       kvBytesPerToken: kvBytesPerToken(metadata, architecture, context.kvCacheKeyType, context.kvCacheValueType),
+      kvType,
       chatFormat: hasTemplate ? chatWrapper.wrapperName : COMPLETION_FORMAT,
       stateFileExtension: ".bin",
       threads: options.threads,
