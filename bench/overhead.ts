@@ -292,7 +292,8 @@ const rows = Object.keys(samples).map((key) => {
     tokens: median(runs.map((r) => r.tokens)),
     tokensPerSecond: median(samples[key]!),
     ttftMs: median(runs.map((r) => r.ttftMs)),
-    decodeTokensPerSecond: median(runs.map((r) => (r.tokens > 1 ? ((r.tokens - 1) * 1000) / (r.ms - r.ttftMs) : NaN))),
+    // A variant that never saw its first token (LlamaChat held them all back) has no decode rate.
+    decodeTokensPerSecond: median(runs.map((r) => (r.tokens > 1 && r.ms - r.ttftMs > 1 ? ((r.tokens - 1) * 1000) / (r.ms - r.ttftMs) : NaN))),
     /** This variant over the engine's bare baseline, median of per-repetition ratios. */
     overBaseline: pairedRatio(samples[key]!, samples[baseline]!),
     recordWriteMs: runs.some((r) => r.writeMs !== undefined) ? median(runs.map((r) => r.writeMs ?? 0)) : undefined,
