@@ -8,7 +8,7 @@
  * tokens/s = G / wall time of the turn (message evaluation + generation); TTFT is part of it.
  *
  * - llama.cpp: `agentrt` vs `raw evaluate` (node-llama-cpp `sequence.evaluate`, fixed budget) and
- *   `raw LlamaChat` (node-llama-cpp's chat loop, which agentrt's engine uses inside the worker).
+ *   `raw LlamaChat` (node-llama-cpp's chat loop, which agentrt's engine used until it got its own decode loop).
  * - mlx: `agentrt` vs `raw forward` (agentrt's MLX forward pass, src/engines/mlx/model.ts, driven by a
  *   plain greedy loop in this process: no worker, no chat rendering or text decoding per token).
  * - both: `engine in-process` (the engine class agentrt hosts, called in this process) and `engine in
@@ -292,7 +292,8 @@ const rows = Object.keys(samples).map((key) => {
     tokens: median(runs.map((r) => r.tokens)),
     tokensPerSecond: median(samples[key]!),
     ttftMs: median(runs.map((r) => r.ttftMs)),
-    decodeTokensPerSecond: median(runs.map((r) => (r.tokens > 1 ? ((r.tokens - 1) * 1000) / (r.ms - r.ttftMs) : NaN))),
+    // A variant that never saw its first token (LlamaChat held them all back) has no decode rate.
+    decodeTokensPerSecond: median(runs.map((r) => (r.tokens > 1 && r.ms - r.ttftMs > 1 ? ((r.tokens - 1) * 1000) / (r.ms - r.ttftMs) : NaN))),
     /** This variant over the engine's bare baseline, median of per-repetition ratios. */
     overBaseline: pairedRatio(samples[key]!, samples[baseline]!),
     recordWriteMs: runs.some((r) => r.writeMs !== undefined) ? median(runs.map((r) => r.writeMs ?? 0)) : undefined,

@@ -118,6 +118,7 @@ export class RawLlamaContext {
     const chat = new LlamaChat({ contextSequence: this.sequence, chatWrapper, autoDisposeSequence: false });
     try {
       const started = performance.now();
+      const sampledBefore = this.sequence.tokenMeter.usedOutputTokens;
       let first = 0;
       let generated = 0;
       await chat.generateResponse(toChatHistory(messages, false), {
@@ -131,6 +132,9 @@ export class RawLlamaContext {
         onTextChunk: () => {},
       });
       const finished = performance.now();
+      // LlamaChat holds back tokens that could begin a stop trigger and never passes them to onToken (on the
+      // synthetic ChatML models, every one of them): the sequence's meter counts each sampled token.
+      generated = Math.max(generated, this.sequence.tokenMeter.usedOutputTokens - sampledBefore);
       return { ms: finished - started, ttftMs: (first || finished) - started, tokens: generated };
     } finally {
       await chat.dispose({ disposeSequence: false });

@@ -11,7 +11,7 @@ export type { Clock } from "./clock.js";
 export { validateAgentId } from "./agent-id.js";
 export { AgentRuntimeError, ERROR_CODES, isAgentRuntimeError } from "./errors.js";
 export type { ErrorCode } from "./errors.js";
-export type { ChatMessage, EngineName, HostedEngine, SamplingOptions, ModelInfo, StopReason } from "./engines/engine.js";
+export type { ChatMessage, EngineName, HostedEngine, KvType, SamplingOptions, ModelInfo, StopReason } from "./engines/engine.js";
 export type { StateStore, AgentRecord, KvDescriptor, StagedKv, StoredAgentPage, ListOptions, TurnAppend } from "./store/state-store.js";
 export { DelegatingStore } from "./store/delegating-store.js";
 export type { DirectoryStoreOptions } from "./store/directory-store.js";

@@ -6,6 +6,11 @@
 
 export type EngineName = "llama.cpp" | "mlx";
 
+/** How K/V are stored: 16-bit floats, or llama.cpp's 8-bit blocks (32 values and one F16 scale, 34 bytes). */
+export type KvType = "f16" | "q8_0";
+
+export const KV_TYPES: readonly KvType[] = ["f16", "q8_0"];
+
 export type ChatRole = "system" | "user" | "assistant";
 
 export interface ChatMessage {
@@ -45,6 +50,12 @@ export interface EngineLoadOptions {
   batching?: boolean;
   /** Where `hf:` downloads are cached. */
   modelCacheDir?: string;
+  /**
+   * KV cache type, in memory and in state files. `"q8_0"` halves KV memory and state bytes (llama.cpp only; every
+   * attention head's dimension must be a multiple of 32, or the load fails with a RangeError before llama.cpp
+   * sees it; the MLX engine refuses it). Default `"f16"`.
+   */
+  kvType?: KvType;
 }
 
 export interface ModelInfo {
@@ -61,6 +72,11 @@ export interface ModelInfo {
   contextSize: number;
   /** KV cache bytes one token costs in memory. */
   kvBytesPerToken: number;
+  /**
+   * The `kvType` in force (llama.cpp; part of the fingerprint, so a state file of another type is never loaded).
+   * The MLX engine leaves it out: its cache holds float32, the only type its CPU matmul takes.
+   */
+  kvType?: KvType;
   /** Extension of the engine's state files (".bin" for llama.cpp, ".safetensors" for MLX, which picks its reader by it). */
   stateFileExtension: string;
   /** Name of the chat formatting in use (a template name, or "generic" for models without one). */

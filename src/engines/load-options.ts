@@ -1,4 +1,4 @@
-import type { EngineLoadOptions } from "./engine.js";
+import { KV_TYPES, type EngineLoadOptions } from "./engine.js";
 
 /** Checks the options every engine relies on; bad values are TypeError/RangeError naming the option. */
 export function validateLoadOptions(options: EngineLoadOptions): void {
@@ -13,4 +13,7 @@ export function validateLoadOptions(options: EngineLoadOptions): void {
   positive("sequences", 1);
   positive("threads", 1);
   if (options.batchSize !== undefined) positive("batchSize", 1);
+  if (options.kvType !== undefined && !KV_TYPES.includes(options.kvType)) {
+    throw new RangeError(`kvType must be one of ${KV_TYPES.map((t) => JSON.stringify(t)).join(", ")}, got ${JSON.stringify(options.kvType)}`);
+  }
 }

@@ -5,7 +5,7 @@ import { AgentRuntimeError } from "../errors.js";
 import type { Logger } from "pino";
 import type { AgentBehaviour } from "../actor/behaviour.js";
 import { checkContextPolicy, checkSlideTo, DEFAULT_CONTEXT_POLICY, type ContextPolicy } from "../actor/context-window.js";
-import type { ChatMessage, EngineName, HostedEngine, SamplingOptions } from "../engines/engine.js";
+import { KV_TYPES, type ChatMessage, type EngineName, type HostedEngine, type KvType, type SamplingOptions } from "../engines/engine.js";
 import type { StateStore } from "../store/state-store.js";
 import type { Clock } from "../clock.js";
 
@@ -39,6 +39,12 @@ export interface AgentRuntimeOptions {
   batchSize?: number;
   /** Evaluate waiting turns of several agents together in one batch (llama.cpp). Default true. */
   batching?: boolean;
+  /**
+   * KV cache type, in memory and in state files: `"q8_0"` stores keys and values in 8 bits (about half the
+   * bytes of `"f16"`; llama.cpp only, on models whose attention head dimension is a multiple of 32; a state
+   * file of the other type is never loaded, its agent is rebuilt from history). Default `"f16"`.
+   */
+  kvType?: KvType;
   /** Default reply length limit per turn, in tokens. Default 256. */
   maxTokens?: number;
   /** Messages that may wait in one agent's mailbox. Default 64. */
@@ -134,6 +140,7 @@ export interface ResolvedOptions {
   maxMessageChars: number;
   contextPolicy: ContextPolicy;
   slideTo: number;
+  kvType: KvType;
 }
 
 export function resolveOptions(options: AgentRuntimeOptions): ResolvedOptions {
@@ -149,9 +156,16 @@ export function resolveOptions(options: AgentRuntimeOptions): ResolvedOptions {
     maxMessageChars: positiveInteger("maxMessageChars", options.maxMessageChars, DEFAULTS.maxMessageChars),
     contextPolicy: checkContextPolicy(options.contextPolicy) ?? DEFAULT_CONTEXT_POLICY,
     slideTo: checkSlideTo(options.slideTo),
+    kvType: checkKvType(options.kvType),
   };
 }
 
+
+function checkKvType(value: unknown): KvType {
+  if (value === undefined) return "f16";
+  if (!KV_TYPES.includes(value as KvType)) throw new RangeError(`kvType must be "f16" or "q8_0", got ${JSON.stringify(value)}`);
+  return value as KvType;
+}
 
 /** Checks send()'s options object and returns its signal. */
 export function validateSendOptions(options: unknown): AbortSignal | undefined {

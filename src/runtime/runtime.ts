@@ -97,6 +97,7 @@ export class AgentRuntime {
           ...(options.batchSize ? { batchSize: options.batchSize } : {}),
           ...(options.batching === false ? { batching: false } : {}),
           ...(options.modelCacheDir ? { modelCacheDir: options.modelCacheDir } : {}),
+          ...(resolved.kvType !== "f16" ? { kvType: resolved.kvType } : {}),
         },
         log.child({ component: "worker" }),
         options.signal,

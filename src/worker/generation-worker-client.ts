@@ -1,6 +1,7 @@
 import { Worker } from "node:worker_threads";
 import { EventEmitter } from "eventemitter3";
 import type { EngineLoadOptions, ModelInfo } from "../engines/engine.js";
+import { validateLoadOptions } from "../engines/load-options.js";
 import { AgentRuntimeError, deserializeError } from "../errors.js";
 import {
   assertNever,
@@ -80,6 +81,8 @@ export class GenerationWorker extends EventEmitter<GenerationWorkerEvents> {
   static async start(options: EngineLoadOptions, startOptions: StartOptions = {}): Promise<GenerationWorker> {
     const { signal, onLog } = startOptions;
     signal?.throwIfAborted();
+    // Bad options fail here, as TypeError/RangeError, before a thread starts (across it they would arrive as plain Errors).
+    validateLoadOptions(options);
     const entry = workerEntry(startOptions.entry);
     if (options.engine === "mlx" && process.env.OPENBLAS_NUM_THREADS === undefined) {
       // OpenBLAS (under MLX) reads its thread count from the process environment once, when loaded; a
@@ -117,8 +120,8 @@ export class GenerationWorker extends EventEmitter<GenerationWorkerEvents> {
       case "ready":
         this.#onReady(message.protocolVersion);
         return;
-      case "chunk":
-        this.#pending.get(message.id)?.onChunk?.(message.text);
+      case "chunks":
+        for (const { id, text } of message.chunks) this.#pending.get(id)?.onChunk?.(text);
         return;
       case "result": {
         const pending = this.#pending.get(message.id);

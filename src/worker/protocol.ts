@@ -1,7 +1,9 @@
 /**
  * The one message protocol between the runtime (main thread) and the generation worker. Both sides
  * import these types; every request carries an id, and every request ends in exactly one `result` or
- * `error` message (a `generate` may send `chunk`s before that).
+ * `error` message (a `generate` may send text in `chunks` messages before that). Text is coalesced per
+ * event-loop turn of the worker: one `chunks` message carries what every running generation decoded since the
+ * last one (batched sequences decode together), instead of one message per token.
  */
 import type {
   ChatMessage,
@@ -15,7 +17,7 @@ import type {
 } from "../engines/engine.js";
 import type { SerializedError } from "../errors.js";
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 /** Request payloads and result types, by request type. */
 export interface RequestMap {
@@ -47,7 +49,8 @@ export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal";
 export type WorkerMessage =
   | { type: "ready"; protocolVersion: number }
   | { type: "result"; id: number; result: RequestMap[RequestType]["result"] }
-  | { type: "chunk"; id: number; text: string }
+  /** Text decoded since the last `chunks` message, at most one entry per request, in the order they began. */
+  | { type: "chunks"; chunks: { id: number; text: string }[] }
   | { type: "error"; id: number; error: SerializedError }
   | { type: "log"; level: LogLevel; msg: string; data?: Record<string, unknown> };
 

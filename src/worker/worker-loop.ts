@@ -45,6 +45,27 @@ export function runWorkerLoop(port: WorkerPort): WorkerLoop {
     port.postMessage(message);
   }
 
+  /** Text not yet posted, by request id: flushed once per event-loop turn, and before a request's result. */
+  const pendingText = new Map<number, string>();
+  let flushScheduled = false;
+
+  function queueText(id: number, text: string): void {
+    pendingText.set(id, (pendingText.get(id) ?? "") + text);
+    if (!flushScheduled) {
+      flushScheduled = true;
+      // After every sequence's continuation of this turn has run: one message for all their tokens.
+      setImmediate(flushText);
+    }
+  }
+
+  function flushText(): void {
+    flushScheduled = false;
+    if (pendingText.size === 0) return;
+    const chunks = [...pendingText].map(([id, text]) => ({ id, text }));
+    pendingText.clear();
+    post({ type: "chunks", chunks });
+  }
+
   function log(level: LogLevel, msg: string, data?: Record<string, unknown>): void {
     post({ type: "log", level, msg, ...(data ? { data } : {}) });
   }
@@ -87,7 +108,7 @@ export function runWorkerLoop(port: WorkerPort): WorkerLoop {
           sampling: request.sampling,
           ...(request.contextShift !== undefined ? { contextShift: request.contextShift } : {}),
           signal,
-          onText: (text) => post({ type: "chunk", id: request.id, text }),
+          onText: (text) => queueText(request.id, text),
         });
       case "count":
         return requireEngine().countTokens(request.messages);
@@ -128,9 +149,16 @@ export function runWorkerLoop(port: WorkerPort): WorkerLoop {
         inFlightById.delete(request.id);
       })
       .catch(() => {});
+    // A request's text always arrives before its end.
     task.then(
-      (result) => post({ type: "result", id: request.id, result }),
-      (error: unknown) => post({ type: "error", id: request.id, error: serializeError(error) }),
+      (result) => {
+        flushText();
+        post({ type: "result", id: request.id, result });
+      },
+      (error: unknown) => {
+        flushText();
+        post({ type: "error", id: request.id, error: serializeError(error) });
+      },
     ).finally(() => cancellations.delete(request.id));
   });
 

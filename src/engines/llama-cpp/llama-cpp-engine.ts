@@ -1,9 +1,11 @@
 import { basename } from "node:path";
 import {
   getLlama,
-  LlamaChat,
   LlamaLogLevel,
+  readGgufFileInfo,
   resolveChatWrapper,
+  SpecialToken,
+  SpecialTokensText,
   type ChatWrapper,
   type Llama,
   type LlamaContext,
@@ -28,15 +30,37 @@ import type {
 } from "../engine.js";
 import { modelFingerprint } from "../fingerprint.js";
 import { validateLoadOptions } from "../load-options.js";
+import { splitStopTriggers } from "../stop-triggers.js";
+import { TextStream } from "../text-stream.js";
 import { resolveGgufModel } from "../model-source.js";
-import { kvBytesPerToken } from "./kv-size.js";
+import { attentionShape, kvBytesPerToken, Q8_0_BLOCK } from "./kv-size.js";
+
+/**
+ * Refuses `kvType: "q8_0"` for a model whose head dimension is not a multiple of 32 (stories260K's is 8), from
+ * the GGUF's header alone: llama.cpp would only fail later, and a native failure can take the process down.
+ */
+async function assertQuantizableKv(modelPath: string): Promise<void> {
+  const { metadata } = await readGgufFileInfo(modelPath, { readTensorInfo: false });
+  const raw = metadata as unknown as Record<string, unknown>;
+  const architecture = String((raw.general as Record<string, unknown> | undefined)?.architecture ?? "llama");
+  const { keyLength, valueLength } = attentionShape(raw, architecture);
+  if (keyLength % Q8_0_BLOCK !== 0 || valueLength % Q8_0_BLOCK !== 0) {
+    throw new RangeError(
+      `kvType "q8_0" needs attention heads whose dimension is a multiple of ${Q8_0_BLOCK}; ${basename(modelPath)} has keys of ${keyLength} and values of ${valueLength}: use "f16"`,
+    );
+  }
+}
+
+interface StopSet {
+  tokens: ReadonlySet<Token>;
+  strings: readonly string[];
+}
 
 /** Bumped when the on-disk state this engine writes changes meaning. */
 const STATE_FORMAT = "llama.cpp-seq-state-v1";
 
 interface SequenceSlot {
   sequence: LlamaContextSequence;
-  chat: LlamaChat;
 }
 
 /** The llama.cpp engine: one context, one sequence per resident agent, through node-llama-cpp. */
@@ -48,6 +72,8 @@ export class LlamaCppEngine implements Engine {
   readonly #context: LlamaContext;
   readonly #chatWrapper: ChatWrapper;
   readonly #slots = new Map<string, SequenceSlot>();
+  /** Stop triggers split into ids and texts, per distinct trigger list of the chat wrapper. */
+  readonly #stops = new Map<string, StopSet>();
   #disposed = false;
 
   private constructor(llama: Llama, model: LlamaModel, context: LlamaContext, chatWrapper: ChatWrapper, info: ModelInfo) {
@@ -62,6 +88,8 @@ export class LlamaCppEngine implements Engine {
     validateLoadOptions(options);
     if (options.engine !== "llama.cpp") throw new TypeError(`engine must be "llama.cpp" to load the llama.cpp engine, got "${options.engine}"`);
     const modelPath = await resolveGgufModel(options.model, options.modelCacheDir);
+    const kvType = options.kvType ?? "f16";
+    if (kvType === "q8_0") await assertQuantizableKv(modelPath);
     const llama = await getLlama({
       gpu: "auto",
       build: "never",
@@ -78,12 +106,21 @@ export class LlamaCppEngine implements Engine {
         cause: error,
       });
     }
-    const context = await model.createContext({
-      contextSize: options.contextSize,
-      sequences: options.sequences,
-      threads: options.threads,
-      batchSize: options.batchSize ?? Math.min(512, options.contextSize),
-    });
+    let context: LlamaContext;
+    try {
+      context = await model.createContext({
+        contextSize: options.contextSize,
+        sequences: options.sequences,
+        threads: options.threads,
+        batchSize: options.batchSize ?? Math.min(512, options.contextSize),
+        // A quantized V cache needs flash attention, which "auto" (the default) turns on where it runs.
+        ...(kvType === "q8_0" ? { experimentalKvCacheKeyType: "Q8_0", experimentalKvCacheValueType: "Q8_0" } : {}),
+      });
+    } catch (error) {
+      await model.dispose();
+      await llama.dispose();
+      throw error;
+    }
     const metadata = model.fileInfo.metadata as unknown as Record<string, unknown>;
     const architecture = String((metadata.general as Record<string, unknown> | undefined)?.architecture ?? "llama");
     const hasTemplate = typeof (metadata.tokenizer as Record<string, unknown> | undefined)?.chat_template === "string";
@@ -103,6 +140,7 @@ export class LlamaCppEngine implements Engine {
       modelBytes: model.size,
       contextSize: context.contextSize,
       kvBytesPerToken: kvBytesPerToken(metadata, architecture, context.kvCacheKeyType, context.kvCacheValueType),
+      kvType,
       chatFormat: hasTemplate ? chatWrapper.wrapperName : COMPLETION_FORMAT,
       stateFileExtension: ".bin",
       threads: options.threads,
@@ -118,16 +156,13 @@ export class LlamaCppEngine implements Engine {
         details: { key, sequences: this.#context.totalSequences },
       });
     }
-    const sequence = this.#context.getSequence();
-    const chat = new LlamaChat({ contextSequence: sequence, chatWrapper: this.#chatWrapper, autoDisposeSequence: false });
-    this.#slots.set(key, { sequence, chat });
+    this.#slots.set(key, { sequence: this.#context.getSequence() });
   }
 
   async closeSequence(key: string): Promise<void> {
     const slot = this.#slots.get(key);
     if (!slot) return;
     this.#slots.delete(key);
-    await slot.chat.dispose({ disposeSequence: false });
     // Disposing the sequence clears its KV cells and returns the sequence id to the context.
     await slot.sequence.dispose();
   }
@@ -155,6 +190,19 @@ export class LlamaCppEngine implements Engine {
   #render(messages: readonly ChatMessage[], openResponse: boolean): Token[] {
     const { contextText } = this.#chatWrapper.generateContextState({ chatHistory: toChatHistory(messages, openResponse) });
     return contextText.tokenize(this.#model.tokenizer);
+  }
+
+  /** The prompt `generate` evaluates (the assistant's turn opened) and what ends the reply. */
+  #renderPrompt(messages: readonly ChatMessage[]): { tokens: Token[]; stops: StopSet } {
+    const state = this.#chatWrapper.generateContextState({ chatHistory: toChatHistory(messages, true) });
+    const key = JSON.stringify(state.stopGenerationTriggers.map((trigger) => trigger.toJSON()));
+    let stops = this.#stops.get(key);
+    if (!stops) {
+      const split = splitStopTriggers(state.stopGenerationTriggers, this.#model, { SpecialToken, SpecialTokensText });
+      stops = { tokens: new Set(split.tokens as Token[]), strings: split.strings };
+      this.#stops.set(key, stops);
+    }
+    return { tokens: state.contextText.tokenize(this.#model.tokenizer), stops };
   }
 
   /**
@@ -223,75 +271,85 @@ export class LlamaCppEngine implements Engine {
     return { removed: shift.removed, evaluated: Math.max(0, sequence.tokenMeter.usedInputTokens - before - moved) };
   }
 
+  /**
+   * agentrt's own decode loop over `sequence.evaluate` (on stories260K, where per-token costs show, the engine
+   * reached 73 % of raw `evaluate` through LlamaChat and 93 % this way): the prompt is the same rendering
+   * `countTokens` and `prefill` use, the cache keeps its
+   * longest common prefix with it, and the reply stops at an end-of-generation token or one of the chat
+   * wrapper's stop triggers (ids, or texts held back while they could still appear, as the MLX engine does).
+   */
   async generate(key: string, input: GenerateInput): Promise<GenerateOutput> {
     input.signal.throwIfAborted();
-    const { sequence, chat } = this.#slot(key);
-    const prompt = this.#render(input.messages, true);
+    const { sequence } = this.#slot(key);
+    const started = performance.now();
+    const { tokens: prompt, stops } = this.#renderPrompt(input.messages);
     this.#assertFits(prompt.length, key);
     let shifted = { removed: 0, evaluated: 0 };
-    if (input.contextShift) {
-      try {
-        shifted = await this.#shift(sequence, prompt);
-      } catch (error) {
-        throw this.#failed(error, key, input.signal);
-      }
-    }
-    const reused = commonPrefixLength(sequence.contextTokens, prompt);
-    const room = this.info.contextSize - prompt.length - 1;
-    const maxTokens = Math.max(0, Math.min(input.maxTokens, room));
-    const started = performance.now();
-    const inputBefore = sequence.tokenMeter.usedInputTokens;
-    const outputBefore = sequence.tokenMeter.usedOutputTokens;
-    let firstTokenAt = 0;
-    let generatedTokens = 0;
-    const { temperature = 0, topK, topP, seed } = input.sampling;
-    let response: Awaited<ReturnType<LlamaChat["generateResponse"]>>;
     try {
-      response = await chat.generateResponse(toChatHistory(input.messages, false), {
-        maxTokens: Math.max(1, maxTokens),
+      if (input.contextShift) shifted = await this.#shift(sequence, prompt);
+      // The prompt's last token is always evaluated: its logits pick the first reply token.
+      const reused = Math.min(commonPrefixLength(sequence.contextTokens, prompt), prompt.length - 1);
+      if (reused < sequence.nextTokenIndex) await sequence.eraseContextTokenRanges([{ start: reused, end: sequence.nextTokenIndex }]);
+      const inputBefore = sequence.tokenMeter.usedInputTokens;
+      const outputBefore = sequence.tokenMeter.usedOutputTokens;
+      // One token at least, as long as it fits: the context holds the prompt and every token fed back after it.
+      const room = this.info.contextSize - prompt.length - 1;
+      const maxTokens = Math.max(1, Math.min(input.maxTokens, room));
+      const { temperature = 0, topK, topP, seed } = input.sampling;
+      const stream = new TextStream((tokens) => this.#model.detokenize(tokens as Token[], false), stops.strings, input.onText);
+      let stopReason: StopReason = input.maxTokens > maxTokens ? "contextFull" : "maxTokens";
+      let firstTokenAt = 0;
+      let generated = 0;
+      const iterator = sequence.evaluate(prompt.slice(reused), {
         temperature,
         ...(temperature > 0 ? { topK: topK ?? 40, topP: topP ?? 0.95, ...(seed !== undefined ? { seed } : {}) } : {}),
-        signal: input.signal,
-        stopOnAbortSignal: true,
-        onToken: (tokens) => {
-          if (firstTokenAt === 0) firstTokenAt = performance.now();
-          generatedTokens += tokens.length;
-        },
-        onTextChunk: (text) => input.onText(text),
+        yieldEogToken: true,
       });
+      try {
+        for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
+          const token = next.value;
+          if (firstTokenAt === 0) firstTokenAt = performance.now();
+          if (stops.tokens.has(token) || this.#model.isEogToken(token)) {
+            stopReason = "eos";
+            break;
+          }
+          generated++;
+          if (stream.push(token)) {
+            stopReason = "eos";
+            break;
+          }
+          if (generated >= maxTokens) break;
+          if (input.signal.aborted) {
+            stopReason = "aborted";
+            break;
+          }
+        }
+      } finally {
+        // Ends the generator without feeding back the last sampled token (it is not in the cache).
+        await iterator.return();
+      }
+      const finished = performance.now();
+      if (firstTokenAt === 0) firstTokenAt = finished;
+      const text = stream.finish();
+      return {
+        text,
+        shiftedTokens: shifted.removed,
+        promptTokens: prompt.length,
+        reusedTokens: reused,
+        // The engine's own count over the turn, less the generated tokens fed back (the cache past the prompt).
+        evaluatedTokens:
+          shifted.evaluated +
+          sequence.tokenMeter.usedInputTokens - inputBefore + sequence.tokenMeter.usedOutputTokens - outputBefore -
+          Math.max(0, sequence.nextTokenIndex - prompt.length),
+        cacheTokens: sequence.nextTokenIndex,
+        generatedTokens: generated,
+        stopReason,
+        ttftMs: firstTokenAt - started,
+        decodeMs: finished - firstTokenAt,
+      };
     } catch (error) {
       throw this.#failed(error, key, input.signal);
     }
-    const finished = performance.now();
-    // The engine's own count over the turn, minus generated tokens fed back (the cache past the prompt).
-    const evaluatedTokens =
-      shifted.evaluated +
-      sequence.tokenMeter.usedInputTokens - inputBefore + sequence.tokenMeter.usedOutputTokens - outputBefore -
-      Math.max(0, sequence.nextTokenIndex - prompt.length);
-    if (firstTokenAt === 0) firstTokenAt = finished;
-    // LlamaChat holds back tokens that may start a stop trigger or an incomplete character and never
-    // passes them to onToken; the cache past the prompt counts every token that was generated and fed back.
-    generatedTokens = Math.max(generatedTokens, sequence.nextTokenIndex - prompt.length);
-    const stopReason: StopReason =
-      response.metadata.stopReason === "abort"
-        ? "aborted"
-        : response.metadata.stopReason === "maxTokens"
-          ? maxTokens < input.maxTokens
-            ? "contextFull"
-            : "maxTokens"
-          : "eos";
-    return {
-      text: response.response,
-      shiftedTokens: shifted.removed,
-      promptTokens: prompt.length,
-      reusedTokens: reused,
-      evaluatedTokens,
-      cacheTokens: sequence.nextTokenIndex,
-      generatedTokens,
-      stopReason,
-      ttftMs: firstTokenAt - started,
-      decodeMs: finished - firstTokenAt,
-    };
   }
 
   async saveState(key: string, filePath: string): Promise<SavedState> {

@@ -28,7 +28,7 @@ import { loadPromptCache, savePromptCache } from "./prompt-cache.js";
 import { reclaimMajor, reclaimMinor } from "./reclaim.js";
 import { makeKeyShift } from "./rope.js";
 import { Sampler } from "./sampler.js";
-import { TextStream } from "./text-stream.js";
+import { TextStream } from "../text-stream.js";
 
 export class MlxEngine implements Engine {
   readonly info: ModelInfo;

@@ -8,6 +8,7 @@ import type { ChatWrapper, Llama, LlamaModel, LlamaText } from "node-llama-cpp";
 import { AgentRuntimeError } from "../../errors.js";
 import { COMPLETION_FORMAT, completionChatWrapper, toChatHistory } from "../chat-history.js";
 import type { ChatMessage } from "../engine.js";
+import { splitStopTriggers, type SplitStopTriggers } from "../stop-triggers.js";
 import type { ChatFrontend, RenderedPrompt } from "./chat.js";
 
 type LlamaCppModule = typeof import("node-llama-cpp");
@@ -20,7 +21,7 @@ export function loadGgufChat(filePath: string): Promise<ChatFrontend> {
 class GgufChat implements ChatFrontend {
   readonly formatName: string;
   readonly vocabSize: number;
-  readonly #triggerCache = new Map<string, { tokens: number[]; strings: string[] }>();
+  readonly #triggerCache = new Map<string, SplitStopTriggers>();
   readonly #llama: Llama;
   readonly #model: LlamaModel;
   readonly #wrapper: ChatWrapper;
@@ -72,37 +73,12 @@ class GgufChat implements ChatFrontend {
     return { tokens, stopTokens: new EogSet(stopTokens, this.#model), stopStrings: strings };
   }
 
-  /** Splits the wrapper's stop triggers into token ids (special tokens) and texts. */
-  #triggers(triggers: readonly LlamaText[]): { tokens: number[]; strings: string[] } {
+  /** The wrapper's stop triggers as ids and texts (see stop-triggers.ts), cached per distinct trigger list. */
+  #triggers(triggers: readonly LlamaText[]): SplitStopTriggers {
     const key = JSON.stringify(triggers.map((t) => t.toJSON()));
     const cached = this.#triggerCache.get(key);
     if (cached) return cached;
-    const { SpecialToken, SpecialTokensText } = this.#llamaCpp;
-    const tokens: number[] = [];
-    const strings: string[] = [];
-    for (const trigger of triggers) {
-      const values = trigger.values;
-      if (values.length === 1 && values[0] instanceof SpecialToken) {
-        const id = this.#model.tokenize(values[0].value as "EOS", "builtin")[0];
-        if (id !== undefined) tokens.push(Number(id));
-        continue;
-      }
-      if (values.length === 1 && values[0] instanceof SpecialTokensText) {
-        const ids = this.#model.tokenize(values[0].value, true);
-        // One token whose plain-text detokenization differs from the trigger is a control token: stop on its id.
-        if (ids.length === 1 && this.#model.detokenize(ids, false) !== values[0].value) {
-          tokens.push(Number(ids[0]));
-          continue;
-        }
-        strings.push(values[0].value);
-        continue;
-      }
-      if (values.every((v) => typeof v === "string" || v instanceof SpecialTokensText)) {
-        const text = values.map((v) => (typeof v === "string" ? v : (v as InstanceType<typeof SpecialTokensText>).value)).join("");
-        if (text.length > 0) strings.push(text);
-      }
-    }
-    const result = { tokens, strings: [...new Set(strings)] };
+    const result = splitStopTriggers(triggers, this.#model, this.#llamaCpp);
     this.#triggerCache.set(key, result);
     return result;
   }

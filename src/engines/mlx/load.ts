@@ -45,6 +45,10 @@ export interface MlxEngineParts {
 export async function loadMlxParts(options: EngineLoadOptions): Promise<MlxEngineParts> {
   validateLoadOptions(options);
   if (options.engine !== "mlx") throw new TypeError(`engine must be "mlx" to load the MLX engine, got "${options.engine}"`);
+  if (options.kvType !== undefined && options.kvType !== "f16") {
+    // Not yet: a quantized cache (mlx-lm's QuantizedKVCache) needs quantized attention matmuls in model.ts.
+    throw new RangeError(`kvType ${JSON.stringify(options.kvType)} is not supported by the MLX engine (its KV cache is float32); use "f16" or the llama.cpp engine`);
+  }
   if (options.model.startsWith("hf:")) {
     throw new AgentRuntimeError("ERR_MODEL_NOT_FOUND", "The MLX engine loads local files only: download the model and pass its path", {
       details: { model: options.model },

@@ -1,5 +1,5 @@
 /**
- * Turns generated token ids into streamed text. Text is re-decoded from all reply tokens each step (tokenizers
+ * Turns generated token ids into streamed text (both engines). Text is re-decoded from all reply tokens each step (tokenizers
  * merge bytes and spaces across tokens, so per-token decoding is wrong for multi-byte characters), and text is
  * held back while it could still become a stop string or ends in an incomplete UTF-8 sequence (U+FFFD).
  */
