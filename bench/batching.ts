@@ -115,6 +115,11 @@ const plot = await lineChart(
     { x: row.agents, y: row.batchedTokensPerSecond, series: "batched" },
     { x: row.agents, y: row.serialTokensPerSecond, series: "one at a time" },
   ]),
-  { title: `Aggregate tokens/s vs busy agents (${choice.label}, ${threads} threads)`, xTitle: "busy agents", yTitle: "tokens/s (median)", integerX: true },
+  {
+    title: `Aggregate tokens/s vs busy agents (${choice.label}, ${threads} threads)`,
+    xTitle: "busy agents",
+    yTitle: "tokens/s (median)",
+    integerX: true,
+  },
 );
 progress(`wrote ${path} and ${plot}`);

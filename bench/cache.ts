@@ -17,7 +17,22 @@ import { formatTable } from "../src/cli/table.js";
 import type { ChatMessage, EngineName } from "../src/engines/engine.js";
 import { DirectoryStore } from "../src/store/directory-store.js";
 import { RemoteEngine } from "../src/worker/remote-engine.js";
-import { buildHistories, CORES, DEFAULT_THREADS, engineOption, interleave, intOption, listOption, median, MODEL_OPTIONS, pinMlxThreads, plotName, progress, resolveModel, writeResult } from "./lib.js";
+import {
+  buildHistories,
+  CORES,
+  DEFAULT_THREADS,
+  engineOption,
+  interleave,
+  intOption,
+  listOption,
+  median,
+  MODEL_OPTIONS,
+  pinMlxThreads,
+  plotName,
+  progress,
+  resolveModel,
+  writeResult,
+} from "./lib.js";
 import { lineChart } from "./plot.js";
 
 const { values } = parseArgs({

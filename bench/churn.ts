@@ -16,7 +16,23 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { AgentRuntime } from "../src/index.js";
 import { formatTable } from "../src/cli/table.js";
-import { CORES, DEFAULT_THREADS, engineOption, fillerText, intOption, median, MODEL_OPTIONS, percentile, pinMlxThreads, plotName, progress, resolveModel, RssSampler, seededRandom, writeResult } from "./lib.js";
+import {
+  CORES,
+  DEFAULT_THREADS,
+  engineOption,
+  fillerText,
+  intOption,
+  median,
+  MODEL_OPTIONS,
+  percentile,
+  pinMlxThreads,
+  plotName,
+  progress,
+  resolveModel,
+  RssSampler,
+  seededRandom,
+  writeResult,
+} from "./lib.js";
 import { lineChart } from "./plot.js";
 
 const { values } = parseArgs({
@@ -78,7 +94,15 @@ let turnPassivations = 0;
 let turnRehydrations = 0;
 try {
   progress(`${choice.label} on ${engine}, ${threads} threads; ${agentCount} agents, ${maxAgents} resident`);
-  const runtime = await AgentRuntime.create({ model: choice.path, engine, stateDir: join(root, "state"), maxAgents, threads, contextSize: 1024, hostCacheBytes: Math.round(hostCacheMiB * 2 ** 20) });
+  const runtime = await AgentRuntime.create({
+    model: choice.path,
+    engine,
+    stateDir: join(root, "state"),
+    maxAgents,
+    threads,
+    contextSize: 1024,
+    hostCacheBytes: Math.round(hostCacheMiB * 2 ** 20),
+  });
   runtime.subscribe("agent:passivated", () => passivations++);
   runtime.subscribe("agent:rehydrated", (event) => {
     rehydrations++;
@@ -99,7 +123,10 @@ try {
     const targets = Array.from({ length: turnCount }, () => Math.floor(random() * agentCount));
     const before = { passivations, rehydrations };
     const turnStart = performance.now();
-    churnTimer = setInterval(() => byPassivations.push({ passivations: passivations - before.passivations, rssMiB: process.memoryUsage.rss() / 2 ** 20 }), 250);
+    churnTimer = setInterval(
+      () => byPassivations.push({ passivations: passivations - before.passivations, rssMiB: process.memoryUsage.rss() / 2 ** 20 }),
+      250,
+    );
     await pool(turnCount, concurrency, async (t) => {
       const i = targets[t]!;
       const id = `${ROLES[i % ROLES.length]}/${i}`;
@@ -166,16 +193,30 @@ const result = {
   passivationsTotal: passivations,
   rehydrationsTotal: rehydrations,
   rehydratedFromState,
-  turnLatencyMs: { p50: percentile(latencies, 50), p90: percentile(latencies, 90), p99: percentile(latencies, 99), max: Math.max(...latencies), median: median(latencies) },
+  turnLatencyMs: {
+    p50: percentile(latencies, 50),
+    p90: percentile(latencies, 90),
+    p99: percentile(latencies, 99),
+    max: Math.max(...latencies),
+    median: median(latencies),
+  },
   rssSlopeMiBPer1000Passivations: rssSlope(0.2),
   rssTenthsMiB: tenths,
   rssByPassivations: byPassivations,
-  rssMiB: { start: rssValues[0], peak: Math.max(...rssValues), end: rssValues.at(-1), turnPhaseFirst: turnSamples[0]?.rssMiB, turnPhaseLast: turnSamples.at(-1)?.rssMiB },
+  rssMiB: {
+    start: rssValues[0],
+    peak: Math.max(...rssValues),
+    end: rssValues.at(-1),
+    turnPhaseFirst: turnSamples[0]?.rssMiB,
+    turnPhaseLast: turnSamples.at(-1)?.rssMiB,
+  },
   phases,
   rss: rss.samples,
 };
 
-console.log(`churn: ${choice.label} on ${engine}, ${threads} threads, ${CORES} cores; ${agentCount} agents, ${maxAgents} resident, ${turnCount} turns × ${maxTokens} tokens, ${concurrency} in flight, seed ${seed}`);
+console.log(
+  `churn: ${choice.label} on ${engine}, ${threads} threads, ${CORES} cores; ${agentCount} agents, ${maxAgents} resident, ${turnCount} turns × ${maxTokens} tokens, ${concurrency} in flight, seed ${seed}`,
+);
 console.log(
   formatTable([
     {
@@ -192,7 +233,9 @@ console.log(
     },
   ]),
 );
-console.log(`RSS (MiB) by tenth of the turns' passivations: ${tenths.map((v) => v.toFixed(1)).join(" ")}; slope after the first 20 %: ${result.rssSlopeMiBPer1000Passivations.toFixed(2)} MiB per 1 000 passivations`);
+console.log(
+  `RSS (MiB) by tenth of the turns' passivations: ${tenths.map((v) => v.toFixed(1)).join(" ")}; slope after the first 20 %: ${result.rssSlopeMiBPer1000Passivations.toFixed(2)} MiB per 1 000 passivations`,
+);
 const path = await writeResult(values.out ?? "churn.json", { ...result, hostCacheMiB, mallocArenaMax: process.env.MALLOC_ARENA_MAX });
 const plot = await lineChart(
   plotName("churn", choice.label, [engine]),

@@ -162,7 +162,11 @@ try {
   }
 
   const rows = [
-    { measure: `KV writes/s, node owning ${agents} agents, idle`, value: kvOpsPerS, note: `membership ${heartbeat.membersWritesPerS.toFixed(2)}/s (renewal every ${renewEveryMs} ms); per-agent leases would be ${heartbeat.perAgentLeaseWritesPerS}/s` },
+    {
+      measure: `KV writes/s, node owning ${agents} agents, idle`,
+      value: kvOpsPerS,
+      note: `membership ${heartbeat.membersWritesPerS.toFixed(2)}/s (renewal every ${renewEveryMs} ms); per-agent leases would be ${heartbeat.perAgentLeaseWritesPerS}/s`,
+    },
     { measure: "agents created/s (write + head create, 64 in flight)", value: heartbeat.createAgentsPerS, note: "" },
     { measure: "appendTurn p50 ms, NatsStore (R3)", value: median(natsAppend), note: `p99 ${percentile(natsAppend, 99).toFixed(2)} ms` },
     { measure: "appendTurn p50 ms, DirectoryStore (fsync)", value: median(dirAppend), note: `p99 ${percentile(dirAppend, 99).toFixed(2)} ms` },
@@ -177,7 +181,10 @@ try {
     cores: CORES,
     natsServer: "nats-server 2.9.10 ×3, loopback, R3 file storage",
     heartbeat: { ...heartbeat, kvWritesPerS: kvOpsPerS },
-    appendTurnMs: { nats: { p50: median(natsAppend), p99: percentile(natsAppend, 99) }, directory: { p50: median(dirAppend), p99: percentile(dirAppend, 99) } },
+    appendTurnMs: {
+      nats: { p50: median(natsAppend), p99: percentile(natsAppend, 99) },
+      directory: { p50: median(dirAppend), p99: percentile(dirAppend, 99) },
+    },
     savedCacheMBps: Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, { median: median(v), samples: v }])),
     mib,
   });

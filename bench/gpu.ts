@@ -54,11 +54,17 @@ const run = promisify(execFile);
 async function nvidiaSmi(): Promise<{ gpus: string[]; reason?: string }> {
   try {
     const { stdout } = await run("nvidia-smi", ["--query-gpu=name,memory.total", "--format=csv,noheader"], { timeout: 20_000 });
-    const gpus = stdout.split("\n").map((line) => line.trim()).filter(Boolean);
+    const gpus = stdout
+      .split("\n")
+      .map((line) => line.trim())
+      .filter(Boolean);
     return gpus.length > 0 ? { gpus } : { gpus, reason: "nvidia-smi lists no GPU" };
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    return { gpus: [], reason: code === "ENOENT" ? "nvidia-smi is not installed (no NVIDIA driver)" : `nvidia-smi failed: ${(error as Error).message.split("\n")[0]}` };
+    return {
+      gpus: [],
+      reason: code === "ENOENT" ? "nvidia-smi is not installed (no NVIDIA driver)" : `nvidia-smi failed: ${(error as Error).message.split("\n")[0]}`,
+    };
   }
 }
 
@@ -73,7 +79,9 @@ async function probeCuda(): Promise<Probe> {
 
 function bench(name: string, args: string[]): Promise<number> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", resolve(BENCH_DIR, `${name}.ts`), ...args], { stdio: ["ignore", "inherit", "inherit"] });
+    const child = spawn(process.execPath, ["--import", "tsx", resolve(BENCH_DIR, `${name}.ts`), ...args], {
+      stdio: ["ignore", "inherit", "inherit"],
+    });
     child.on("error", reject);
     child.on("exit", (code) => resolvePromise(code ?? 1));
   });
@@ -94,7 +102,9 @@ if (probe.gpu !== "cuda") {
   await writeResult("gpu.json", { gpu: null, nvidiaSmi: smi.gpus, reason });
   process.exit(0);
 }
-console.log(`bench:gpu: CUDA through node-llama-cpp's prebuilt binaries on ${probe.devices.join(", ")} (${((probe.vramBytes ?? 0) / 2 ** 30).toFixed(1)} GiB VRAM)`);
+console.log(
+  `bench:gpu: CUDA through node-llama-cpp's prebuilt binaries on ${probe.devices.join(", ")} (${((probe.vramBytes ?? 0) / 2 ** 30).toFixed(1)} GiB VRAM)`,
+);
 
 const presets = values.preset ?? ["smollm2-135m", "qwen2.5-0.5b"];
 const PLAN = (preset: string): { name: string; args: string[] }[] => [
@@ -115,6 +125,8 @@ for (const preset of presets) {
   }
 }
 const failed = steps.filter((s) => s.code !== 0);
-console.log(`bench:gpu: ${steps.length - failed.length} of ${steps.length} benchmarks ran on CUDA${failed.length ? `; failed: ${failed.map((s) => `${s.name} (${s.preset})`).join(", ")}` : ""}`);
+console.log(
+  `bench:gpu: ${steps.length - failed.length} of ${steps.length} benchmarks ran on CUDA${failed.length ? `; failed: ${failed.map((s) => `${s.name} (${s.preset})`).join(", ")}` : ""}`,
+);
 await writeResult("gpu.json", { gpu: "cuda", devices: probe.devices, vramBytes: probe.vramBytes, nvidiaSmi: smi.gpus, steps });
 process.exitCode = failed.length > 0 ? 1 : 0;

@@ -105,7 +105,11 @@ export interface ModelChoice {
  * `--preset smollm2-135m [--type f16|q8_0]` → the synthetic model of that shape (generated once into
  * models/); else `--model <path>`; else the small real model the tests use.
  */
-export async function resolveModel(values: { model?: string | undefined; preset?: string | undefined; type?: string | undefined }): Promise<ModelChoice> {
+export async function resolveModel(values: {
+  model?: string | undefined;
+  preset?: string | undefined;
+  type?: string | undefined;
+}): Promise<ModelChoice> {
   if (values.preset !== undefined) {
     if (!isPresetName(values.preset)) {
       throw new RangeError(`--preset must be one of ${Object.keys(PRESETS).join(", ")}, got ${values.preset}`);

@@ -18,7 +18,20 @@ import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { AgentRuntime, type ChatMessage, type ContextPolicy, type EngineName, type TurnTimings } from "../src/index.js";
 import { formatTable } from "../src/cli/table.js";
-import { BENCH_DIR, CORES, DEFAULT_THREADS, engineOption, intOption, median, percent, percentile, pinMlxThreads, plotName, progress, writeResult } from "./lib.js";
+import {
+  BENCH_DIR,
+  CORES,
+  DEFAULT_THREADS,
+  engineOption,
+  intOption,
+  median,
+  percent,
+  percentile,
+  pinMlxThreads,
+  plotName,
+  progress,
+  writeResult,
+} from "./lib.js";
 import { lineChart } from "./plot.js";
 
 const { values } = parseArgs({
@@ -122,7 +135,17 @@ function summarize(engine: EngineName, policy: ContextPolicy, samples: TurnSampl
     shiftedOnSlide: mean(slid.map((s) => s.shiftedTokens)),
     /** Re-prefilling the window every turn evaluates the whole prompt every turn. */
     reprefillPerTurn: mean(samples.map((s) => s.promptTokens)),
-    ttftMs: { mean: mean(samples.map((s) => s.ttftMs)), p50: percentile(samples.map((s) => s.ttftMs), 50), p99: percentile(samples.map((s) => s.ttftMs), 99) },
+    ttftMs: {
+      mean: mean(samples.map((s) => s.ttftMs)),
+      p50: percentile(
+        samples.map((s) => s.ttftMs),
+        50,
+      ),
+      p99: percentile(
+        samples.map((s) => s.ttftMs),
+        99,
+      ),
+    },
     ttftSlideMs: median(slid.map((s) => s.ttftMs)),
     /** Whole turn (token counting and the slide's search included), median. */
     turnMs: median(samples.map((s) => s.totalMs)),
@@ -159,7 +182,9 @@ const divergence = engines.map((engine) => {
   return { engine, firstDifferentTurn: first, firstShiftTurn: firstShift, sameReplies: slide!.filter((s, i) => s.reply === shift![i]!.reply).length };
 });
 
-console.log(`lifetime: ${label}, ${threads} threads, ${CORES} cores; ${turns} turns × ${maxTokens} tokens, context ${contextSize}, slideTo ${slideTo}`);
+console.log(
+  `lifetime: ${label}, ${threads} threads, ${CORES} cores; ${turns} turns × ${maxTokens} tokens, context ${contextSize}, slideTo ${slideTo}`,
+);
 console.log(
   formatTable(
     summaries.map((s) => ({

@@ -34,7 +34,21 @@ import type { ChatMessage, Engine, EngineName } from "../src/engines/engine.js";
 import { DelegatingStore } from "../src/store/delegating-store.js";
 import type { TurnAppend } from "../src/store/state-store.js";
 import { RemoteEngine } from "../src/worker/remote-engine.js";
-import { CORES, DEFAULT_THREADS, engineOption, interleave, intOption, median, MODEL_OPTIONS, percent, pinMlxThreads, plotName, progress, resolveModel, writeResult } from "./lib.js";
+import {
+  CORES,
+  DEFAULT_THREADS,
+  engineOption,
+  interleave,
+  intOption,
+  median,
+  MODEL_OPTIONS,
+  percent,
+  pinMlxThreads,
+  plotName,
+  progress,
+  resolveModel,
+  writeResult,
+} from "./lib.js";
 import { barChart } from "./plot.js";
 import { PromptRenderer, RawLlama, RawMlx, type RawGeneration, type RawLlamaContext } from "./raw.js";
 
@@ -154,7 +168,18 @@ async function setUp(engine: EngineName, root: string, renderer: PromptRenderer)
     contextSize,
     sharedPrefixes: false,
   });
-  const setup: EngineSetup = { engine, runtime, store, message: "", generated: 0, promptTokens: 0, prefix: [], rest: [], raw: {}, dispose: () => runtime.destroy() };
+  const setup: EngineSetup = {
+    engine,
+    runtime,
+    store,
+    message: "",
+    generated: 0,
+    promptTokens: 0,
+    prefix: [],
+    rest: [],
+    raw: {},
+    dispose: () => runtime.destroy(),
+  };
   // Pick the message agentrt answers longest; this also warms the worker up.
   for (const message of CANDIDATES) {
     const turn = await agentrtTurn(setup, message, maxTokens);
@@ -171,7 +196,9 @@ async function setUp(engine: EngineName, root: string, renderer: PromptRenderer)
   const shared = commonPrefixLength(prompt, renderer.tokens([messages[0]!, { role: "user", content: "x" }]));
   setup.prefix = prompt.slice(0, shared);
   setup.rest = prompt.slice(shared);
-  progress(`${engine}: prompt ${prompt.length} tokens (agentrt rendered ${setup.promptTokens}), ${setup.rest.length} evaluated per turn, ${setup.generated} generated`);
+  progress(
+    `${engine}: prompt ${prompt.length} tokens (agentrt rendered ${setup.promptTokens}), ${setup.rest.length} evaluated per turn, ${setup.generated} generated`,
+  );
 
   if (engine === "llama.cpp") {
     progress("llama.cpp: loading the raw node-llama-cpp model in this process…");
@@ -259,7 +286,8 @@ try {
   };
   for (const setup of setups) {
     variants[`${setup.engine}|agentrt`] = async () => record(`${setup.engine}|agentrt`, await agentrtTurn(setup, setup.message, setup.generated));
-    for (const [name, run] of Object.entries(setup.raw)) variants[`${setup.engine}|${name}`] = async () => record(`${setup.engine}|${name}`, await run());
+    for (const [name, run] of Object.entries(setup.raw))
+      variants[`${setup.engine}|${name}`] = async () => record(`${setup.engine}|${name}`, await run());
   }
   samples = await interleave(reps, variants, (rep) => progress(`repetition ${rep + 1}/${reps}`));
 } finally {
@@ -278,7 +306,10 @@ for (const engine of engines) {
   const runs = details.get(`${engine}|agentrt`);
   if (!runs) continue;
   const key = `${engine}|agentrt − record write`;
-  details.set(key, runs.map((r) => sample({ ms: r.ms - (r.writeMs ?? 0), ttftMs: r.ttftMs, tokens: r.tokens })));
+  details.set(
+    key,
+    runs.map((r) => sample({ ms: r.ms - (r.writeMs ?? 0), ttftMs: r.ttftMs, tokens: r.tokens })),
+  );
   samples[key] = details.get(key)!.map((r) => r.tokensPerSecond);
 }
 
@@ -300,10 +331,15 @@ const rows = Object.keys(samples).map((key) => {
   };
 });
 const agentrtOverRaw = Object.fromEntries(rows.filter((r) => r.variant === "agentrt").map((r) => [r.engine, r.overBaseline]));
-const agentrtWithoutWriteOverRaw = Object.fromEntries(rows.filter((r) => r.variant === "agentrt − record write").map((r) => [r.engine, r.overBaseline]));
+const agentrtWithoutWriteOverRaw = Object.fromEntries(
+  rows.filter((r) => r.variant === "agentrt − record write").map((r) => [r.engine, r.overBaseline]),
+);
 const mlxOverLlama =
   samples["mlx|agentrt"] && samples["llama.cpp|agentrt"]
-    ? { agentrt: pairedRatio(samples["mlx|agentrt"], samples["llama.cpp|agentrt"]), raw: pairedRatio(samples["mlx|raw forward"]!, samples["llama.cpp|raw evaluate"]!) }
+    ? {
+        agentrt: pairedRatio(samples["mlx|agentrt"], samples["llama.cpp|agentrt"]),
+        raw: pairedRatio(samples["mlx|raw forward"]!, samples["llama.cpp|raw evaluate"]!),
+      }
     : undefined;
 
 console.log(`overhead: ${choice.label}, ${threads} threads, ${CORES} cores, context ${contextSize}, median of ${reps}`);

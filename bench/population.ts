@@ -209,7 +209,9 @@ const flat = appendRows.length > 1 ? appendRows[appendRows.length - 1]!.journalB
 const largest = populationRows[populationRows.length - 1];
 console.log(
   `\ntargets: bytes per turn flat (largest/smallest history: ${flat.toFixed(2)}×)` +
-    (largest ? `; ${largest.agents} agents opened + counted + first page in ${(largest.openMs + largest.countMs + largest.firstPageMs).toFixed(0)} ms, ${largest.heapMiB.toFixed(1)} MiB heap (store only)` : ""),
+    (largest
+      ? `; ${largest.agents} agents opened + counted + first page in ${(largest.openMs + largest.countMs + largest.firstPageMs).toFixed(0)} ms, ${largest.heapMiB.toFixed(1)} MiB heap (store only)`
+      : ""),
 );
 const path = await writeResult("population.json", {
   date: new Date().toISOString(),

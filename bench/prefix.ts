@@ -16,7 +16,21 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { AgentRuntime } from "../src/index.js";
 import { formatTable } from "../src/cli/table.js";
-import { CORES, DEFAULT_THREADS, engineOption, fillerText, interleave, intOption, median, MODEL_OPTIONS, pinMlxThreads, plotName, progress, resolveModel, writeResult } from "./lib.js";
+import {
+  CORES,
+  DEFAULT_THREADS,
+  engineOption,
+  fillerText,
+  interleave,
+  intOption,
+  median,
+  MODEL_OPTIONS,
+  pinMlxThreads,
+  plotName,
+  progress,
+  resolveModel,
+  writeResult,
+} from "./lib.js";
 import { barChart } from "./plot.js";
 import { PromptRenderer } from "./raw.js";
 
@@ -60,7 +74,15 @@ let firstShared: SpawnSample | undefined;
 let samples: Record<"shared" | "unshared", number[]>;
 try {
   const start = (sharedPrefixes: boolean) =>
-    AgentRuntime.create({ model: choice.path, engine, stateDir: join(root, String(sharedPrefixes)), maxAgents: 2, threads, contextSize: 1024, sharedPrefixes });
+    AgentRuntime.create({
+      model: choice.path,
+      engine,
+      stateDir: join(root, String(sharedPrefixes)),
+      maxAgents: 2,
+      threads,
+      contextSize: 1024,
+      sharedPrefixes,
+    });
   const runtimes = { shared: await start(true), unshared: await start(false) };
   try {
     let n = 0;
@@ -110,8 +132,20 @@ const ratio = median(samples.shared.map((s, i) => s / samples.unshared[i]!));
 console.log(`prefix: ${choice.label} on ${engine}, ${threads} threads, ${CORES} cores, system prompt ${prompt.tokens} tokens, median of ${reps}`);
 console.log(
   formatTable([
-    { variant: "sharedPrefixes: false", "spawn ms": unshared, "evaluated tok": median(details.unshared.map((d) => d.evaluatedTokens)), "loaded tok": 0, "vs unshared": 1 },
-    { variant: "sharedPrefixes: true, first agent", "spawn ms": firstShared!.ms, "evaluated tok": firstShared!.evaluatedTokens, "loaded tok": firstShared!.sharedPrefixTokens, "vs unshared": firstShared!.ms / unshared },
+    {
+      variant: "sharedPrefixes: false",
+      "spawn ms": unshared,
+      "evaluated tok": median(details.unshared.map((d) => d.evaluatedTokens)),
+      "loaded tok": 0,
+      "vs unshared": 1,
+    },
+    {
+      variant: "sharedPrefixes: true, first agent",
+      "spawn ms": firstShared!.ms,
+      "evaluated tok": firstShared!.evaluatedTokens,
+      "loaded tok": firstShared!.sharedPrefixTokens,
+      "vs unshared": firstShared!.ms / unshared,
+    },
     {
       variant: "sharedPrefixes: true, later agents",
       "spawn ms": shared,

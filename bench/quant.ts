@@ -157,7 +157,9 @@ try {
     maxAbsDeltaLogProb: maxDelta,
     medianMaxAbsDeltaLogProb: median(deltas),
   };
-  console.log(`quant: ${choice.label}, llama.cpp, ${threads} thread(s), ${CORES} cores, history ${prompt.length} tokens, context ${f16Info.contextSize}, median of ${reps}`);
+  console.log(
+    `quant: ${choice.label}, llama.cpp, ${threads} thread(s), ${CORES} cores, history ${prompt.length} tokens, context ${f16Info.contextSize}, median of ${reps}`,
+  );
   console.log(
     formatTable(
       rows.map((row) => ({
@@ -174,7 +176,19 @@ try {
     `q8_0 vs f16 over ${quality.positions} greedy tokens: teacher-forced agreement ${agree}/${quality.positions} (f16 with itself ${selfAgree}/${quality.positions}), ` +
       `free-running reply identical for ${followed} tokens; max |Δ log p| ${maxDelta.toFixed(4)} (median over positions ${quality.medianMaxAbsDeltaLogProb.toFixed(4)})`,
   );
-  const path = await writeResult(`quant-${choice.label}.json`, { model: choice.path, label: choice.label, threads, cores: CORES, history: prompt.length, tokens, contextSize, reps, rows, quality, rehydrate });
+  const path = await writeResult(`quant-${choice.label}.json`, {
+    model: choice.path,
+    label: choice.label,
+    threads,
+    cores: CORES,
+    history: prompt.length,
+    tokens,
+    contextSize,
+    reps,
+    rows,
+    quality,
+    rehydrate,
+  });
   progress(`wrote ${path}`);
 } finally {
   for (const engine of engines.values()) await engine.dispose();

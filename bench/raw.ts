@@ -4,7 +4,17 @@
  * and thread benchmarks. Prompts are rendered exactly as the engines render them (the GGUF's chat
  * template through node-llama-cpp), so both sides evaluate the same tokens.
  */
-import { getLlama, LlamaChat, LlamaLogLevel, type ChatWrapper, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel, type Token } from "node-llama-cpp";
+import {
+  getLlama,
+  LlamaChat,
+  LlamaLogLevel,
+  type ChatWrapper,
+  type Llama,
+  type LlamaContext,
+  type LlamaContextSequence,
+  type LlamaModel,
+  type Token,
+} from "node-llama-cpp";
 import type { ChatMessage } from "../src/engines/engine.js";
 import type { ChatFrontend } from "../src/engines/mlx/chat.js";
 import { loadGgufChat } from "../src/engines/mlx/gguf-chat.js";

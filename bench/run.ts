@@ -40,7 +40,9 @@ if (only && plan.length !== only.length) throw new RangeError(`--only takes ${PL
 
 function run(name: string, args: string[]): Promise<number> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", resolve(BENCH_DIR, `${name}.ts`), ...args], { stdio: ["ignore", "inherit", "inherit"] });
+    const child = spawn(process.execPath, ["--import", "tsx", resolve(BENCH_DIR, `${name}.ts`), ...args], {
+      stdio: ["ignore", "inherit", "inherit"],
+    });
     child.on("error", reject);
     child.on("exit", (code) => resolvePromise(code ?? 1));
   });
@@ -74,11 +76,19 @@ interface Target {
 }
 const targets: Target[] = [];
 const add = (target: string, value: number | undefined, met: (v: number) => boolean, source: string) =>
-  targets.push({ target, value, measured: value === undefined ? "not measured" : percent(value), met: value === undefined ? undefined : met(value), source });
+  targets.push({
+    target,
+    value,
+    measured: value === undefined ? "not measured" : percent(value),
+    met: value === undefined ? undefined : met(value),
+    source,
+  });
 
 type CacheRow = { engine?: string; historyTokens: number; residentOverReprefill: number; rehydrateOverReprefill: number };
 const cache = await result<{ label?: string; rows: CacheRow[] }>("cache");
-const cacheRow = cache?.rows.filter((r) => (r.engine ?? "llama.cpp") === "llama.cpp" && r.historyTokens >= 2048).sort((a, b) => a.historyTokens - b.historyTokens)[0];
+const cacheRow = cache?.rows
+  .filter((r) => (r.engine ?? "llama.cpp") === "llama.cpp" && r.historyTokens >= 2048)
+  .sort((a, b) => a.historyTokens - b.historyTokens)[0];
 const cacheSource = cacheRow ? `cache.json: ${cache?.label}, llama.cpp, ${cacheRow.historyTokens} tokens` : "cache.json";
 add("resident TTFT ≤ 5 % of re-prefill", cacheRow?.residentOverReprefill, (v) => v <= 0.05, cacheSource);
 add("rehydrate TTFT ≤ 10 % of re-prefill", cacheRow?.rehydrateOverReprefill, (v) => v <= 0.1, cacheSource);
@@ -87,10 +97,24 @@ add("agentrt tokens/s ≥ 97 % of raw", overhead?.agentrtOverRaw["llama.cpp"], (
 type StateRow = { engine: string; tokens: number; readRatio: number; sameProcessReadRatio?: number; verifyShare: number; verifyReadRatio?: number };
 const state = await result<{ label?: string; rows: StateRow[] }>("state");
 const stateRow = state?.rows.filter((r) => r.engine === "llama.cpp").sort((a, b) => b.tokens - a.tokens)[0];
-add("state read ≥ 50 % of raw read (after restart)", stateRow?.readRatio, (v) => v >= 0.5, stateRow ? `state.json: ${state?.label}, llama.cpp, ${stateRow.tokens} tokens (checksum ${percent(stateRow.verifyShare)} of it; read + verify alone ${stateRow.verifyReadRatio === undefined ? "?" : percent(stateRow.verifyReadRatio)})` : "state.json");
-add("state read ≥ 50 % of raw read (same process)", stateRow?.sameProcessReadRatio, (v) => v >= 0.5, "state.json: the store that wrote the file skips the re-hash");
+add(
+  "state read ≥ 50 % of raw read (after restart)",
+  stateRow?.readRatio,
+  (v) => v >= 0.5,
+  stateRow
+    ? `state.json: ${state?.label}, llama.cpp, ${stateRow.tokens} tokens (checksum ${percent(stateRow.verifyShare)} of it; read + verify alone ${stateRow.verifyReadRatio === undefined ? "?" : percent(stateRow.verifyReadRatio)})`
+    : "state.json",
+);
+add(
+  "state read ≥ 50 % of raw read (same process)",
+  stateRow?.sameProcessReadRatio,
+  (v) => v >= 0.5,
+  "state.json: the store that wrote the file skips the re-hash",
+);
 
-console.log(`Summary: ${CORES} cores (shared machine: timings are noisy), ${DEFAULT_THREADS} engine thread(s), ${((performance.now() - started) / 60000).toFixed(1)} minutes`);
+console.log(
+  `Summary: ${CORES} cores (shared machine: timings are noisy), ${DEFAULT_THREADS} engine thread(s), ${((performance.now() - started) / 60000).toFixed(1)} minutes`,
+);
 for (const t of targets) {
   const verdict = t.met === undefined ? "NOT MEASURED" : t.met ? "MET" : "MISSED";
   console.log(`  ${t.target.padEnd(40)} ${t.measured.padStart(12)}  ${verdict.padEnd(12)} (${t.source})`);

@@ -25,7 +25,23 @@ import { checksumBytes, checksumFile, sha256File } from "../src/store/checksum.j
 import { DirectoryStore } from "../src/store/directory-store.js";
 import type { KvDescriptor } from "../src/store/state-store.js";
 import { RemoteEngine } from "../src/worker/remote-engine.js";
-import { buildHistories, CORES, DEFAULT_THREADS, engineOption, interleave, intOption, listOption, median, MODEL_OPTIONS, percent, pinMlxThreads, plotName, progress, resolveModel, writeResult } from "./lib.js";
+import {
+  buildHistories,
+  CORES,
+  DEFAULT_THREADS,
+  engineOption,
+  interleave,
+  intOption,
+  listOption,
+  median,
+  MODEL_OPTIONS,
+  percent,
+  pinMlxThreads,
+  plotName,
+  progress,
+  resolveModel,
+  writeResult,
+} from "./lib.js";
 import { barChart } from "./plot.js";
 
 const { values } = parseArgs({
@@ -304,6 +320,10 @@ const plot = await barChart(
     { group: `${row.engine} read`, series: "plain fs", value: row.plainReadMBps },
     { group: `${row.engine} read`, series: "fs.readFile", value: row.readFileMBps },
   ]),
-  { title: `State write/read throughput, ${largest.map((r) => `${r.engine} ${r.tokens}`).join(", ")} tokens (${choice.label})`, xTitle: "", yTitle: "MB/s (median)" },
+  {
+    title: `State write/read throughput, ${largest.map((r) => `${r.engine} ${r.tokens}`).join(", ")} tokens (${choice.label})`,
+    xTitle: "",
+    yTitle: "MB/s (median)",
+  },
 );
 progress(`wrote ${path} and ${plot}`);

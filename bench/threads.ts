@@ -17,7 +17,19 @@ import { promisify } from "node:util";
 import { parseArgs } from "node:util";
 import { formatTable } from "../src/cli/table.js";
 import type { EngineName } from "../src/engines/engine.js";
-import { CORES, engineOption, fillerText, intOption, listOption, median, MODEL_OPTIONS, plotName, progress, resolveModel, writeResult } from "./lib.js";
+import {
+  CORES,
+  engineOption,
+  fillerText,
+  intOption,
+  listOption,
+  median,
+  MODEL_OPTIONS,
+  plotName,
+  progress,
+  resolveModel,
+  writeResult,
+} from "./lib.js";
 import { lineChart } from "./plot.js";
 import { PromptRenderer, RawLlama, RawMlx, type RawLlamaContext } from "./raw.js";
 
@@ -96,7 +108,8 @@ if (engines.includes("llama.cpp")) {
   const raw = await RawLlama.load(choice.path);
   const contexts = new Map<number, RawLlamaContext>();
   try {
-    for (const threads of threadCounts) contexts.set(threads, await raw.context({ contextSize: Math.max(512, promptTokens + decodeTokens + 16), threads }));
+    for (const threads of threadCounts)
+      contexts.set(threads, await raw.context({ contextSize: Math.max(512, promptTokens + decodeTokens + 16), threads }));
     for (const context of contexts.values()) {
       await context.reset(tokens.slice(0, 8)); // warm-up
     }
@@ -169,15 +182,33 @@ const fastest = Object.fromEntries(
     { prefill: best(engine, (row) => row.prefillTokensPerSecond), decode: best(engine, (row) => row.decodeTokensPerSecond) },
   ]),
 );
-for (const [engine, f] of Object.entries(fastest)) console.log(`${engine}: fastest prefill with ${f.prefill} thread(s), fastest decode with ${f.decode} thread(s) (runtime default: ${availableParallelism()})`);
+for (const [engine, f] of Object.entries(fastest))
+  console.log(
+    `${engine}: fastest prefill with ${f.prefill} thread(s), fastest decode with ${f.decode} thread(s) (runtime default: ${availableParallelism()})`,
+  );
 
-const path = await writeResult("threads.json", { model: choice.path, label: choice.label, cores: CORES, promptTokens, decodeTokens, reps, rows, fastest });
+const path = await writeResult("threads.json", {
+  model: choice.path,
+  label: choice.label,
+  cores: CORES,
+  promptTokens,
+  decodeTokens,
+  reps,
+  rows,
+  fastest,
+});
 const plot = await lineChart(
   plotName("threads", choice.label, engines),
   rows.flatMap((row) => [
     { x: row.threads, y: row.prefillTokensPerSecond, series: `${row.engine} prefill` },
     { x: row.threads, y: row.decodeTokensPerSecond, series: `${row.engine} decode` },
   ]),
-  { title: `Tokens/s vs engine threads (${choice.label}, ${CORES} cores)`, xTitle: "threads", yTitle: "tokens/s (median, log)", logY: true, integerX: true },
+  {
+    title: `Tokens/s vs engine threads (${choice.label}, ${CORES} cores)`,
+    xTitle: "threads",
+    yTitle: "tokens/s (median, log)",
+    logY: true,
+    integerX: true,
+  },
 );
 progress(`wrote ${path} and ${plot}`);

@@ -331,10 +331,7 @@ export class GgufWriter {
    * Writes the whole file to `path` (replacing it), streaming tensor data in chunks of about `chunkBytes`.
    * Returns the file size.
    */
-  async write(
-    path: string,
-    options: { chunkBytes?: number; onProgress?: (p: WriteProgress) => void } = {},
-  ): Promise<number> {
+  async write(path: string, options: { chunkBytes?: number; onProgress?: (p: WriteProgress) => void } = {}): Promise<number> {
     const header = this.buildHeader();
     const totalBytes = header.length + this.dataBytes;
     const targetChunk = options.chunkBytes ?? 4 * 1024 * 1024;

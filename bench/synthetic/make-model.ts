@@ -99,9 +99,10 @@ export async function main(argv: string[]): Promise<void> {
   if (!Number.isInteger(seed)) throw new Error("--seed needs an integer");
 
   const params = presetParams(values.preset, type as WeightType, overrides, seed);
-  const out = values.out !== undefined
-    ? resolve(values.out)
-    : resolve(values.dir ?? DEFAULT_MODELS_DIR, defaultFileName(values.preset, type as WeightType, overrides));
+  const out =
+    values.out !== undefined
+      ? resolve(values.out)
+      : resolve(values.dir ?? DEFAULT_MODELS_DIR, defaultFileName(values.preset, type as WeightType, overrides));
 
   let lastReport = 0;
   const result = await generateSyntheticModel(out, params, {

@@ -107,7 +107,10 @@ function validateShape(p: SyntheticModelParams): void {
   const headDim = p.hiddenSize / p.heads;
   if (headDim % 2 !== 0) throw new Error("head dimension must be even for RoPE");
   if (p.type === "q8_0") {
-    for (const [k, v] of [["hiddenSize", p.hiddenSize], ["ffnSize", p.ffnSize]] as const) {
+    for (const [k, v] of [
+      ["hiddenSize", p.hiddenSize],
+      ["ffnSize", p.ffnSize],
+    ] as const) {
       if (v % 32 !== 0) throw new Error(`q8_0 needs ${k} to be a multiple of 32 (got ${v})`);
     }
   }
@@ -303,11 +306,7 @@ async function upToDate(path: string, p: SyntheticModelParams): Promise<boolean>
       bytes?: number;
     };
     const { size } = await stat(path);
-    return (
-      side.generatorVersion === GENERATOR_VERSION &&
-      JSON.stringify(side.params) === JSON.stringify(p) &&
-      side.bytes === size
-    );
+    return side.generatorVersion === GENERATOR_VERSION && JSON.stringify(side.params) === JSON.stringify(p) && side.bytes === size;
   } catch {
     return false;
   }
@@ -345,12 +344,7 @@ export async function generateSyntheticModel(
 export type ShapeOverrides = Partial<Omit<ModelShape, "name">> & { name?: string };
 
 /** Parameters of a preset with overrides applied. */
-export function presetParams(
-  preset: PresetName,
-  type: WeightType,
-  overrides: ShapeOverrides = {},
-  seed = 1,
-): SyntheticModelParams {
+export function presetParams(preset: PresetName, type: WeightType, overrides: ShapeOverrides = {}, seed = 1): SyntheticModelParams {
   const base: ModelShape = PRESETS[preset];
   const shape: ModelShape = { ...base, ...overrides };
   const changed = Object.keys(overrides).filter((k) => k !== "name" && overrides[k as keyof ShapeOverrides] !== undefined);

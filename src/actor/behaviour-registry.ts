@@ -42,9 +42,13 @@ export class BehaviourRegistry {
   resolve(name: string): AgentBehaviour {
     const behaviour = this.#byName.get(name);
     if (!behaviour) {
-      throw new AgentRuntimeError("ERR_BEHAVIOUR_NOT_FOUND", `No behaviour is registered as ${JSON.stringify(name)} (known: ${this.names().join(", ")})`, {
-        details: { behaviour: name },
-      });
+      throw new AgentRuntimeError(
+        "ERR_BEHAVIOUR_NOT_FOUND",
+        `No behaviour is registered as ${JSON.stringify(name)} (known: ${this.names().join(", ")})`,
+        {
+          details: { behaviour: name },
+        },
+      );
     }
     return behaviour;
   }

@@ -178,8 +178,7 @@ export function restoredWindow(history: readonly ChatMessage[], start: unknown, 
  */
 export function windowAfterReplace(previous: readonly ChatMessage[], next: readonly ChatMessage[], window: ContextWindow): ContextWindow {
   const kept =
-    window.start <= next.length &&
-    previous.slice(0, window.start).every((m, i) => next[i]!.role === m.role && next[i]!.content === m.content);
+    window.start <= next.length && previous.slice(0, window.start).every((m, i) => next[i]!.role === m.role && next[i]!.content === m.content);
   return kept ? restoredWindow(next, window.start, window.memory) : { start: 0, memory: undefined };
 }
 

@@ -35,10 +35,14 @@ export const storyteller: AgentBehaviour = {
  * (checked against a control runtime where the same agent never leaves memory), then memory and timings.
  */
 export async function demoCommand(argv: string[]): Promise<void> {
-  const { common, values } = parseCommon(argv, { stateDir: resolve(".state/demo") }, {
-    "max-tokens": { type: "string" },
-    help: { type: "boolean", short: "h" },
-  });
+  const { common, values } = parseCommon(
+    argv,
+    { stateDir: resolve(".state/demo") },
+    {
+      "max-tokens": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  );
   if (values.help) {
     process.stdout.write(USAGE);
     return;
@@ -63,14 +67,22 @@ export async function demoCommand(argv: string[]): Promise<void> {
   const loadStarted = performance.now();
   const runtime = await AgentRuntime.create(options(common.stateDir, common.maxAgents ?? 3));
   const info = runtime.model;
-  out(`  loaded ${info.name} on ${info.engine} in ${Math.round(performance.now() - loadStarted)} ms ` +
-    `(${formatBytes(info.modelBytes)}, context ${info.contextSize}/agent, ${info.threads} threads, chat format ${info.chatFormat})\n\n`);
-  out("Each agent tells its own story. Each turn you write the first words of the next sentence and the\n" +
-    "agent goes on (greedy decoding; a turn keeps the reply's complete sentences).\n\n");
+  out(
+    `  loaded ${info.name} on ${info.engine} in ${Math.round(performance.now() - loadStarted)} ms ` +
+      `(${formatBytes(info.modelBytes)}, context ${info.contextSize}/agent, ${info.threads} threads, chat format ${info.chatFormat})\n\n`,
+  );
+  out(
+    "Each agent tells its own story. Each turn you write the first words of the next sentence and the\n" +
+      "agent goes on (greedy decoding; a turn keeps the reply's complete sentences).\n\n",
+  );
 
-  runtime.subscribe("agent:passivated", (e) => out(`  ⇣ passivated ${e.id}: ${e.tokens} cached tokens → ${formatBytes(e.bytes)} on disk in ${e.ms.toFixed(1)} ms\n`));
+  runtime.subscribe("agent:passivated", (e) =>
+    out(`  ⇣ passivated ${e.id}: ${e.tokens} cached tokens → ${formatBytes(e.bytes)} on disk in ${e.ms.toFixed(1)} ms\n`),
+  );
   runtime.subscribe("agent:rehydrated", (e) =>
-    out(`  ⇡ rehydrated ${e.id}: ${e.tokens} tokens from ${e.source === "state" ? "its KV state file" : "its history, re-evaluated"} in ${e.ms.toFixed(1)} ms\n`),
+    out(
+      `  ⇡ rehydrated ${e.id}: ${e.tokens} tokens from ${e.source === "state" ? "its KV state file" : "its history, re-evaluated"} in ${e.ms.toFixed(1)} ms\n`,
+    ),
   );
   runtime.subscribe("agent:error", (e) => out(`  ! ${e.id ?? "runtime"}: ${e.error.code} ${e.error.message}\n`));
 
@@ -80,7 +92,9 @@ export async function demoCommand(argv: string[]): Promise<void> {
     const kept = await streamSentences(runtime, id, text, (chunk, first) => out((first ? `[${id}] agent: ` : "") + oneLine(chunk)));
     const result = kept.result;
     const t = result.timings;
-    out(`\n    (${t.evaluatedTokens} new tokens evaluated, ${t.reusedTokens} reused from cache, ${t.generatedTokens} generated, TTFT ${t.ttftMs.toFixed(1)} ms)\n`);
+    out(
+      `\n    (${t.evaluatedTokens} new tokens evaluated, ${t.reusedTokens} reused from cache, ${t.generatedTokens} generated, TTFT ${t.ttftMs.toFixed(1)} ms)\n`,
+    );
     results.push(result);
     return kept.text;
   };
@@ -119,7 +133,9 @@ export async function demoCommand(argv: string[]): Promise<void> {
         out(`  ✓ identical: an agent that never left memory (a second runtime, same model) told ${story.id}'s story word for word the same\n`);
       } else {
         failed = true;
-        out(`  ✗ DIFFERENT from an agent that never left memory:\n${control.map((text, i) => `    turn ${i + 1}: ${text === replies[i] ? "same" : `"${oneLine(text)}"`}`).join("\n")}\n`);
+        out(
+          `  ✗ DIFFERENT from an agent that never left memory:\n${control.map((text, i) => `    turn ${i + 1}: ${text === replies[i] ? "same" : `"${oneLine(text)}"`}`).join("\n")}\n`,
+        );
       }
 
       out(`\n5. ${story.id}'s story so far (opening, your words and its replies; it survived a trip to disk)\n`);
@@ -149,8 +165,10 @@ export async function demoCommand(argv: string[]): Promise<void> {
       ) + "\n",
     );
     const t = memory.totals;
-    out(`  model ${formatBytes(memory.model.bytes)} + KV ${formatBytes(t.cacheBytes)} in memory (${t.cacheTokens} tokens, ` +
-      `${formatBytes(memory.model.kvBytesPerToken)}/token); ${t.residentAgents} resident, ${t.passivatedAgents} on disk (${formatBytes(t.diskBytes)})\n`);
+    out(
+      `  model ${formatBytes(memory.model.bytes)} + KV ${formatBytes(t.cacheBytes)} in memory (${t.cacheTokens} tokens, ` +
+        `${formatBytes(memory.model.kvBytesPerToken)}/token); ${t.residentAgents} resident, ${t.passivatedAgents} on disk (${formatBytes(t.diskBytes)})\n`,
+    );
 
     out("\n7. timings\n");
     out(

@@ -29,22 +29,28 @@ const USAGE = `usage: agentrt serve [options]
  * Resolves when the server has stopped.
  */
 export async function serveCommand(argv: string[]): Promise<void> {
-  await (await startServe(argv)).closed;
+  await (
+    await startServe(argv)
+  ).closed;
 }
 
 /** {@link serveCommand}'s work, resolving once listening; aborting `options.signal` stops it like SIGTERM. */
 export async function startServe(argv: string[], options: { signal?: AbortSignal } = {}): Promise<{ url: string; closed: Promise<void> }> {
-  const { common, values } = parseCommon(argv, { stateDir: ".state" }, {
-    host: { type: "string" },
-    port: { type: "string" },
-    "max-stored-agents": { type: "string" },
-    "max-tokens": { type: "string" },
-    mailbox: { type: "string" },
-    "max-message-chars": { type: "string" },
-    "body-limit": { type: "string" },
-    token: { type: "string" },
-    help: { type: "boolean", short: "h" },
-  });
+  const { common, values } = parseCommon(
+    argv,
+    { stateDir: ".state" },
+    {
+      host: { type: "string" },
+      port: { type: "string" },
+      "max-stored-agents": { type: "string" },
+      "max-tokens": { type: "string" },
+      mailbox: { type: "string" },
+      "max-message-chars": { type: "string" },
+      "body-limit": { type: "string" },
+      token: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  );
   if (values.help) {
     process.stdout.write(USAGE);
     return { url: "", closed: Promise.resolve() };
@@ -83,7 +89,10 @@ export async function startServe(argv: string[], options: { signal?: AbortSignal
     throw error;
   }
   const address = app.server.address();
-  const url = typeof address === "object" && address !== null ? `http://${address.family === "IPv6" ? `[${address.address}]` : address.address}:${address.port}` : String(address);
+  const url =
+    typeof address === "object" && address !== null
+      ? `http://${address.family === "IPv6" ? `[${address.address}]` : address.address}:${address.port}`
+      : String(address);
   const info = runtime.model;
   const stored = (await runtime.memory()).totals.storedAgents;
   process.stdout.write(

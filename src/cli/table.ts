@@ -10,8 +10,16 @@ export function formatTable(rows: ReadonlyArray<Record<string, string | number>>
   const numeric = columns.map((column) => typeof rows[0]![column] === "number");
   return [
     line(columns, numeric),
-    line(widths.map((width) => "-".repeat(width)), numeric),
-    ...rows.map((row) => line(columns.map((column) => cell(row[column])), numeric)),
+    line(
+      widths.map((width) => "-".repeat(width)),
+      numeric,
+    ),
+    ...rows.map((row) =>
+      line(
+        columns.map((column) => cell(row[column])),
+        numeric,
+      ),
+    ),
   ].join("\n");
 }
 

@@ -34,8 +34,7 @@ export function corrupt(id: string, why: string, cause?: unknown): AgentRuntimeE
 
 export function checkMessages(messages: unknown): asserts messages is ChatMessage[] {
   const valid =
-    Array.isArray(messages) &&
-    messages.every((m: ChatMessage) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
+    Array.isArray(messages) && messages.every((m: ChatMessage) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
   if (!valid) throw new TypeError("turn.messages must be a list of { role: 'user' | 'assistant', content: string }");
 }
 
@@ -92,7 +91,9 @@ export class AgentData {
     const count = Math.max(1, Math.ceil(text.length / this.chunkBytes));
     const nonce = randomBytes(4).toString("hex");
     await Promise.all(
-      Array.from({ length: count }, (_, i) => this.put(keys.record(token, gen, epoch, nonce, i), text.subarray(i * this.chunkBytes, (i + 1) * this.chunkBytes))),
+      Array.from({ length: count }, (_, i) =>
+        this.put(keys.record(token, gen, epoch, nonce, i), text.subarray(i * this.chunkBytes, (i + 1) * this.chunkBytes)),
+      ),
     );
     this.stats.recordWrites++;
     return { epoch, nonce, chunks: count, bytes: text.length, sha256: sha256(text) };
@@ -105,7 +106,9 @@ export class AgentData {
    */
   async materialize(id: string, head: Head): Promise<AgentRecord> {
     const token = agentToken(id);
-    const chunks = await Promise.all(Array.from({ length: head.record.chunks }, (_, i) => this.#get(keys.record(token, head.gen, head.record.epoch, head.record.nonce, i))));
+    const chunks = await Promise.all(
+      Array.from({ length: head.record.chunks }, (_, i) => this.#get(keys.record(token, head.gen, head.record.epoch, head.record.nonce, i))),
+    );
     const bytes = Buffer.concat(chunks);
     if (bytes.length !== head.record.bytes || sha256(bytes) !== head.record.sha256) throw corrupt(id, "the record fails its checksum");
     const where = `${this.#location}/${keys.record(token, head.gen, head.record.epoch, head.record.nonce, 0)}`;
@@ -120,7 +123,8 @@ export class AgentData {
       for (const [i, value] of values.entries()) {
         const seq = seqs[i]!;
         const entry = parseEntry(id, value);
-        if (entry.gen !== head.gen || entry.seq !== seq || entry.epoch !== entryEpoch(head, seq)) throw corrupt(id, `journal entry ${seq} is out of place`);
+        if (entry.gen !== head.gen || entry.seq !== seq || entry.epoch !== entryEpoch(head, seq))
+          throw corrupt(id, `journal entry ${seq} is out of place`);
         record.history.push(...entry.messages);
       }
     }

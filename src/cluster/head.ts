@@ -101,7 +101,14 @@ export function decodeHead(id: string, value: Uint8Array): Head {
     head.owner === null || (typeof head.owner === "object" && typeof head.owner.node === "string" && typeof head.owner.incarnation === "string");
   const record = head.record;
   const recordValid =
-    typeof record === "object" && record !== null && isCount(record.epoch) && /^[0-9a-f]{1,32}$/.test(String(record.nonce)) && isCount(record.chunks) && record.chunks >= 1 && isCount(record.bytes) && /^[0-9a-f]{64}$/.test(String(record.sha256));
+    typeof record === "object" &&
+    record !== null &&
+    isCount(record.epoch) &&
+    /^[0-9a-f]{1,32}$/.test(String(record.nonce)) &&
+    isCount(record.chunks) &&
+    record.chunks >= 1 &&
+    isCount(record.bytes) &&
+    /^[0-9a-f]{64}$/.test(String(record.sha256));
   let previous = 0;
   const journalValid =
     Array.isArray(head.journal) &&
@@ -111,8 +118,15 @@ export function decodeHead(id: string, value: Uint8Array): Head {
       return ok;
     });
   if (!ownerValid || !isCount(head.epoch) || !isCount(head.gen) || head.gen < 1 || !recordValid || !journalValid) corrupt("invalid fields");
-  if (!isCount(head.journalBytes) || !(head.kvObject === null || typeof head.kvObject === "string") || !Number.isFinite(head.updatedAt) || typeof head.op !== "string") corrupt("invalid fields");
-  if (head.kv !== null && (typeof head.kv !== "object" || typeof head.kv.file !== "string" || typeof head.kvObject !== "string")) corrupt("invalid KV descriptor");
+  if (
+    !isCount(head.journalBytes) ||
+    !(head.kvObject === null || typeof head.kvObject === "string") ||
+    !Number.isFinite(head.updatedAt) ||
+    typeof head.op !== "string"
+  )
+    corrupt("invalid fields");
+  if (head.kv !== null && (typeof head.kv !== "object" || typeof head.kv.file !== "string" || typeof head.kvObject !== "string"))
+    corrupt("invalid KV descriptor");
   return head;
 }
 

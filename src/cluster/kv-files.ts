@@ -63,7 +63,10 @@ export class KvFiles {
           return { file, bytes: Number(info.size), checksum };
         } catch (error) {
           await unlink(path).catch(() => {});
-          throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not commit the KV state of ${id}: ${(error as Error).message}`, { cause: error, details: { id } });
+          throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not commit the KV state of ${id}: ${(error as Error).message}`, {
+            cause: error,
+            details: { id },
+          });
         }
       },
       discard: async () => {
@@ -128,7 +131,8 @@ export class KvFiles {
         throw corrupt(id, "could not be fetched from the object store", { file: kv.file }, error);
       });
       if (!result || result.info.deleted) throw corrupt(id, "is missing from the object store", { file: kv.file });
-      if (result.info.size !== kv.bytes) throw corrupt(id, `is ${result.info.size} bytes in the object store, expected ${kv.bytes}`, { file: kv.file });
+      if (result.info.size !== kv.bytes)
+        throw corrupt(id, `is ${result.info.size} bytes in the object store, expected ${kv.bytes}`, { file: kv.file });
       let received = 0;
       const handle = await fsOpen(temp, "w");
       try {

@@ -34,7 +34,10 @@ export interface HeadAt {
 
 function writeFailed(id: string, error: unknown): AgentRuntimeError {
   if (error instanceof AgentRuntimeError) return error;
-  return new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not commit the head of ${id}: ${(error as Error).message}`, { cause: error, details: { id } });
+  return new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not commit the head of ${id}: ${(error as Error).message}`, {
+    cause: error,
+    details: { id },
+  });
 }
 
 /** The committed head of `id` as stored, or undefined when there is no agent. */
@@ -175,7 +178,9 @@ export class AgentLeases {
       }
     }
     const last = await this.read(id);
-    throw last ? this.#notOwner(id, last.head) : new AgentRuntimeError("ERR_AGENT_NOT_FOUND", `No stored agent with id ${JSON.stringify(id)}`, { details: { id } });
+    throw last
+      ? this.#notOwner(id, last.head)
+      : new AgentRuntimeError("ERR_AGENT_NOT_FOUND", `No stored agent with id ${JSON.stringify(id)}`, { details: { id } });
   }
 
   /**
@@ -273,7 +278,11 @@ export class AgentLeases {
     }
     if (!current) throw this.#leaseLost(id, "the agent was removed", cause);
     if (!sameOwner(current.head, held.head)) {
-      throw this.#leaseLost(id, `node ${current.head.owner?.node ?? "(none)"} holds it at epoch ${current.head.epoch}, ours was ${held.head.epoch}`, cause);
+      throw this.#leaseLost(
+        id,
+        `node ${current.head.owner?.node ?? "(none)"} holds it at epoch ${current.head.epoch}, ours was ${held.head.epoch}`,
+        cause,
+      );
     }
     held.head = current.head;
     held.revision = current.revision;

@@ -89,7 +89,14 @@ export class Membership {
   #renewing: Promise<void> | undefined;
   #renewals = 0;
 
-  private constructor(members: KV, cas: Cas, options: Required<Omit<MembershipOptions, "onLost">> & Pick<MembershipOptions, "onLost">, revision: number, startedAt: number, incarnation: string) {
+  private constructor(
+    members: KV,
+    cas: Cas,
+    options: Required<Omit<MembershipOptions, "onLost">> & Pick<MembershipOptions, "onLost">,
+    revision: number,
+    startedAt: number,
+    incarnation: string,
+  ) {
     this.node = options.node;
     this.incarnation = incarnation;
     this.ttlMs = options.ttlMs;
@@ -127,22 +134,39 @@ export class Membership {
     let revision: number;
     if (!current || current.operation !== "PUT") {
       revision = await cas.put(key, encode(record), current?.revision ?? 0).catch((error: unknown) => {
-        throw new AgentRuntimeError("ERR_STATE_LOCKED", `Another process registered node ${node} at the same time`, { cause: error, details: { node } });
+        throw new AgentRuntimeError("ERR_STATE_LOCKED", `Another process registered node ${node} at the same time`, {
+          cause: error,
+          details: { node },
+        });
       });
     } else {
       const previous = parseMember(current.value);
       if (previous && previous.expiresAt + maxClockSkewMs > startedAt) {
-        throw new AgentRuntimeError("ERR_STATE_LOCKED", `Node name ${node} is held by incarnation ${previous.incarnation} until ${new Date(previous.expiresAt).toISOString()}`, {
-          details: { node, incarnation: previous.incarnation, expiresAt: previous.expiresAt },
-        });
+        throw new AgentRuntimeError(
+          "ERR_STATE_LOCKED",
+          `Node name ${node} is held by incarnation ${previous.incarnation} until ${new Date(previous.expiresAt).toISOString()}`,
+          {
+            details: { node, incarnation: previous.incarnation, expiresAt: previous.expiresAt },
+          },
+        );
       }
       // An expired (or unreadable) record of an earlier process under this name: replaced by CAS, which
       // invalidates every lease that incarnation held, since leases name the incarnation.
       revision = await cas.put(key, encode(record), current.revision).catch((error: unknown) => {
-        throw new AgentRuntimeError("ERR_STATE_LOCKED", `Another process registered node ${node} at the same time`, { cause: error, details: { node } });
+        throw new AgentRuntimeError("ERR_STATE_LOCKED", `Another process registered node ${node} at the same time`, {
+          cause: error,
+          details: { node },
+        });
       });
     }
-    const membership = new Membership(members, cas, { node, ttlMs, renewEveryMs, maxClockSkewMs, clock, onLost: options.onLost }, revision, startedAt, incarnation);
+    const membership = new Membership(
+      members,
+      cas,
+      { node, ttlMs, renewEveryMs, maxClockSkewMs, clock, onLost: options.onLost },
+      revision,
+      startedAt,
+      incarnation,
+    );
     membership.#schedule();
     return membership;
   }
@@ -197,7 +221,13 @@ export class Membership {
   async #renew(): Promise<void> {
     if (this.#closed || this.#lost) return;
     const sentAt = this.#clock.now();
-    const record: MemberRecord = { format: "agentrt-member", node: this.node, incarnation: this.incarnation, expiresAt: sentAt + this.ttlMs, startedAt: this.#startedAt };
+    const record: MemberRecord = {
+      format: "agentrt-member",
+      node: this.node,
+      incarnation: this.incarnation,
+      expiresAt: sentAt + this.ttlMs,
+      startedAt: this.#startedAt,
+    };
     this.#renewals++;
     try {
       this.#revision = await this.#cas.put(keys.member(this.node), encode(record), this.#revision);
@@ -219,7 +249,9 @@ export class Membership {
           this.#validUntil = Math.max(this.#validUntil, Math.min(sentAt + this.ttlMs, seen.expiresAt));
           return;
         }
-        this.#lose(`its membership record was replaced${seen ? ` by incarnation ${seen.incarnation}` : now ? " by a value that is not ours" : " (deleted)"}`);
+        this.#lose(
+          `its membership record was replaced${seen ? ` by incarnation ${seen.incarnation}` : now ? " by a value that is not ours" : " (deleted)"}`,
+        );
       }
       // Anything else (a server failing over, a timeout): the next tick tries again; validUntil runs down.
     }

@@ -91,7 +91,10 @@ function sameFile(a: KvDescriptor | undefined, b: KvDescriptor | null | undefine
 
 function writeFailed(id: string, what: string, error: unknown): AgentRuntimeError {
   if (error instanceof AgentRuntimeError) return error;
-  return new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not ${what} of ${id}: ${(error as Error).message}`, { cause: error, details: { id } });
+  return new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not ${what} of ${id}: ${(error as Error).message}`, {
+    cause: error,
+    details: { id },
+  });
 }
 
 function checkLimit(name: string, value: unknown, fallback: number): number {
@@ -126,7 +129,10 @@ export class NatsStore implements StateStore {
     this.#files = new KvFiles(options.cacheDir, buckets.objects, { fsync: options.fsync });
     // Chunks stay well under the server's payload limit (1 MiB by default), headers and envelope included.
     const maxPayload = options.connection.info?.max_payload ?? 1024 * 1024;
-    this.#data = new AgentData(buckets.data, { chunkBytes: Math.max(16 * 1024, Math.min(512 * 1024, maxPayload - 16 * 1024)), location: this.location });
+    this.#data = new AgentData(buckets.data, {
+      chunkBytes: Math.max(16 * 1024, Math.min(512 * 1024, maxPayload - 16 * 1024)),
+      location: this.location,
+    });
     this.#minBytes = options.compaction?.minBytes ?? 64 * 1024;
     this.#ratio = options.compaction?.ratio ?? 1;
     this.#maxEntries = options.compaction?.maxEntries ?? 256;
@@ -416,7 +422,8 @@ export class NatsStore implements StateStore {
     // An upload of a cache the new record does not name is superseded: it will not commit.
     if (!sameFile(record.kv, this.#pending.get(id)?.kv)) this.#pending.delete(id);
     // A saved cache the record names, neither committed nor uploading: committed once it is uploaded.
-    if (record.kv && !sameFile(record.kv, head.kv) && !sameFile(record.kv, this.#pending.get(id)?.kv)) this.#startUpload(id, record.kv, record.updatedAt);
+    if (record.kv && !sameFile(record.kv, head.kv) && !sameFile(record.kv, this.#pending.get(id)?.kv))
+      this.#startUpload(id, record.kv, record.updatedAt);
   }
 
   async appendTurn(id: string, turn: TurnAppend): Promise<void> {
@@ -477,7 +484,12 @@ export class NatsStore implements StateStore {
   async #dropNamed(id: string, before: Head, after: Head): Promise<void> {
     const token = agentToken(id);
     const named = new Set(this.#data.namedKeys(token, after));
-    await this.#data.purge(id, this.#data.namedKeys(token, before).filter((key) => !named.has(key)), named, after.epoch);
+    await this.#data.purge(
+      id,
+      this.#data.namedKeys(token, before).filter((key) => !named.has(key)),
+      named,
+      after.epoch,
+    );
   }
 
   /**
@@ -502,7 +514,12 @@ export class NatsStore implements StateStore {
       }
       this.#pending.delete(id);
       try {
-        await leases.commit(id, (current) => ({ ...current, kv: kv ?? null, kvObject: kv ? current.kvObject : null, updatedAt: Math.max(current.updatedAt, updatedAt) }));
+        await leases.commit(id, (current) => ({
+          ...current,
+          kv: kv ?? null,
+          kvObject: kv ? current.kvObject : null,
+          updatedAt: Math.max(current.updatedAt, updatedAt),
+        }));
       } catch (error) {
         throw writeFailed(id, "commit the saved cache", error);
       }
@@ -577,7 +594,9 @@ export class NatsStore implements StateStore {
   }
 
   async bytesOnDisk(id: string): Promise<number> {
-    const at = await this.#headsReader().read(id).catch(() => undefined);
+    const at = await this.#headsReader()
+      .read(id)
+      .catch(() => undefined);
     if (!at) return 0;
     return at.head.record.bytes + at.head.journalBytes + (at.head.kv?.bytes ?? 0);
   }

@@ -144,7 +144,9 @@ export class AgentDirectory {
       agent = this.#fromRecord(record);
     } catch (error) {
       if (isAgentRuntimeError(error, "ERR_AGENT_NOT_FOUND")) throw error;
-      const failure = isAgentRuntimeError(error) ? error : new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent ${id} could not be read`, { cause: error });
+      const failure = isAgentRuntimeError(error)
+        ? error
+        : new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent ${id} could not be read`, { cause: error });
       log.child({ agent: id }).warn({ err: failure }, "agent record unusable; agent marked failed");
       agent = this.#unusable(id, failure);
       emit("agent:error", { id, error: failure });
@@ -181,7 +183,9 @@ export class AgentDirectory {
           const record = await this.#options.store.read(id);
           return record ? this.#fromRecord(record).info() : undefined;
         } catch (error) {
-          const failure = isAgentRuntimeError(error) ? error : new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent ${id} could not be read`, { cause: error });
+          const failure = isAgentRuntimeError(error)
+            ? error
+            : new AgentRuntimeError("ERR_STATE_CORRUPT", `Agent ${id} could not be read`, { cause: error });
           return this.#unusable(id, failure).info();
         }
       }),

@@ -147,8 +147,7 @@ export function resolveOptions(options: AgentRuntimeOptions): ResolvedOptions {
   return {
     maxAgents: positiveInteger("maxAgents", options.maxAgents, DEFAULTS.maxAgents),
     hostCacheBytes: options.hostCacheBytes === 0 ? 0 : positiveInteger("hostCacheBytes", options.hostCacheBytes, 0),
-    maxStoredAgents:
-      options.maxStoredAgents === undefined ? Infinity : positiveInteger("maxStoredAgents", options.maxStoredAgents, 0),
+    maxStoredAgents: options.maxStoredAgents === undefined ? Infinity : positiveInteger("maxStoredAgents", options.maxStoredAgents, 0),
     contextSize: positiveInteger("contextSize", options.contextSize, DEFAULTS.contextSize),
     threads: positiveInteger("threads", options.threads, DEFAULTS.threads()),
     maxTokens: positiveInteger("maxTokens", options.maxTokens, DEFAULTS.maxTokens),
@@ -159,7 +158,6 @@ export function resolveOptions(options: AgentRuntimeOptions): ResolvedOptions {
     kvType: checkKvType(options.kvType),
   };
 }
-
 
 function checkKvType(value: unknown): KvType {
   if (value === undefined) return "f16";
@@ -178,7 +176,6 @@ export function validateSignal(signal: unknown): AbortSignal | undefined {
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw new TypeError("signal must be an AbortSignal");
   return signal;
 }
-
 
 /** Checks a message's text: a non-empty string within the size limit. */
 export function checkText(text: unknown, limit: number, what = "The message"): string {
@@ -214,7 +211,9 @@ export function checkConversation(messages: unknown, limit: number): { earlier: 
     if (last ? message.role !== "user" : message.role !== "user" && message.role !== "assistant") {
       throw new AgentRuntimeError(
         "ERR_INVALID_MESSAGE",
-        last ? "The last message must be a user message" : `Message ${index} has role ${JSON.stringify(message.role)}; earlier messages must be user or assistant`,
+        last
+          ? "The last message must be a user message"
+          : `Message ${index} has role ${JSON.stringify(message.role)}; earlier messages must be user or assistant`,
       );
     }
     if (message.content.length > limit) {
@@ -273,7 +272,8 @@ export interface HistoryPage {
 export function checkHistoryOptions(options: unknown): { before: number | undefined; limit: number } {
   if (typeof options !== "object" || options === null) throw new TypeError("history options must be an object");
   const { before, limit = 50 } = options as HistoryOptions;
-  if (before !== undefined && (!Number.isSafeInteger(before) || before < 0)) throw new RangeError(`before must be an integer ≥ 0, got ${String(before)}`);
+  if (before !== undefined && (!Number.isSafeInteger(before) || before < 0))
+    throw new RangeError(`before must be an integer ≥ 0, got ${String(before)}`);
   if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new RangeError(`limit must be an integer in [1, 1000], got ${String(limit)}`);
   return { before, limit };
 }

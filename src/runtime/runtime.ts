@@ -143,11 +143,9 @@ export class AgentRuntime {
     return new EventStream(this.#events, options, this.#clock);
   }
 
-
   #assertOpen(): void {
     if (this.#closed || this.#destroyed) throw new AgentRuntimeError("ERR_RUNTIME_CLOSED");
   }
-
 
   /** Creates an agent, persists it, and evaluates its system prompt once. */
   async spawn(spec: SpawnOptions, options: { signal?: AbortSignal } = {}): Promise<AgentInfo> {
@@ -157,7 +155,17 @@ export class AgentRuntime {
     const { id, role, systemPrompt, sampling, behaviour, contextPolicy } = checkSpawn(spec, this.#options.maxMessageChars);
     const resolvedBehaviour = this.#behaviours.lookup(behaviour ?? this.#defaultBehaviour);
     const now = this.#clock.now();
-    const agent = this.#directory.create({ id, role, systemPrompt, sampling, behaviour: resolvedBehaviour, history: [], createdAt: now, lastUsed: now, contextPolicy });
+    const agent = this.#directory.create({
+      id,
+      role,
+      systemPrompt,
+      sampling,
+      behaviour: resolvedBehaviour,
+      history: [],
+      createdAt: now,
+      lastUsed: now,
+      contextPolicy,
+    });
     // Claimed before the first await inside, so a concurrent spawn of the same id fails with ERR_AGENT_EXISTS.
     await this.#directory.claim(agent);
     try {
@@ -219,7 +227,10 @@ export class AgentRuntime {
             this.#supervisor.withResident(agent, signal, async () => {
               const engine = await this.#host.engine();
               const turn = () => agent.turn({ ...context, engine }, request);
-              const same = !earlier || (earlier.length === agent.history.length && earlier.every((m, i) => m.role === agent.history[i]!.role && m.content === agent.history[i]!.content));
+              const same =
+                !earlier ||
+                (earlier.length === agent.history.length &&
+                  earlier.every((m, i) => m.role === agent.history[i]!.role && m.content === agent.history[i]!.content));
               return same ? turn() : agent.withHistory(earlier, turn);
             }),
           { signal, details: { id }, onQueued: accept },
@@ -269,7 +280,6 @@ export class AgentRuntime {
     await this.#directory.use(id, (agent) => this.#directory.forget(agent));
     this.#emit("agent:removed", { id });
   }
-
 
   /**
    * Model bytes, per-agent cache tokens and bytes (memory and disk), and totals. Lists the agents in

@@ -3,8 +3,7 @@ import type { AgentInfo } from "../actor/agent.js";
 import type { AgentMemory } from "../runtime/memory.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
 import { agentrtErrorJson, toErrorBody } from "./errors.js";
-import { REQUEST_SCHEMAS, type AgentParams, type HistoryQuery,
-  type ListQuery, type MessageBody, type SpawnBody } from "./schemas.js";
+import { REQUEST_SCHEMAS, type AgentParams, type HistoryQuery, type ListQuery, type MessageBody, type SpawnBody } from "./schemas.js";
 import { numericQuery } from "./validation.js";
 import { disconnectSignal, openTurnStream, wantsEventStream, type SseOptions } from "./sse.js";
 
@@ -51,10 +50,14 @@ export function registerAgentRoutes(app: FastifyInstance, runtime: AgentRuntime,
 
   app.get("/memory", async () => runtime.memory());
 
-  app.get<{ Querystring: ListQuery }>("/agents", { schema: REQUEST_SCHEMAS["GET /agents"], preValidation: numericQuery("limit") }, async (request) => {
-    const page = await runtime.list(request.query);
-    return { agents: await withMemory(page.agents), ...(page.next !== undefined ? { next: page.next } : {}) };
-  });
+  app.get<{ Querystring: ListQuery }>(
+    "/agents",
+    { schema: REQUEST_SCHEMAS["GET /agents"], preValidation: numericQuery("limit") },
+    async (request) => {
+      const page = await runtime.list(request.query);
+      return { agents: await withMemory(page.agents), ...(page.next !== undefined ? { next: page.next } : {}) };
+    },
+  );
 
   app.post<{ Body: SpawnBody }>("/agents", { schema: REQUEST_SCHEMAS["POST /agents"] }, async (request, reply) => {
     const { id, systemPrompt, role, sampling, behaviour } = request.body;
@@ -77,8 +80,10 @@ export function registerAgentRoutes(app: FastifyInstance, runtime: AgentRuntime,
     return agent;
   });
 
-  app.get<{ Params: AgentParams; Querystring: HistoryQuery }>("/agents/:id/history", { schema: REQUEST_SCHEMAS["GET /agents/:id/history"], preValidation: numericQuery("before", "limit") }, async (request) =>
-    runtime.history(request.params.id, request.query),
+  app.get<{ Params: AgentParams; Querystring: HistoryQuery }>(
+    "/agents/:id/history",
+    { schema: REQUEST_SCHEMAS["GET /agents/:id/history"], preValidation: numericQuery("before", "limit") },
+    async (request) => runtime.history(request.params.id, request.query),
   );
 
   app.delete<{ Params: AgentParams }>("/agents/:id", { schema: REQUEST_SCHEMAS["DELETE /agents/:id"] }, async (request, reply) => {

@@ -30,6 +30,10 @@ export function registerAuth(app: FastifyInstance, token: string | undefined): v
     const given = bearer(request);
     if (given !== undefined && timingSafeEqual(digest(given), expected)) return;
     reply.header("www-authenticate", 'Bearer realm="agentrt"');
-    return sendError(request, reply, new HttpError("ERR_UNAUTHORIZED", given === undefined ? "A bearer token is required" : "The bearer token is wrong"));
+    return sendError(
+      request,
+      reply,
+      new HttpError("ERR_UNAUTHORIZED", given === undefined ? "A bearer token is required" : "The bearer token is wrong"),
+    );
   });
 }

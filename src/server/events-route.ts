@@ -20,7 +20,10 @@ export interface EventsRouteOptions {
 function list(value: string | string[] | undefined): string[] | undefined {
   if (value === undefined) return undefined;
   const values = Array.isArray(value) ? value : [value];
-  return values.flatMap((item) => item.split(",")).map((item) => item.trim()).filter((item) => item.length > 0);
+  return values
+    .flatMap((item) => item.split(","))
+    .map((item) => item.trim())
+    .filter((item) => item.length > 0);
 }
 
 /** Event payloads as JSON: errors become `{ code, message }` (an Error serializes to `{}`). */

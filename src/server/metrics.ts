@@ -17,15 +17,30 @@ export function registerMetrics(app: FastifyInstance, runtime: AgentRuntime, opt
   if (options.processMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: "agentrt_process_" });
   const registers = [registry];
 
-  const agents = new Gauge({ name: "agentrt_agents", help: "Agents in memory by state (resident, passivating, rehydrating, passivated but still in use, failed)", labelNames: ["state"], registers });
+  const agents = new Gauge({
+    name: "agentrt_agents",
+    help: "Agents in memory by state (resident, passivating, rehydrating, passivated but still in use, failed)",
+    labelNames: ["state"],
+    registers,
+  });
   const stored = new Gauge({ name: "agentrt_agents_stored", help: "Agents in the store, in memory or not", registers });
   const busy = new Gauge({ name: "agentrt_agents_busy", help: "Agents running a message now", registers });
   const queue = new Gauge({ name: "agentrt_queue_depth", help: "Messages waiting in agents' mailboxes (not counting running ones)", registers });
-  const kvBytes = new Gauge({ name: "agentrt_kv_bytes", help: "Bytes of agent state: KV caches in memory (resident agents), and saved caches plus records on disk", labelNames: ["where"], registers });
+  const kvBytes = new Gauge({
+    name: "agentrt_kv_bytes",
+    help: "Bytes of agent state: KV caches in memory (resident agents), and saved caches plus records on disk",
+    labelNames: ["where"],
+    registers,
+  });
   const cacheTokens = new Gauge({ name: "agentrt_kv_tokens", help: "Tokens held in resident agents' KV caches", registers });
   const modelBytes = new Gauge({ name: "agentrt_model_bytes", help: "Bytes of model weights", registers });
   const passivations = new Counter({ name: "agentrt_passivations_total", help: "Agents saved to disk and evicted from memory", registers });
-  const rehydrations = new Counter({ name: "agentrt_rehydrations_total", help: "Agents brought back into memory, by source of their cache", labelNames: ["source"], registers });
+  const rehydrations = new Counter({
+    name: "agentrt_rehydrations_total",
+    help: "Agents brought back into memory, by source of their cache",
+    labelNames: ["source"],
+    registers,
+  });
   const evaluated = new Counter({ name: "agentrt_prompt_tokens_evaluated_total", help: "Prompt tokens the engine evaluated in turns", registers });
   const reused = new Counter({ name: "agentrt_prompt_tokens_reused_total", help: "Prompt tokens served from agents' KV caches in turns", registers });
   const generated = new Counter({ name: "agentrt_generated_tokens_total", help: "Tokens generated in replies", registers });

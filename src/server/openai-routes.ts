@@ -24,7 +24,10 @@ interface ChatCompletionRequest {
  * agent's identity is fixed at spawn; see docs/http.md) and are then dropped; the rest is the
  * conversation the agent continues.
  */
-async function parseRequest(request: FastifyRequest<{ Body: ChatCompletionBody; Headers: { [AGENT_HEADER]?: string } }>, runtime: AgentRuntime): Promise<ChatCompletionRequest> {
+async function parseRequest(
+  request: FastifyRequest<{ Body: ChatCompletionBody; Headers: { [AGENT_HEADER]?: string } }>,
+  runtime: AgentRuntime,
+): Promise<ChatCompletionRequest> {
   const { body } = request;
   const model = body.model ?? "";
   const header = request.headers[AGENT_HEADER];
@@ -43,14 +46,19 @@ async function parseRequest(request: FastifyRequest<{ Body: ChatCompletionBody; 
   body.messages.forEach(({ role, content }, index) => {
     const text = typeof content === "string" ? content : content.map((part) => part.text).join("");
     if (role === "system" || role === "developer") {
-      if (messages.length > 0) throw new HttpError("ERR_INVALID_ARGUMENT", `messages[${index}]: system messages may only come first`, `messages[${index}].role`);
+      if (messages.length > 0)
+        throw new HttpError("ERR_INVALID_ARGUMENT", `messages[${index}]: system messages may only come first`, `messages[${index}].role`);
       system = system === undefined ? text : `${system}\n\n${text}`;
     } else {
       messages.push({ role, content: text });
     }
   });
   if (system !== undefined && system !== agent.systemPrompt) {
-    throw new HttpError("ERR_SYSTEM_PROMPT_MISMATCH", `The system message differs from the system prompt of agent ${agent.id}; omit it or send it unchanged`, "messages");
+    throw new HttpError(
+      "ERR_SYSTEM_PROMPT_MISMATCH",
+      `The system message differs from the system prompt of agent ${agent.id}; omit it or send it unchanged`,
+      "messages",
+    );
   }
   const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined;
   return {
@@ -115,7 +123,12 @@ export function registerOpenAiRoutes(app: FastifyInstance, runtime: AgentRuntime
         created,
         model: parsed.model,
         choices: [
-          { index: 0, message: { role: "assistant", content: result.reply, refusal: null }, logprobs: null, finish_reason: finishReason(result.timings.stopReason) },
+          {
+            index: 0,
+            message: { role: "assistant", content: result.reply, refusal: null },
+            logprobs: null,
+            finish_reason: finishReason(result.timings.stopReason),
+          },
         ],
         usage: usage(result),
       };
@@ -155,7 +168,9 @@ async function streamCompletion(
     const result = await turn.result;
     stream.send({ data: chunk({}, finishReason(result.timings.stopReason)) });
     if (parsed.includeUsage) {
-      stream.send({ data: { id: meta.id, object: "chat.completion.chunk", created: meta.created, model: parsed.model, choices: [], usage: usage(result) } });
+      stream.send({
+        data: { id: meta.id, object: "chat.completion.chunk", created: meta.created, model: parsed.model, choices: [], usage: usage(result) },
+      });
     }
     stream.send({ data: "[DONE]" });
   } catch (error) {

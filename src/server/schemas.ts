@@ -49,11 +49,15 @@ const spawnBody = {
   required: ["id", "systemPrompt"],
   properties: {
     id: agentId,
-    systemPrompt: { type: "string", description: "Fixed for the agent's life; at most maxMessageChars characters (a runtime option, default 32 768)" },
+    systemPrompt: {
+      type: "string",
+      description: "Fixed for the agent's life; at most maxMessageChars characters (a runtime option, default 32 768)",
+    },
     role: { type: "string", description: 'A free-form role name. Default "assistant"' },
     behaviour: {
       type: "string",
-      description: 'A behaviour name from the runtime\'s registry, e.g. "conversation"; an unknown one is ERR_BEHAVIOUR_NOT_FOUND. Default: the runtime\'s behaviour',
+      description:
+        "A behaviour name from the runtime's registry, e.g. \"conversation\"; an unknown one is ERR_BEHAVIOUR_NOT_FOUND. Default: the runtime's behaviour",
     },
     sampling,
   },
@@ -127,7 +131,9 @@ export function eventsQuery(options: { defaultBufferSize: number; maxBufferSize:
     type: "object",
     properties: {
       agent: stringList('Exact ids or "prefix/*"; events that name no agent are left out when given'),
-      type: stringList("Event names (agent:spawned, agent:turn-start, agent:token, agent:turn-end, agent:passivated, agent:rehydrated, agent:removed, agent:error, worker:restarted)"),
+      type: stringList(
+        "Event names (agent:spawned, agent:turn-start, agent:token, agent:turn-end, agent:passivated, agent:rehydrated, agent:removed, agent:error, worker:restarted)",
+      ),
       buffer: {
         type: "integer",
         minimum: 1,

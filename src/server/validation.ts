@@ -37,7 +37,10 @@ function fieldName(instancePath: string, missing?: string): string {
  * keyword that failed (for a missing property, the property's own). Default ERR_INVALID_ARGUMENT.
  */
 function errorCode(root: unknown, error: FastifySchemaValidationError): Code {
-  const path = error.schemaPath.replace(/^#\/?/, "").split("/").filter((segment) => segment !== "");
+  const path = error.schemaPath
+    .replace(/^#\/?/, "")
+    .split("/")
+    .filter((segment) => segment !== "");
   let node = root;
   let code = codeOf(node);
   // The last segment is the keyword that failed; its parents are schemas.

@@ -25,7 +25,16 @@ import { AgentRuntimeError } from "../errors.js";
 import { AgentIndex, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT } from "./agent-index.js";
 import { fsyncPath, writeFileAtomic } from "./atomic-file.js";
 import { KvFiles } from "./kv-files.js";
-import { applyEntry, encodeEntry, entriesFor, highestGeneration, JournalDamage, scanJournal, type JournalEntry, type ScannedJournal } from "./journal.js";
+import {
+  applyEntry,
+  encodeEntry,
+  entriesFor,
+  highestGeneration,
+  JournalDamage,
+  scanJournal,
+  type JournalEntry,
+  type ScannedJournal,
+} from "./journal.js";
 import { encodeRecord, MAX_RECORD_BYTES, parseRecord, readBounded, recordProblem, sameIdentity, type FileIdentity } from "./record-file.js";
 import { StateLock } from "./state-lock.js";
 import type {
@@ -110,8 +119,7 @@ function checkLimit(name: string, value: unknown, fallback: number): number {
 
 function checkMessages(messages: unknown): asserts messages is ChatMessage[] {
   const valid =
-    Array.isArray(messages) &&
-    messages.every((m: ChatMessage) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
+    Array.isArray(messages) && messages.every((m: ChatMessage) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
   if (!valid) throw new TypeError("turn.messages must be a list of { role: 'user' | 'assistant', content: string }");
 }
 
@@ -359,14 +367,16 @@ export class DirectoryStore implements StateStore {
       await writeFileAtomic(recordPath, text, { fsync: this.#fsync });
       identity = await identityOf(recordPath);
       // Not fsynced: until this is durable, the reader skips the journal's older generation anyway.
-      journal = created ? undefined : await truncate(journalPath, 0).then(
-        () => identityOf(journalPath),
-        async (error: NodeJS.ErrnoException) => {
-          // Not a file we can empty (a hostile directory, say): it goes, since the record no longer needs it.
-          if (error.code !== "ENOENT") await rm(journalPath, { recursive: true, force: true });
-          return undefined;
-        },
-      );
+      journal = created
+        ? undefined
+        : await truncate(journalPath, 0).then(
+            () => identityOf(journalPath),
+            async (error: NodeJS.ErrnoException) => {
+              // Not a file we can empty (a hostile directory, say): it goes, since the record no longer needs it.
+              if (error.code !== "ENOENT") await rm(journalPath, { recursive: true, force: true });
+              return undefined;
+            },
+          );
     } catch (error) {
       this.#remember(record.id, undefined);
       throw writeFailed(record.id, "write the record", error);
@@ -392,7 +402,8 @@ export class DirectoryStore implements StateStore {
     checkMessages(turn.messages);
     if (!Number.isFinite(turn.updatedAt)) throw new TypeError("turn.updatedAt must be a finite number");
     const { messages, updatedAt, window } = turn;
-    if (window !== undefined && (!Number.isSafeInteger(window.windowStart) || window.windowStart < 0)) throw new TypeError("turn.window.windowStart must be an integer ≥ 0");
+    if (window !== undefined && (!Number.isSafeInteger(window.windowStart) || window.windowStart < 0))
+      throw new TypeError("turn.window.windowStart must be an integer ≥ 0");
     const entry = (gen: number, seq: number): JournalEntry => ({ t: "turn", id, gen, seq, at: updatedAt, messages, ...(window ? { window } : {}) });
     return this.#exclusive(id, () => this.#append(id, dir, entry));
   }
@@ -460,7 +471,13 @@ export class DirectoryStore implements StateStore {
     }
     this.#stats.appends++;
     this.#stats.bytesWritten += frame.length;
-    const next: AgentState = { ...state, journal: identity, journalGeneration: state.generation, seq: continuing ? state.seq + 1 : 1, validEnd: base + frame.length };
+    const next: AgentState = {
+      ...state,
+      journal: identity,
+      journalGeneration: state.generation,
+      seq: continuing ? state.seq + 1 : 1,
+      validEnd: base + frame.length,
+    };
     this.#remember(id, next);
     if (next.validEnd >= Math.max(this.#minBytes, this.#ratio * next.recordBytes)) {
       // The append is durable and acknowledged whatever happens here; a failed compaction is retried next time.

@@ -100,12 +100,13 @@ function checkEntry(value: unknown, offset: number): JournalEntry {
   if (typeof value !== "object" || value === null || Array.isArray(value)) fail("is not an object");
   if (typeof e.id !== "string" || !isCount(e.gen) || !isCount(e.seq) || e.seq < 1 || !Number.isFinite(e.at)) fail("has invalid fields");
   if (e.t === "turn") {
-    const ok =
-      Array.isArray(e.messages) &&
-      e.messages.every((m) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
+    const ok = Array.isArray(e.messages) && e.messages.every((m) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
     if (!ok) fail("holds invalid messages");
     const w = e.window;
-    if (w !== undefined && (typeof w !== "object" || w === null || !isCount(w.windowStart) || (w.memoryNote !== undefined && typeof w.memoryNote !== "string"))) {
+    if (
+      w !== undefined &&
+      (typeof w !== "object" || w === null || !isCount(w.windowStart) || (w.memoryNote !== undefined && typeof w.memoryNote !== "string"))
+    ) {
       fail("holds an invalid window");
     }
   } else if (e.t === "kv") {

@@ -28,7 +28,9 @@ export function kvChecksum(kv: Pick<KvDescriptor, "checksum" | "sha256">): KvChe
   const c = kv.checksum as unknown;
   if (c !== undefined) {
     const { algorithm, value } = (c ?? {}) as Partial<KvChecksum>;
-    return typeof c === "object" && isChecksumAlgorithm(algorithm) && isHex(value, DIGEST_HEX_LENGTH[algorithm]) ? { algorithm, value: value! } : undefined;
+    return typeof c === "object" && isChecksumAlgorithm(algorithm) && isHex(value, DIGEST_HEX_LENGTH[algorithm])
+      ? { algorithm, value: value! }
+      : undefined;
   }
   return isHex(kv.sha256, 64) ? { algorithm: "sha256", value: kv.sha256! } : undefined;
 }

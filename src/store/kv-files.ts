@@ -89,11 +89,14 @@ export class KvFiles {
       });
     }
     const expected = kvChecksum(kv);
-    if (!expected) throw new AgentRuntimeError("ERR_STATE_CORRUPT", `The saved cache descriptor of ${id} has no valid checksum`, { details: { id, path } });
+    if (!expected)
+      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `The saved cache descriptor of ${id} has no valid checksum`, { details: { id, path } });
     const known = this.#checked.get(path);
     if (known && known.digest === `${expected.algorithm}:${expected.value}` && sameIdentity(known.identity, identity)) return path;
     if ((await checksumFile(path, expected.algorithm)) !== expected.value) {
-      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} fails its checksum`, { details: { id, path, algorithm: expected.algorithm } });
+      throw new AgentRuntimeError("ERR_STATE_CORRUPT", `KV state file of ${id} fails its checksum`, {
+        details: { id, path, algorithm: expected.algorithm },
+      });
     }
     this.#remember(path, identity, expected);
     return path;

@@ -87,7 +87,13 @@ export class PrefixCache {
     try {
       const saved = await engine.saveState(sequenceKey, temp);
       await fsyncPath(temp, "r+");
-      const entry: PrefixEntry = { extension, fingerprint: engine.info.fingerprint, checksum: { algorithm: CHECKSUM_ALGORITHM, value: await checksumFile(temp) }, bytes: saved.bytes, tokens: saved.tokens };
+      const entry: PrefixEntry = {
+        extension,
+        fingerprint: engine.info.fingerprint,
+        checksum: { algorithm: CHECKSUM_ALGORITHM, value: await checksumFile(temp) },
+        bytes: saved.bytes,
+        tokens: saved.tokens,
+      };
       await rename(temp, this.#statePath(key, extension));
       await writeFileAtomic(join(this.#dir, `${key}.json`), JSON.stringify(entry));
       this.#verified.set(key, entry);

@@ -102,8 +102,7 @@ export async function readBounded(
 /** What is wrong with a record's fields (the checks both a read and a write make), or undefined. */
 export function recordProblem(record: AgentRecord): string | undefined {
   const messagesValid =
-    Array.isArray(record.history) &&
-    record.history.every((m) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
+    Array.isArray(record.history) && record.history.every((m) => (m?.role === "user" || m?.role === "assistant") && typeof m.content === "string");
   if (!messagesValid || typeof record.systemPrompt !== "string" || typeof record.role !== "string") return "invalid fields";
   if (record.behaviour !== undefined && typeof record.behaviour !== "string") return "invalid behaviour";
   if (!Number.isFinite(record.createdAt) || !Number.isFinite(record.updatedAt)) return "invalid timestamps";

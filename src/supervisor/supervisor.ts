@@ -173,7 +173,9 @@ export class Supervisor {
   async #forgetSavedCache(agent: Agent): Promise<void> {
     if (!agent.kv) return;
     agent.kv = undefined;
-    await this.#store.setKv(agent.id, undefined, this.#clock.now()).catch((error: unknown) => agent.log.warn({ err: error }, "could not drop the saved cache"));
+    await this.#store
+      .setKv(agent.id, undefined, this.#clock.now())
+      .catch((error: unknown) => agent.log.warn({ err: error }, "could not drop the saved cache"));
   }
 
   /** Gives an admitted agent its cache: from its state file when valid, else by re-evaluating its context. */
@@ -253,9 +255,13 @@ export class Supervisor {
       const committed = await staged.commit();
       // On a full disk llama.cpp can lose its last buffered block without an error: check what landed.
       if (committed.bytes !== saved.bytes) {
-        throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `The saved cache of ${agent.id} has ${committed.bytes} bytes; the engine wrote ${saved.bytes}`, {
-          details: { id: agent.id, bytes: committed.bytes, expected: saved.bytes },
-        });
+        throw new AgentRuntimeError(
+          "ERR_STATE_WRITE_FAILED",
+          `The saved cache of ${agent.id} has ${committed.bytes} bytes; the engine wrote ${saved.bytes}`,
+          {
+            details: { id: agent.id, bytes: committed.bytes, expected: saved.bytes },
+          },
+        );
       }
       agent.kv = {
         ...committed,

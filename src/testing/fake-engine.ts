@@ -1,14 +1,6 @@
 import { createHash } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
-import type {
-  ChatMessage,
-  EvaluationCounts,
-  GenerateInput,
-  GenerateOutput,
-  ModelInfo,
-  SavedState,
-  SequenceStats,
-} from "../engines/engine.js";
+import type { ChatMessage, EvaluationCounts, GenerateInput, GenerateOutput, ModelInfo, SavedState, SequenceStats } from "../engines/engine.js";
 import { commonPrefixLength } from "../engines/chat-history.js";
 import { findContextShift } from "../engines/context-shift.js";
 import { AgentRuntimeError } from "../errors.js";
@@ -46,7 +38,8 @@ export class FakeEngine implements HostedEngine {
     for (const name of ["sequences", "contextSize"] as const) {
       const value = options[name];
       const min = name === "contextSize" ? 2 : 1;
-      if (value !== undefined && (!Number.isInteger(value) || value < min)) throw new RangeError(`${name} must be an integer >= ${min}, got ${String(value)}`);
+      if (value !== undefined && (!Number.isInteger(value) || value < min))
+        throw new RangeError(`${name} must be an integer >= ${min}, got ${String(value)}`);
     }
     this.#options = options;
     const model = options.model ?? "fake-model";
@@ -203,7 +196,10 @@ export class FakeEngine implements HostedEngine {
     return Object.fromEntries(
       keys.map((key) => {
         const tokens = this.#caches.get(key)?.length ?? 0;
-        return [key, { tokens, bytes: tokens * KV_BYTES_PER_TOKEN, allocatedBytes: this.#caches.has(key) ? this.info.contextSize * KV_BYTES_PER_TOKEN : 0 }];
+        return [
+          key,
+          { tokens, bytes: tokens * KV_BYTES_PER_TOKEN, allocatedBytes: this.#caches.has(key) ? this.info.contextSize * KV_BYTES_PER_TOKEN : 0 },
+        ];
       }),
     );
   }

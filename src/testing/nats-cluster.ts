@@ -78,7 +78,16 @@ export class NatsCluster {
     const taken = new Set<number>();
     const slots: ServerSlot[] = [];
     for (let i = 0; i < count; i++) {
-      slots.push({ name: `n${i}`, port: await freePort(taken), clusterPort: await freePort(taken), config: "", log: "", process: undefined, serverPid: undefined, exited: undefined });
+      slots.push({
+        name: `n${i}`,
+        port: await freePort(taken),
+        clusterPort: await freePort(taken),
+        config: "",
+        log: "",
+        process: undefined,
+        serverPid: undefined,
+        exited: undefined,
+      });
     }
     for (const [i, slot] of slots.entries()) {
       const store = join(dir, slot.name);
@@ -181,7 +190,12 @@ export class NatsCluster {
         await jsm.getAccountInfo(); // answers only once the meta group has a leader
         const probe = `AGENTRT_PROBE_${Math.random().toString(36).slice(2, 10)}`;
         try {
-          const si = await jsm.streams.add({ name: probe, subjects: [`agentrt.probe.${probe}`], num_replicas: Math.min(3, running.length), max_msgs: 1 });
+          const si = await jsm.streams.add({
+            name: probe,
+            subjects: [`agentrt.probe.${probe}`],
+            num_replicas: Math.min(3, running.length),
+            max_msgs: 1,
+          });
           if (si.cluster?.leader || running.length === 1) return;
           lastError = new Error("the probe stream has no leader");
         } finally {

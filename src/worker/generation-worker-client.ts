@@ -158,11 +158,7 @@ export class GenerationWorker extends EventEmitter<GenerationWorkerEvents> {
   }
 
   /** Sends one request; `signal` cancels it inside the worker (the thread is never killed for a cancel). */
-  request<K extends RequestType>(
-    type: K,
-    payload: RequestMap[K]["payload"],
-    options: RequestOptions = {},
-  ): Promise<RequestMap[K]["result"]> {
+  request<K extends RequestType>(type: K, payload: RequestMap[K]["payload"], options: RequestOptions = {}): Promise<RequestMap[K]["result"]> {
     const { signal, onChunk } = options;
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.#exited) return Promise.reject(new AgentRuntimeError("ERR_WORKER_CRASHED", "The generation worker is not running"));

@@ -12,7 +12,6 @@ import type {
 import { GenerationWorker, type StartOptions } from "./generation-worker-client.js";
 import type { LogLevel } from "./protocol.js";
 
-
 export type WorkerLogSink = (record: { level: LogLevel; msg: string; data?: Record<string, unknown> }) => void;
 
 /** The engine as seen from the main thread: every call is a protocol request to the generation worker. */

@@ -150,16 +150,18 @@ export function runWorkerLoop(port: WorkerPort): WorkerLoop {
       })
       .catch(() => {});
     // A request's text always arrives before its end.
-    task.then(
-      (result) => {
-        flushText();
-        post({ type: "result", id: request.id, result });
-      },
-      (error: unknown) => {
-        flushText();
-        post({ type: "error", id: request.id, error: serializeError(error) });
-      },
-    ).finally(() => cancellations.delete(request.id));
+    task
+      .then(
+        (result) => {
+          flushText();
+          post({ type: "result", id: request.id, result });
+        },
+        (error: unknown) => {
+          flushText();
+          post({ type: "error", id: request.id, error: serializeError(error) });
+        },
+      )
+      .finally(() => cancellations.delete(request.id));
   });
 
   post({ type: "ready", protocolVersion: PROTOCOL_VERSION });

@@ -90,7 +90,7 @@ describe('contextPolicy "slide"', () => {
     expect(record!.history).toEqual(history);
     expect(record!.windowStart).toBe((await runtime.get("a")).windowStart);
     expect(record!.contextPolicy).toBe("slide");
-    expect((await runtime.get("a"))).toMatchObject({ turns: 300, historyLength: 600, contextPolicy: "slide" });
+    expect(await runtime.get("a")).toMatchObject({ turns: 300, historyLength: 600, contextPolicy: "slide" });
   });
 
   it("rebuilds a passivated agent from its history as exactly the window it had", async () => {
@@ -120,10 +120,10 @@ describe('contextPolicy "slide"', () => {
     const { runtime } = await start();
     await runtime.spawn({ id: "a", systemPrompt: SYSTEM });
     for (let i = 0; i < 12; i++) await runtime.ask("a", message(i));
-    const before = (await runtime.get("a"));
+    const before = await runtime.get("a");
     const error = await runtime.ask("a", "x".repeat(CONTEXT)).catch((e: unknown) => e);
     expect(codeOf(error)).toBe("ERR_CONTEXT_FULL");
-    expect((await runtime.get("a"))).toMatchObject({ historyLength: before.historyLength, windowStart: before.windowStart });
+    expect(await runtime.get("a")).toMatchObject({ historyLength: before.historyLength, windowStart: before.windowStart });
     expect((await runtime.ask("a", "still there?")).reply).toMatch(/^r/);
   });
 
@@ -132,7 +132,13 @@ describe('contextPolicy "slide"', () => {
     await runtime.spawn({ id: "a", systemPrompt: SYSTEM });
     for (let i = 0; i < 3; i++) await runtime.ask("a", message(i));
     // Fits only with no earlier turn, and leaves less room than maxTokens: answered, cut short.
-    const alone = FakeEngine.render([{ role: "system", content: SYSTEM }, { role: "user", content: "" }], true).length;
+    const alone = FakeEngine.render(
+      [
+        { role: "system", content: SYSTEM },
+        { role: "user", content: "" },
+      ],
+      true,
+    ).length;
     const result = await runtime.ask("a", "y".repeat(CONTEXT - alone - 4), { maxTokens: 8 });
     expect(result.timings).toMatchObject({ windowStart: 6, slidTurns: 3, stopReason: "contextFull", generatedTokens: 3 });
   });
@@ -166,17 +172,20 @@ describe('contextPolicy "error"', () => {
     let answered = 0;
     let error: unknown;
     for (let i = 0; i < 40 && !error; i++) {
-      await runtime.ask("a", message(i)).then(() => answered++, (e: unknown) => (error = e));
+      await runtime.ask("a", message(i)).then(
+        () => answered++,
+        (e: unknown) => (error = e),
+      );
     }
     expect(codeOf(error)).toBe("ERR_CONTEXT_FULL");
     expect(answered).toBeGreaterThan(3);
-    const info = (await runtime.get("a"));
+    const info = await runtime.get("a");
     expect(info).toMatchObject({ turns: answered, windowStart: 0, contextPolicy: "error" });
     expect(codeOf(await runtime.ask("a", "short").catch((e: unknown) => e))).toBe("ERR_CONTEXT_FULL");
     expect((await runtime.get("a")).turns).toBe(answered);
   });
 
-  it("is per agent: a runtime sliding by default keeps an agent spawned with \"error\" on error, across a restart", async () => {
+  it('is per agent: a runtime sliding by default keeps an agent spawned with "error" on error, across a restart', async () => {
     const { runtime, stateDir } = await start();
     await runtime.spawn({ id: "strict", systemPrompt: SYSTEM, contextPolicy: "error" });
     await runtime.spawn({ id: "loose", systemPrompt: SYSTEM });
@@ -258,7 +267,7 @@ describe("summarizing behaviour", () => {
   });
 });
 
-describe("summarizing under \"shift\"", () => {
+describe('summarizing under "shift"', () => {
   it("does not shift when a new note changes the system message: the turn re-evaluates the window after the fold", async () => {
     const { runtime } = await start({ contextPolicy: "shift" });
     await runtime.spawn({ id: "s", systemPrompt: SYSTEM, behaviour: "summarizing" });
@@ -309,7 +318,12 @@ describe("the slide's search", () => {
       }
     }
     const engine = new CountingEngine({ sequences: 1, contextSize: 8192 });
-    const runtime = await AgentRuntime.create({ stateDir: join(root, "search"), maxAgents: 1, maxTokens: MAX_TOKENS, engineFactory: async () => engine });
+    const runtime = await AgentRuntime.create({
+      stateDir: join(root, "search"),
+      maxAgents: 1,
+      maxTokens: MAX_TOKENS,
+      engineFactory: async () => engine,
+    });
     runtimes.push(runtime);
     await runtime.spawn({ id: "a", systemPrompt: SYSTEM });
     // 1000 earlier turns arrive at once (a stateless client): one slide, found by binary search.

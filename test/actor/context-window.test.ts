@@ -10,11 +10,7 @@ function input(history: ChatMessage[], overrides: Partial<PlanInput> = {}): Plan
   return {
     history,
     window: { start: 0, memory: undefined },
-    render: (window: ContextWindow) => [
-      { role: "system", content: `sys${window.memory ?? ""}` },
-      ...history.slice(window.start),
-      user("new"),
-    ],
+    render: (window: ContextWindow) => [{ role: "system", content: `sys${window.memory ?? ""}` }, ...history.slice(window.start), user("new")],
     fold: undefined,
     countTokens: async (messages) => messages.reduce((n, m) => n + m.content.length, 0),
     contextSize: 100,

@@ -57,7 +57,11 @@ function expectReadable(line: string): void {
   const words = line.split(/\s+/);
   expect(words.length, `"${line}" has at least four words`).toBeGreaterThanOrEqual(4);
   // Fragments like "Sp ar ky" would show up as many one- and two-letter pieces.
-  const tiny = words.filter((w) => w.replace(/[^A-Za-z]/g, "").length <= 2 && !/^(a|I|he|we|me|it|is|in|on|to|at|up|so|no|go|my|do|of|an|as|be|by|or|us|if|oh|hi)$/i.test(w.replace(/[^A-Za-z]/g, "")));
+  const tiny = words.filter(
+    (w) =>
+      w.replace(/[^A-Za-z]/g, "").length <= 2 &&
+      !/^(a|I|he|we|me|it|is|in|on|to|at|up|so|no|go|my|do|of|an|as|be|by|or|us|if|oh|hi)$/i.test(w.replace(/[^A-Za-z]/g, "")),
+  );
   expect(tiny, `"${line}" has no word fragments`).toEqual([]);
 }
 
@@ -83,7 +87,10 @@ describe.each(ENGINES)("npm run demo on %s", (engine) => {
   });
 
   it("prints only readable replies, every one of them", () => {
-    const replies = stdout.split("\n").filter((line) => /^\[[a-z]+\] agent: /.test(line)).map((line) => line.replace(/^\[[a-z]+\] agent: /, ""));
+    const replies = stdout
+      .split("\n")
+      .filter((line) => /^\[[a-z]+\] agent: /.test(line))
+      .map((line) => line.replace(/^\[[a-z]+\] agent: /, ""));
     expect(replies).toHaveLength(8);
     for (const reply of replies) expectReadable(reply);
   });

@@ -28,11 +28,15 @@ describe("README: serve it over HTTP, with an OpenAI client", () => {
     dir = await mkdtemp(join(tmpdir(), "agentrt-readme-"));
     const env = { ...process.env };
     delete env.AGENTRT_MODEL;
-    server = spawn(process.execPath, ["--import", "tsx", "bin/agentrt.ts", "serve", "--port", "0", "--state-dir", join(dir, "state"), "--threads", "1"], {
-      cwd: ROOT,
-      env,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    server = spawn(
+      process.execPath,
+      ["--import", "tsx", "bin/agentrt.ts", "serve", "--port", "0", "--state-dir", join(dir, "state"), "--threads", "1"],
+      {
+        cwd: ROOT,
+        env,
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     let output = "";
     url = await new Promise<string>((resolveUrl, reject) => {
       server.stdout!.on("data", (chunk: Buffer) => {

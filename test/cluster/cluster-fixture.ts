@@ -39,7 +39,14 @@ export async function startClusterFixture(): Promise<ClusterFixture> {
     store: async (node, prefix, options = {}) => {
       const cacheDir = await mkdtemp(join(tmpdir(), `agentrt-cache-${node}-`));
       dirs.push(cacheDir);
-      const store = await NatsStore.create({ connection: options.connection ?? (await fixture.connect()), node, cacheDir, prefix, fsync: false, ...options });
+      const store = await NatsStore.create({
+        connection: options.connection ?? (await fixture.connect()),
+        node,
+        cacheDir,
+        prefix,
+        fsync: false,
+        ...options,
+      });
       stores.push(store);
       return store;
     },

@@ -90,7 +90,17 @@ describe("a node paused past its lease (SIGSTOP)", () => {
     const prefix = fixture.prefix();
     const id = "support/paused";
     const child = startFixture("node.ts", [
-      JSON.stringify({ urls: fixture.cluster.urls, dir: fixture.cluster.dir, prefix, node: "node-a", id, create: true, lease, pauseMs: 20, maxTurns: 10_000 }),
+      JSON.stringify({
+        urls: fixture.cluster.urls,
+        dir: fixture.cluster.dir,
+        prefix,
+        node: "node-a",
+        id,
+        create: true,
+        lease,
+        pauseMs: 20,
+        maxTurns: 10_000,
+      }),
     ]);
     try {
       await child.next("ready");
@@ -107,7 +117,13 @@ describe("a node paused past its lease (SIGSTOP)", () => {
       const attemptsB: Attempt[] = [];
       for (let n = 0; n < 5; n++) {
         const turn = `node-b-${n}`;
-        await b.appendTurn(id, { messages: [{ role: "user", content: turn }, { role: "assistant", content: `re ${turn}` }], updatedAt: Date.now() });
+        await b.appendTurn(id, {
+          messages: [
+            { role: "user", content: turn },
+            { role: "assistant", content: `re ${turn}` },
+          ],
+          updatedAt: Date.now(),
+        });
         attemptsB.push({ turn, writer: "node-b", epoch: epochB, acked: true });
       }
 
@@ -137,7 +153,17 @@ describe("a node SIGKILLed while appending", () => {
     const prefix = fixture.prefix();
     const id = "support/killed";
     const child = startFixture("node.ts", [
-      JSON.stringify({ urls: fixture.cluster.urls, dir: fixture.cluster.dir, prefix, node: "node-a", id, create: true, lease, pauseMs: 0, maxTurns: 10_000 }),
+      JSON.stringify({
+        urls: fixture.cluster.urls,
+        dir: fixture.cluster.dir,
+        prefix,
+        node: "node-a",
+        id,
+        create: true,
+        lease,
+        pauseMs: 0,
+        maxTurns: 10_000,
+      }),
     ]);
     try {
       await child.next("ready");

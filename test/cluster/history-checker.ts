@@ -21,7 +21,9 @@ export function checkHistory(history: readonly string[], attempts: readonly Atte
     seen.add(turn);
     if (!byTurn.has(turn)) problems.push(`turn ${turn} was never attempted`);
   }
-  for (const attempt of attempts) if (attempt.acked && !seen.has(attempt.turn)) problems.push(`acknowledged turn ${attempt.turn} (${attempt.writer}, epoch ${attempt.epoch}) is lost`);
+  for (const attempt of attempts)
+    if (attempt.acked && !seen.has(attempt.turn))
+      problems.push(`acknowledged turn ${attempt.turn} (${attempt.writer}, epoch ${attempt.epoch}) is lost`);
   // Per writer, the history keeps the order of its attempts.
   const writers = new Set(attempts.map((a) => a.writer));
   for (const writer of writers) {

@@ -210,7 +210,19 @@ describe("leases", () => {
     await b.open();
     await expect(b.acquire("victim")).rejects.toMatchObject({ code: "ERR_STATE_FOREIGN" });
     // A well-formed head whose checksum does not match, and keys no valid agent id could produce.
-    const forged: Head = { id: "good", owner: { node: "mallory", incarnation: "x" }, epoch: 1, gen: 1, record: { epoch: 1, nonce: "00", chunks: 1, bytes: 1, sha256: "0".repeat(64) }, journal: [], journalBytes: 0, kv: null, kvObject: null, updatedAt: 0, op: "x" };
+    const forged: Head = {
+      id: "good",
+      owner: { node: "mallory", incarnation: "x" },
+      epoch: 1,
+      gen: 1,
+      record: { epoch: 1, nonce: "00", chunks: 1, bytes: 1, sha256: "0".repeat(64) },
+      journal: [],
+      journalBytes: 0,
+      kv: null,
+      kvObject: null,
+      updatedAt: 0,
+      op: "x",
+    };
     const envelope = JSON.parse(Buffer.from(encodeHead(forged)).toString()) as { sha256: string };
     envelope.sha256 = "f".repeat(64);
     await heads.put(keys.head("other"), Buffer.from(JSON.stringify(envelope)));

@@ -54,7 +54,13 @@ async function trafficThrough(fault: {
       const attempt: Attempt = { turn: `${id}#${n}`, writer: id, epoch: 0, acked: false };
       attempts.get(id)!.push(attempt);
       try {
-        await store.appendTurn(id, { messages: [{ role: "user", content: attempt.turn }, { role: "assistant", content: "ok" }], updatedAt: Date.now() });
+        await store.appendTurn(id, {
+          messages: [
+            { role: "user", content: attempt.turn },
+            { role: "assistant", content: "ok" },
+          ],
+          updatedAt: Date.now(),
+        });
         attempt.acked = true;
         acksIn[phase]++;
       } catch (error) {

@@ -9,7 +9,12 @@ async function render(messages: ChatMessage[], open = true) {
   const history: ChatHistoryItem[] = toChatHistory(messages, open);
   const state = wrapper.generateContextState({ chatHistory: history });
   const text = state.contextText.values.map((value) => (value instanceof SpecialToken ? `<${value.value}>` : String(value))).join("");
-  return { text, stops: state.stopGenerationTriggers.map((trigger) => trigger.values.map((v) => (v instanceof SpecialToken ? `<${v.value}>` : String(v))).join("")) };
+  return {
+    text,
+    stops: state.stopGenerationTriggers.map((trigger) =>
+      trigger.values.map((v) => (v instanceof SpecialToken ? `<${v.value}>` : String(v))).join(""),
+    ),
+  };
 }
 
 describe("completion format (models without a chat template)", () => {
@@ -33,7 +38,11 @@ describe("completion format (models without a chat template)", () => {
   });
 
   it("attaches a reply that starts with punctuation or closes a quote to the text it continues", async () => {
-    const comma = await render([{ role: "user", content: "Once upon a time" }, { role: "assistant", content: ", there was a cat." }, { role: "user", content: "The end." }]);
+    const comma = await render([
+      { role: "user", content: "Once upon a time" },
+      { role: "assistant", content: ", there was a cat." },
+      { role: "user", content: "The end." },
+    ]);
     expect(comma.text).toBe("<BOS>Once upon a time, there was a cat. The end.");
     expect(completionSeparator('She said, "Hello', '" and smiled.', true)).toBe("");
     expect(completionSeparator("She said,", '"Hello."', true)).toBe(" ");
@@ -47,8 +56,17 @@ describe("completion format (models without a chat template)", () => {
     const conversations: ChatMessage[][] = [
       story,
       story.slice(0, 2),
-      [{ role: "user", content: "Once upon a time" }, { role: "assistant", content: ", there was a cat." }, { role: "user", content: "The end." }],
-      [{ role: "system", content: 'Tom said, "Hi' }, { role: "user", content: "there" }, { role: "assistant", content: '" and ran.' }, { role: "user", content: "\nThen" }],
+      [
+        { role: "user", content: "Once upon a time" },
+        { role: "assistant", content: ", there was a cat." },
+        { role: "user", content: "The end." },
+      ],
+      [
+        { role: "system", content: 'Tom said, "Hi' },
+        { role: "user", content: "there" },
+        { role: "assistant", content: '" and ran.' },
+        { role: "user", content: "\nThen" },
+      ],
     ];
     for (const messages of conversations) expect("<BOS>" + completionText(messages)).toBe((await render(messages)).text);
   });

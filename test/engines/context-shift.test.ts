@@ -67,7 +67,14 @@ describe.each(MODELS.flatMap(([name, path]) => (["llama.cpp", "mlx"] as const).m
     let dir: string;
     const signal = new AbortController().signal;
     const generate = (key: string, messages: ChatMessage[], maxTokens: number, contextShift?: boolean) =>
-      engine.generate(key, { messages, maxTokens, sampling: { temperature: 0 }, signal, onText: () => {}, ...(contextShift === undefined ? {} : { contextShift }) });
+      engine.generate(key, {
+        messages,
+        maxTokens,
+        sampling: { temperature: 0 },
+        signal,
+        onText: () => {},
+        ...(contextShift === undefined ? {} : { contextShift }),
+      });
 
     beforeAll(async () => {
       engine = await load(engineName, modelPath);
@@ -86,7 +93,10 @@ describe.each(MODELS.flatMap(([name, path]) => (["llama.cpp", "mlx"] as const).m
       await engine.openSequence("count");
       const conversations: ChatMessage[][] = [
         [{ role: "user", content: "Once upon a time" }],
-        [{ role: "system", content: SYSTEM }, { role: "user", content: USERS[1]! }],
+        [
+          { role: "system", content: SYSTEM },
+          { role: "user", content: USERS[1]! },
+        ],
         [
           { role: "system", content: SYSTEM },
           { role: "user", content: USERS[0]! },
@@ -192,7 +202,9 @@ describe.each(MODELS.flatMap(([name, path]) => (["llama.cpp", "mlx"] as const).m
       expect(later.cacheTokens).toBe(engine.stats("shift").tokens);
 
       const { same, of } = agreement(shifted, fresh);
-      console.log(`[drift] ${engineName} ${modelName}: shifted vs re-evaluated, ${same} of ${of} greedy reply tokens agree (texts ${shifted.text === fresh.text ? "equal" : "differ"})`);
+      console.log(
+        `[drift] ${engineName} ${modelName}: shifted vs re-evaluated, ${same} of ${of} greedy reply tokens agree (texts ${shifted.text === fresh.text ? "equal" : "differ"})`,
+      );
       for (const key of keys) await engine.closeSequence(key);
     });
   },

@@ -53,7 +53,9 @@ describe.each<Kind>(["llama.cpp", "mlx", "fake"])("engine conventions (%s)", { t
     const signal = new AbortController().signal;
     const messages = [{ role: "user" as const, content: "Hi" }];
     expect(await codeOf(() => engine.prefill("c", messages, signal))).toBe("ERR_SEQUENCE_NOT_OPEN");
-    expect(await codeOf(() => engine.generate("c", { messages, maxTokens: 2, sampling: {}, signal, onText: () => {} }))).toBe("ERR_SEQUENCE_NOT_OPEN");
+    expect(await codeOf(() => engine.generate("c", { messages, maxTokens: 2, sampling: {}, signal, onText: () => {} }))).toBe(
+      "ERR_SEQUENCE_NOT_OPEN",
+    );
     expect(await codeOf(() => engine.saveState("c", join(dir, `${kind}-c`)))).toBe("ERR_SEQUENCE_NOT_OPEN");
     // Closing frees the sequence for another key; closing twice is harmless.
     await engine.closeSequence("b");

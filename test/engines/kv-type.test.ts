@@ -29,17 +29,26 @@ async function refusal(run: () => Promise<unknown>): Promise<Error> {
 }
 
 describe("kvType refused where it cannot work", { timeout: 60_000 }, () => {
-  it.each(Object.entries(MODELS))("llama.cpp on %s (heads narrower than a Q8_0 block): RangeError naming kvType, process intact", async (_name, model) => {
-    const error = await refusal(() => LlamaCppEngine.load({ ...BASE, engine: "llama.cpp", model, kvType: "q8_0" }));
-    expect(error, String(error)).toBeInstanceOf(RangeError);
-    expect(error.message).toMatch(/kvType "q8_0".*multiple of 32/);
-    // The refusal came before llama.cpp saw anything: the same model still loads and answers in F16.
-    await using engine = await LlamaCppEngine.load({ ...BASE, engine: "llama.cpp", model });
-    expect(engine.info.kvType).toBe("f16");
-    await engine.openSequence("a");
-    const out = await engine.generate("a", { messages: [{ role: "user", content: "Once" }], maxTokens: 4, sampling: {}, signal: never, onText: () => {} });
-    expect(out.generatedTokens).toBeGreaterThan(0);
-  });
+  it.each(Object.entries(MODELS))(
+    "llama.cpp on %s (heads narrower than a Q8_0 block): RangeError naming kvType, process intact",
+    async (_name, model) => {
+      const error = await refusal(() => LlamaCppEngine.load({ ...BASE, engine: "llama.cpp", model, kvType: "q8_0" }));
+      expect(error, String(error)).toBeInstanceOf(RangeError);
+      expect(error.message).toMatch(/kvType "q8_0".*multiple of 32/);
+      // The refusal came before llama.cpp saw anything: the same model still loads and answers in F16.
+      await using engine = await LlamaCppEngine.load({ ...BASE, engine: "llama.cpp", model });
+      expect(engine.info.kvType).toBe("f16");
+      await engine.openSequence("a");
+      const out = await engine.generate("a", {
+        messages: [{ role: "user", content: "Once" }],
+        maxTokens: 4,
+        sampling: {},
+        signal: never,
+        onText: () => {},
+      });
+      expect(out.generatedTokens).toBeGreaterThan(0);
+    },
+  );
 
   it("through the worker and the runtime: the same refusal, before a thread starts", async () => {
     const viaWorker = await refusal(() => RemoteEngine.start({ ...BASE, engine: "llama.cpp", model: MODELS.stories, kvType: "q8_0" }));
@@ -99,7 +108,10 @@ describe("kvType q8_0 on llama.cpp (random-weight model, 32-wide heads)", { time
     expect(q8.info.fingerprint, "a q8_0 state file must never load into an f16 cache").not.toBe(f16.info.fingerprint);
 
     const sizes: Record<string, number> = {};
-    for (const [name, engine] of [["f16", f16], ["q8", q8]] as const) {
+    for (const [name, engine] of [
+      ["f16", f16],
+      ["q8", q8],
+    ] as const) {
       await engine.openSequence("a");
       const first = await turn(engine, "a", conversation);
       expect(first.generatedTokens).toBeGreaterThan(0);

@@ -8,9 +8,15 @@ describe("error registry", () => {
 
   it("has ERR_ codes with distinct default messages, none shared with the HTTP front's own codes", () => {
     const messages = codes.map((code) => ERROR_CODES[code]);
-    expect(messages.filter((message, index) => messages.indexOf(message) !== index), "two codes share a default message").toEqual([]);
+    expect(
+      messages.filter((message, index) => messages.indexOf(message) !== index),
+      "two codes share a default message",
+    ).toEqual([]);
     const httpOnly = Object.keys(HTTP_ERROR_CODES);
-    expect(httpOnly.filter((code) => code in ERROR_CODES), "an HTTP code shadows a runtime code").toEqual([]);
+    expect(
+      httpOnly.filter((code) => code in ERROR_CODES),
+      "an HTTP code shadows a runtime code",
+    ).toEqual([]);
     for (const code of codes) {
       expect(code).toMatch(/^ERR_[A-Z_]+$/);
       expect(ERROR_CODES[code].length).toBeGreaterThan(0);

@@ -140,16 +140,20 @@ async function verify(stateDir: string, ready: Extract<ChildEvent, { ev: "ready"
     const stored = history.filter((m) => m.role === "user").map((m) => m.content);
     if (shown.turns !== stored.length) fail(`life ${lifeNo}: ${id} shows ${shown.turns} turns, the store holds ${stored.length}`);
     for (const [index, text] of expected.durable.entries()) {
-      if (stored[index] !== text) fail(`life ${lifeNo}: ${id} lost durable turn ${index} (${JSON.stringify(text)}); stored ${JSON.stringify(stored)}`);
+      if (stored[index] !== text)
+        fail(`life ${lifeNo}: ${id} lost durable turn ${index} (${JSON.stringify(text)}); stored ${JSON.stringify(stored)}`);
     }
-    for (const text of stored) if (!expected.sent.has(text)) fail(`life ${lifeNo}: ${id} stores a message that was never sent: ${JSON.stringify(text)}`);
+    for (const text of stored)
+      if (!expected.sent.has(text)) fail(`life ${lifeNo}: ${id} stores a message that was never sent: ${JSON.stringify(text)}`);
     let cursor = 0;
     for (const { text, reply } of expected.acked) {
       while (cursor < history.length && !(history[cursor]!.role === "user" && history[cursor]!.content === text)) cursor++;
       if (cursor >= history.length) fail(`life ${lifeNo}: acknowledged turn ${JSON.stringify(text)} of ${id} is missing or out of order`);
       const answer = history[cursor + 1];
       if (answer?.role !== "assistant" || answer.content !== reply) {
-        fail(`life ${lifeNo}: ${id}'s acknowledged reply to ${JSON.stringify(text)} was ${JSON.stringify(reply)}, stored ${JSON.stringify(answer?.content)}`);
+        fail(
+          `life ${lifeNo}: ${id}'s acknowledged reply to ${JSON.stringify(text)} was ${JSON.stringify(reply)}, stored ${JSON.stringify(answer?.content)}`,
+        );
       }
       cursor += 2;
     }

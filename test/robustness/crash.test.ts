@@ -19,7 +19,12 @@ afterAll(async () => {
 });
 
 it(`survives ${KILLS} SIGKILLs during turns and passivations without losing an acknowledged turn`, { timeout: 30_000 + KILLS * 15_000 }, async () => {
-  const figures = await runCrashHarness({ stateDir, kills: KILLS, seed: envInt("AGENTRT_CRASH_SEED", 7), log: (line) => console.log(`[crash] ${line}`) });
+  const figures = await runCrashHarness({
+    stateDir,
+    kills: KILLS,
+    seed: envInt("AGENTRT_CRASH_SEED", 7),
+    log: (line) => console.log(`[crash] ${line}`),
+  });
   console.log(`[figures] crash harness: ${JSON.stringify(figures)}`);
   expect(figures.kills).toBe(KILLS);
   expect(figures.acknowledgedTurns).toBeGreaterThan(KILLS);

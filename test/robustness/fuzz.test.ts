@@ -23,7 +23,9 @@ for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
     const { runtime, report } = await runFuzz({ stateDir, inputs: INPUTS, seed });
     scratch.track(runtime);
     const outcomes = Object.entries(report.outcomes).sort(([a], [b]) => a.localeCompare(b));
-    console.log(`[figures] fuzz seed ${seed}: ${report.calls} calls from ${INPUTS} inputs; ${report.acked.size} agents alive; outcomes ${JSON.stringify(Object.fromEntries(outcomes))}`);
+    console.log(
+      `[figures] fuzz seed ${seed}: ${report.calls} calls from ${INPUTS} inputs; ${report.acked.size} agents alive; outcomes ${JSON.stringify(Object.fromEntries(outcomes))}`,
+    );
     expect(report.untyped, "errors that are not typed, or broken invariants").toEqual([]);
     // Every outcome kind is an agentrt code or a validation error: nothing else escaped.
     for (const [key] of outcomes) expect(key).toMatch(/:(ok|ERR_[A-Z_]+|TypeError|RangeError|AbortError)$/);

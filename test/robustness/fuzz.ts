@@ -56,17 +56,7 @@ function anySampling(rng: Random): unknown {
   const roll = rng.next();
   if (roll < 0.5) return undefined;
   if (roll < 0.7) return { temperature: rng.pick([0, 0.7, 1, 2]), seed: rng.int(1000) };
-  return rng.pick([
-    { temperature: -1 },
-    { temperature: Number.NaN },
-    { topK: 2.5 },
-    { topP: 0 },
-    { seed: -3 },
-    { hot: true },
-    "greedy",
-    null,
-    [],
-  ]);
+  return rng.pick([{ temperature: -1 }, { temperature: Number.NaN }, { topK: 2.5 }, { topP: 0 }, { seed: -3 }, { hot: true }, "greedy", null, []]);
 }
 
 function anySendOptions(rng: Random): unknown {
@@ -92,7 +82,8 @@ interface Entry {
 /** A conversation for sendConversation: mostly well formed, sometimes not. */
 function anyConversation(rng: Random, maxChars: number): unknown {
   const roll = rng.next();
-  if (roll < 0.15) return rng.pick([[], null, "hi", [null], [{ role: "user" }], [{ role: "system", content: "x" }], [{ role: "assistant", content: "x" }]]);
+  if (roll < 0.15)
+    return rng.pick([[], null, "hi", [null], [{ role: "user" }], [{ role: "system", content: "x" }], [{ role: "assistant", content: "x" }]]);
   const turns = rng.int(3);
   const messages: Array<{ role: string; content: unknown }> = [];
   for (let i = 0; i < turns; i++) {
@@ -249,7 +240,9 @@ export async function runFuzz(options: {
     } else {
       await Promise.all(inFlight);
     }
-    const resident = (await runtime.list()).agents.filter((a) => a.status === "resident" || a.status === "rehydrating" || a.status === "passivating").length;
+    const resident = (await runtime.list()).agents.filter(
+      (a) => a.status === "resident" || a.status === "rehydrating" || a.status === "passivating",
+    ).length;
     if (resident > maxAgents) report.untyped.push(`${resident} agents resident at input ${i}, over maxAgents ${maxAgents}`);
   }
   await Promise.all(inFlight);

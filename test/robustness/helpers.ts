@@ -7,7 +7,8 @@ import { fileURLToPath } from "node:url";
 import { runInNewContext } from "node:vm";
 import { afterAll, beforeAll } from "vitest";
 import { setFlagsFromString } from "node:v8";
-import { AgentRuntime,
+import {
+  AgentRuntime,
   DirectoryStore,
   ERROR_CODES,
   isAgentRuntimeError,
@@ -19,7 +20,8 @@ import { AgentRuntime,
   type StateStore,
   type RuntimeEvents,
   type TurnAppend,
-  DelegatingStore, } from "../../src/index.js";
+  DelegatingStore,
+} from "../../src/index.js";
 import { FakeEngine, type FakeEngineOptions } from "../../src/testing/index.js";
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");

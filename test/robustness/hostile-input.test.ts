@@ -92,7 +92,11 @@ describe("agent ids", () => {
       expect((await runtime.ask(id, "hi")).id).toBe(id);
     }
     await runtime.close();
-    const restarted = await AgentRuntime.create({ stateDir, maxAgents: 2, engineFactory: async () => new (await import("../../src/testing/index.js")).FakeEngine({ sequences: 2 }) });
+    const restarted = await AgentRuntime.create({
+      stateDir,
+      maxAgents: 2,
+      engineFactory: async () => new (await import("../../src/testing/index.js")).FakeEngine({ sequences: 2 }),
+    });
     scratch.track(restarted);
     expect((await restarted.list()).agents.map((a) => a.status).filter((s) => s === "failed")).toEqual([]);
     expect((await restarted.list()).agents).toHaveLength(7);
@@ -210,7 +214,15 @@ describe("options", () => {
       ["maxMessageChars", "10"],
       ["maxStoredAgents", 0],
     ] as const) {
-      const error = await rejection(AgentRuntime.create({ stateDir, engineFactory: async () => { throw new Error("never started"); }, [name]: value }));
+      const error = await rejection(
+        AgentRuntime.create({
+          stateDir,
+          engineFactory: async () => {
+            throw new Error("never started");
+          },
+          [name]: value,
+        }),
+      );
       expect(kindOf(error)).toBe("RangeError");
       expect((error as Error).message).toContain(name);
     }
@@ -296,13 +308,16 @@ describe("call order", () => {
     let release: (() => void) | undefined;
     let entered: (() => void) | undefined;
     const inside = new Promise<void>((resolve) => (entered = resolve));
-    const { runtime, stateDir } = await start({}, {
-      beforeGenerate: async (_key, messages) => {
-        if (messages.at(-1)?.content !== "slow") return;
-        entered!();
-        await new Promise<void>((resolve) => (release = resolve));
+    const { runtime, stateDir } = await start(
+      {},
+      {
+        beforeGenerate: async (_key, messages) => {
+          if (messages.at(-1)?.content !== "slow") return;
+          entered!();
+          await new Promise<void>((resolve) => (release = resolve));
+        },
       },
-    });
+    );
     await runtime.spawn({ id: "a", systemPrompt: "sys" });
     const running = runtime.ask("a", "slow");
     await inside;
@@ -369,13 +384,16 @@ describe("sequences under failure", () => {
   it("an agent that fails to load frees its sequence before a waiting agent takes it", async () => {
     const held = gate();
     const entered = gate();
-    const { runtime } = await start({ maxAgents: 1 }, {
-      beforeGenerate: async (_key, messages) => {
-        if (messages.at(-1)?.content !== "hold") return;
-        entered.open();
-        await held.promise;
+    const { runtime } = await start(
+      { maxAgents: 1 },
+      {
+        beforeGenerate: async (_key, messages) => {
+          if (messages.at(-1)?.content !== "hold") return;
+          entered.open();
+          await held.promise;
+        },
       },
-    });
+    );
     await runtime.spawn({ id: "a", systemPrompt: "sys" });
     const busy = runtime.ask("a", "hold");
     await entered.promise;

@@ -13,7 +13,11 @@ const scratch = useScratch("hostile-state-real");
 /** Re-seals a KV file the record names so that size and checksum match whatever bytes are there now. */
 async function vouchFor(stateDir: string, id: string, bytes: Uint8Array, tokens?: number): Promise<void> {
   await writeFile(await kvPath(stateDir, id), bytes);
-  await rewriteRecord(stateDir, id, (b) => void Object.assign(b.kv, { bytes: bytes.length, ...forgedChecksum(bytes), ...(tokens === undefined ? {} : { tokens }) }));
+  await rewriteRecord(
+    stateDir,
+    id,
+    (b) => void Object.assign(b.kv, { bytes: bytes.length, ...forgedChecksum(bytes), ...(tokens === undefined ? {} : { tokens }) }),
+  );
 }
 
 it("every kind of damaged llama.cpp state file is refused or fails as an error; each agent is rebuilt and answers", async () => {

@@ -77,7 +77,9 @@ describe("records (agent.json), exhaustively at the store", () => {
     let flips = 0;
     for (let bit = 0; bit < original.length * 8; bit += RECORD_STRIDE, flips++) await attempt(flipBit(original, bit));
     for (let length = 0; length < original.length; length++) await attempt(original.subarray(0, length));
-    console.log(`[figures] agent.json: ${tried} damaged variants (${flips} bit flips, ${original.length} truncations): ${JSON.stringify(Object.fromEntries(codes))}`);
+    console.log(
+      `[figures] agent.json: ${tried} damaged variants (${flips} bit flips, ${original.length} truncations): ${JSON.stringify(Object.fromEntries(codes))}`,
+    );
     // A flip in the envelope's format marker reads as another program's file (FOREIGN); all else is CORRUPT.
     expect([...codes.keys()].sort()).toEqual(["ERR_STATE_CORRUPT", "ERR_STATE_FOREIGN"]);
     expect(codes.get("ERR_STATE_FOREIGN")!).toBeLessThan(200);
@@ -160,9 +162,17 @@ const RECORD_DAMAGE: Array<{ kind: string; code: string; damage: Damage }> = [
     code: "ERR_STATE_CORRUPT",
     damage: (dir, id) => rewriteRecord(dir, id, (b) => void b.history.push(null)),
   },
-  { kind: "invalid sampling", code: "ERR_STATE_CORRUPT", damage: (dir, id) => rewriteRecord(dir, id, (b) => void (b.sampling = { temperature: -3 })) },
+  {
+    kind: "invalid sampling",
+    code: "ERR_STATE_CORRUPT",
+    damage: (dir, id) => rewriteRecord(dir, id, (b) => void (b.sampling = { temperature: -3 })),
+  },
   { kind: "sampling of the wrong type", code: "ERR_STATE_CORRUPT", damage: (dir, id) => rewriteRecord(dir, id, (b) => void (b.sampling = "hot")) },
-  { kind: "timestamps that are not numbers", code: "ERR_STATE_CORRUPT", damage: (dir, id) => rewriteRecord(dir, id, (b) => void (b.updatedAt = "noon")) },
+  {
+    kind: "timestamps that are not numbers",
+    code: "ERR_STATE_CORRUPT",
+    damage: (dir, id) => rewriteRecord(dir, id, (b) => void (b.updatedAt = "noon")),
+  },
   { kind: "body that is not an object", code: "ERR_STATE_CORRUPT", damage: (dir, id) => rewriteRecord(dir, id, () => [1, 2, 3]) },
   {
     kind: "a directory in its place",
@@ -187,7 +197,7 @@ describe("damaged records at startup", () => {
     const stateDir = await prepared(["healthy", "victim"]);
     await damage(stateDir, "victim");
     const { runtime, engine } = await start(stateDir);
-    const victim = (await runtime.get("victim"));
+    const victim = await runtime.get("victim");
     expect(victim.status).toBe("failed");
     expect(victim.error?.code).toBe(code);
     const refused = await rejection(runtime.ask("victim", "are you there?"));
@@ -296,7 +306,11 @@ const KV_DAMAGE: Array<{ kind: string; code: string; damage: Damage }> = [
       const path = await kvPath(dir, id);
       await truncate(path, 4 * 1024 ** 3);
       // A forger can set any size and checksum; hashing 4 GiB to find out would stall the agent.
-      await rewriteRecord(dir, id, (b) => void Object.assign(b.kv as KvDescriptor, { bytes: 4 * 1024 ** 3, checksum: { algorithm: "xxh3-64", value: "f".repeat(16) } }));
+      await rewriteRecord(
+        dir,
+        id,
+        (b) => void Object.assign(b.kv as KvDescriptor, { bytes: 4 * 1024 ** 3, checksum: { algorithm: "xxh3-64", value: "f".repeat(16) } }),
+      );
     },
   },
   {
@@ -392,7 +406,10 @@ describe("shared prefix states (stateDir/prefixes)", () => {
         const target = join(files.entry, "../../agents/first/agent.json");
         const bytes = await readFile(target);
         const entry = JSON.parse(await readFile(files.entry, "utf8")) as Record<string, unknown>;
-        await writeFile(files.entry, JSON.stringify({ ...entry, extension: "/../../agents/first/agent.json", bytes: bytes.length, ...forgedChecksum(bytes) }));
+        await writeFile(
+          files.entry,
+          JSON.stringify({ ...entry, extension: "/../../agents/first/agent.json", bytes: bytes.length, ...forgedChecksum(bytes) }),
+        );
       },
     ],
   ])("%s: ignored before the engine sees it; the prompt is evaluated as usual", async (_kind, damage) => {

@@ -11,7 +11,8 @@ import { describe, expect, it } from "vitest";
 import { AgentRuntime, DirectoryStore, isAgentRuntimeError } from "../../src/index.js";
 import type { SavedState } from "../../src/engines/engine.js";
 import { crashableWorker, FakeEngine } from "../../src/testing/index.js";
-import { collect,
+import {
+  collect,
   fakeRuntime,
   fsError,
   gate,
@@ -22,7 +23,8 @@ import { collect,
   realRuntime,
   rejection,
   storedUserMessages,
-  useScratch, } from "./helpers.js";
+  useScratch,
+} from "./helpers.js";
 import { agentDir } from "./state-files.js";
 
 const scratch = useScratch("resource-faults");
@@ -105,7 +107,7 @@ describe("injected filesystem errors during passivation (every step × errno)", 
     const refused = await rejection(runtime.ask("a", "lost"));
     expect(kindOf(refused)).toBe("ERR_STATE_WRITE_FAILED");
     expect(errnoOf(refused)).toBe(code);
-    expect((await runtime.get("a"))).toMatchObject({ status: "resident", turns: 1 });
+    expect(await runtime.get("a")).toMatchObject({ status: "resident", turns: 1 });
     armed = false;
     await runtime.ask("a", "two");
     expect(await storedUserMessages(stateDir, "a")).toEqual(["one", "two"]);
@@ -148,7 +150,9 @@ describe("a real disk that fills up or turns read-only (tmpfs; injected errors w
   it("passivation fails safely, agents stay resident and answering, nothing acknowledged is lost", async () => {
     const tmpfs = await mountTmpfs(2048);
     const mode = tmpfs ? "tmpfs" : "injected";
-    console.log(`[figures] disk faults: ${mode === "tmpfs" ? "real 2 MiB tmpfs (ENOSPC, then remounted read-only: EROFS)" : "injected ENOSPC/EROFS (this machine cannot mount)"}`);
+    console.log(
+      `[figures] disk faults: ${mode === "tmpfs" ? "real 2 MiB tmpfs (ENOSPC, then remounted read-only: EROFS)" : "injected ENOSPC/EROFS (this machine cannot mount)"}`,
+    );
     const stateDir = tmpfs ? join(tmpfs.path, "state") : scratch.stateDir();
     let injected: "full" | "read-only" | undefined;
     const store = new HookedStore(new DirectoryStore(stateDir), {
@@ -203,7 +207,7 @@ describe("a real disk that fills up or turns read-only (tmpfs; injected errors w
       const notDurable = await rejection(runtime.ask("a", "And then?"));
       expect(kindOf(notDurable)).toBe("ERR_STATE_WRITE_FAILED");
       expect(errnoOf(notDurable)).toBe("EROFS");
-      expect((await runtime.get("a"))).toMatchObject({ status: "resident", turns: 2 });
+      expect(await runtime.get("a")).toMatchObject({ status: "resident", turns: 2 });
       const blocked = await rejection(runtime.ask("b", "The shore"));
       expect(kindOf(blocked)).toBe("ERR_STATE_WRITE_FAILED");
       expect((await runtime.get("a")).status).toBe("resident");
@@ -268,7 +272,10 @@ describe("the generation worker crashing (real worker thread)", () => {
     crashAt = "stage";
     const admitting = await rejection(runtime.ask("a", "Shine"));
     expect(kindOf(admitting)).toBe("ERR_WORKER_CRASHED");
-    expect((await runtime.list()).agents.filter((a) => a.status !== "passivated"), "the dead worker's agents are not resident").toEqual([]);
+    expect(
+      (await runtime.list()).agents.filter((a) => a.status !== "passivated"),
+      "the dead worker's agents are not resident",
+    ).toEqual([]);
     expect((await runtime.ask("a", "Shine")).reply.length).toBeGreaterThan(0);
     expect((await runtime.memory()).totals.residentAgents).toBeLessThanOrEqual(2);
     expect(restarts).toHaveLength(2);

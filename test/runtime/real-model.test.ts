@@ -211,7 +211,7 @@ describe.each(ENGINES)("core on the real model (%s)", (engine: EngineName) => {
       const { runtime, stateDir } = await preparedAgent();
       await runtime.close();
       const { runtime: restarted } = await start({ stateDir });
-      expect((await restarted.get("tech"))).toMatchObject({ status: "passivated", turns: 2, role: "technical" });
+      expect(await restarted.get("tech")).toMatchObject({ status: "passivated", turns: 2, role: "technical" });
       const next = await restarted.ask("tech", script[2]!);
       expect(next.reply).toBe(reference.reply);
       expect(next.timings.reusedTokens).toBe(reference.timings.reusedTokens);

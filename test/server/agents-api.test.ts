@@ -90,10 +90,16 @@ describe("agent API over HTTP (fake engine)", () => {
     expect(raw).toMatch(/^event: token\ndata: \{"text":"r"\}\n\n/);
     expect(raw.endsWith("\n\n")).toBe(true);
     const names = frames.map((frame) => frame.event);
-    expect(names.slice(0, -1).every((name) => name === "token"), names.join(",")).toBe(true);
+    expect(
+      names.slice(0, -1).every((name) => name === "token"),
+      names.join(","),
+    ).toBe(true);
     expect(names.at(-1)).toBe("done");
     const done = JSON.parse(frames.at(-1)!.data);
-    const text = frames.slice(0, -1).map((frame) => JSON.parse(frame.data).text).join("");
+    const text = frames
+      .slice(0, -1)
+      .map((frame) => JSON.parse(frame.data).text)
+      .join("");
     expect(text).toBe(done.reply);
     expect(done.timings.generatedTokens).toBe(text.length);
   });
@@ -106,7 +112,9 @@ describe("agent API over HTTP (fake engine)", () => {
       body: JSON.stringify({ text: "hello" }),
     });
     expect(response.status).toBe(404);
-    expect(await response.json()).toEqual({ error: { code: "ERR_AGENT_NOT_FOUND", message: 'No agent with id "nobody"', details: { id: "nobody" } } });
+    expect(await response.json()).toEqual({
+      error: { code: "ERR_AGENT_NOT_FOUND", message: 'No agent with id "nobody"', details: { id: "nobody" } },
+    });
   });
 
   it("cancels the generation when the client disconnects mid-stream; the agent is free at once", async () => {

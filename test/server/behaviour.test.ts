@@ -14,7 +14,10 @@ afterEach(async () => {
 /** A default that is not "conversation", so an agent reporting "conversation" got it by name. */
 const forgetful: AgentBehaviour = {
   name: "forgetful",
-  prompt: (agent, text) => [{ role: "system", content: agent.systemPrompt }, { role: "user", content: text }],
+  prompt: (agent, text) => [
+    { role: "system", content: agent.systemPrompt },
+    { role: "user", content: text },
+  ],
   record: () => [],
 };
 

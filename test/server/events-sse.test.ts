@@ -39,7 +39,10 @@ describe("GET /events: runtime events as Server-Sent Events", () => {
     ]);
     const turnEnd = JSON.parse(frames[1]!.data);
     expect(turnEnd).toMatchObject({ id: "support/42", reply: expect.any(String), timings: { stopReason: "eos" } });
-    expect(frames.every((frame) => JSON.parse(frame.data).id === "support/42"), "only support/* events").toBe(true);
+    expect(
+      frames.every((frame) => JSON.parse(frame.data).id === "support/42"),
+      "only support/* events",
+    ).toBe(true);
   });
 
   it("refuses bad filters before opening the stream", async () => {
@@ -58,7 +61,10 @@ describe("GET /events: runtime events as Server-Sent Events", () => {
     // events fill the socket buffers quickly and the server has to hold events for the stuck client.
     const forgetful: AgentBehaviour = {
       name: "forgetful",
-      prompt: (agent, text) => [{ role: "system", content: agent.systemPrompt }, { role: "user", content: text }],
+      prompt: (agent, text) => [
+        { role: "system", content: agent.systemPrompt },
+        { role: "user", content: text },
+      ],
       record: () => [],
     };
     // The linger runs on this clock: it passes only when the test says so, however slow the machine.
@@ -170,9 +176,12 @@ describe("GET /events: runtime events as Server-Sent Events", () => {
     await json(`${served.url}/agents`, { json: { id: "support/42", systemPrompt: "s" } });
     const curl = spawnProcess("curl", [
       "-sN",
-      "-H", "accept: text/event-stream",
-      "-H", "content-type: application/json",
-      "-d", JSON.stringify({ text: "hello" }),
+      "-H",
+      "accept: text/event-stream",
+      "-H",
+      "content-type: application/json",
+      "-d",
+      JSON.stringify({ text: "hello" }),
       `${served.url}/agents/support/42/messages`,
     ]);
     let out = "";
@@ -182,7 +191,12 @@ describe("GET /events: runtime events as Server-Sent Events", () => {
     const { frames, rest } = parseSse(out);
     expect(rest, "the stream ends on a frame boundary").toBe("");
     expect(frames.at(-1)!.event).toBe("done");
-    expect(frames.slice(0, -1).map((frame) => JSON.parse(frame.data).text).join("")).toBe(JSON.parse(frames.at(-1)!.data).reply);
+    expect(
+      frames
+        .slice(0, -1)
+        .map((frame) => JSON.parse(frame.data).text)
+        .join(""),
+    ).toBe(JSON.parse(frames.at(-1)!.data).reply);
   });
 });
 

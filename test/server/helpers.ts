@@ -146,4 +146,3 @@ export function responseClosed(app: FastifyInstance, suffix: string): Promise<vo
     app.server.on("request", onRequest);
   });
 }
-

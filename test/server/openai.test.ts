@@ -80,7 +80,12 @@ describe("OpenAI-compatible chat completions (fake engine, official openai clien
         (error: unknown) => error as InstanceType<typeof OpenAI.APIError>,
       );
 
-    const mismatch = await call({ messages: [{ role: "system", content: "You are someone else." }, { role: "user", content: "hi" }] });
+    const mismatch = await call({
+      messages: [
+        { role: "system", content: "You are someone else." },
+        { role: "user", content: "hi" },
+      ],
+    });
     expect(mismatch).toBeInstanceOf(OpenAI.BadRequestError);
     expect(mismatch).toMatchObject({ status: 400, code: "ERR_SYSTEM_PROMPT_MISMATCH", param: "messages", type: "invalid_request_error" });
 
@@ -91,7 +96,12 @@ describe("OpenAI-compatible chat completions (fake engine, official openai clien
     const noAgent = await call({ model: "gpt-4o" });
     expect(noAgent).toMatchObject({ status: 400, code: "ERR_INVALID_ARGUMENT", param: "model" });
 
-    const lastNotUser = await call({ messages: [{ role: "user", content: "hi" }, { role: "assistant", content: "hello" }] });
+    const lastNotUser = await call({
+      messages: [
+        { role: "user", content: "hi" },
+        { role: "assistant", content: "hello" },
+      ],
+    });
     expect(lastNotUser).toMatchObject({ status: 400, code: "ERR_INVALID_MESSAGE" });
 
     const tool = await call({ messages: [{ role: "tool", content: "x", tool_call_id: "1" }] });

@@ -56,14 +56,22 @@ describe("agentrt serve on the default model", () => {
     expect(raw).toMatch(/^event: token\ndata: \{"text":".*"\}\n\n/);
     const done = JSON.parse(frames.at(-1)!.data);
     expect(frames.at(-1)!.event).toBe("done");
-    const text = frames.filter((frame) => frame.event === "token").map((frame) => JSON.parse(frame.data).text).join("");
+    const text = frames
+      .filter((frame) => frame.event === "token")
+      .map((frame) => JSON.parse(frame.data).text)
+      .join("");
     expect(text).toBe(done.reply);
     // The earlier turn stayed in the agent's KV cache.
     expect(done.timings.reusedTokens).toBeGreaterThan(0);
 
     const seen = (await watching).frames;
     expect(seen[0]).toMatchObject({ event: "agent:turn-start" });
-    expect(seen.filter((frame) => frame.event === "agent:token").map((frame) => JSON.parse(frame.data).text).join("")).toBe(done.reply);
+    expect(
+      seen
+        .filter((frame) => frame.event === "agent:token")
+        .map((frame) => JSON.parse(frame.data).text)
+        .join(""),
+    ).toBe(done.reply);
     expect(JSON.parse(seen.at(-1)!.data).timings).toEqual(done.timings);
   });
 

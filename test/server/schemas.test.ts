@@ -54,7 +54,10 @@ describe("request schemas: fastify checks every body, query and param, and answe
       ["maxTokens as text", 400, "ERR_INVALID_ARGUMENT", "maxTokens must be integer"],
       ["maxTokens not whole", 400, "ERR_INVALID_ARGUMENT", "maxTokens must be integer"],
     ]);
-    expect((await served.runtime.list()).agents.map((agent) => agent.id), "no refused spawn created an agent").toEqual(["a"]);
+    expect(
+      (await served.runtime.list()).agents.map((agent) => agent.id),
+      "no refused spawn created an agent",
+    ).toEqual(["a"]);
     expect((await served.runtime.get("a")).historyLength, "no refused message reached the history").toBe(0);
   });
 
@@ -135,7 +138,15 @@ describe("request schemas: fastify checks every body, query and param, and answe
 
     // What the schema allows still works: text parts, nulls OpenAI clients send, ignored sampling fields.
     const ok = await post({
-      messages: [{ role: "user", content: [{ type: "text", text: "h" }, { type: "text", text: "i" }] }],
+      messages: [
+        {
+          role: "user",
+          content: [
+            { type: "text", text: "h" },
+            { type: "text", text: "i" },
+          ],
+        },
+      ],
       max_tokens: null,
       n: 1,
       stream: false,
@@ -186,6 +197,8 @@ describe("request schemas: fastify checks every body, query and param, and answe
     ]);
     expect(REQUEST_SCHEMAS["POST /agents"].body.properties.behaviour.type).toBe("string");
     for (const [route, schema] of Object.entries(REQUEST_SCHEMAS)) expect(() => checkErrorCodes(schema, route)).not.toThrow();
-    expect(() => checkErrorCodes({ body: { properties: { x: { "x-error-code": "ERR_NOPE" } } } }, "POST /x")).toThrow(/POST \/x: x-error-code ERR_NOPE/);
+    expect(() => checkErrorCodes({ body: { properties: { x: { "x-error-code": "ERR_NOPE" } } } }, "POST /x")).toThrow(
+      /POST \/x: x-error-code ERR_NOPE/,
+    );
   });
 });

@@ -338,19 +338,28 @@ describe("journal: a crash at each step of a compaction loses no acknowledged tu
     expect(newRecord.equals(oldRecord)).toBe(false);
 
     const states: Array<[string, () => Promise<void>]> = [
-      ["temp record beside the old pair", async () => {
-        await writeFile(recordPath("a"), oldRecord);
-        await writeFile(journalPath("a"), withFifth);
-        await writeFile(`${recordPath("a")}.0123456789ab.tmp`, newRecord.subarray(0, 100));
-      }],
-      ["new record, journal not yet emptied", async () => {
-        await writeFile(recordPath("a"), newRecord);
-        await writeFile(journalPath("a"), withFifth);
-      }],
-      ["new record, journal emptied", async () => {
-        await writeFile(recordPath("a"), newRecord);
-        await writeFile(journalPath("a"), "");
-      }],
+      [
+        "temp record beside the old pair",
+        async () => {
+          await writeFile(recordPath("a"), oldRecord);
+          await writeFile(journalPath("a"), withFifth);
+          await writeFile(`${recordPath("a")}.0123456789ab.tmp`, newRecord.subarray(0, 100));
+        },
+      ],
+      [
+        "new record, journal not yet emptied",
+        async () => {
+          await writeFile(recordPath("a"), newRecord);
+          await writeFile(journalPath("a"), withFifth);
+        },
+      ],
+      [
+        "new record, journal emptied",
+        async () => {
+          await writeFile(recordPath("a"), newRecord);
+          await writeFile(journalPath("a"), "");
+        },
+      ],
     ];
     for (const [name, leave] of states) {
       await leave();

@@ -38,7 +38,9 @@ describe("DirectoryStore KV verification", () => {
     const kv = await commitKv(new DirectoryStore(root), Buffer.alloc(4096, 7));
     const restarted = new DirectoryStore(root);
     await expect(restarted.openKv("a", kv)).resolves.toContain(kv.file);
-    await expect(restarted.openKv("a", { ...kv, checksum: { algorithm: "xxh3-64", value: "0".repeat(16) } })).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });
+    await expect(restarted.openKv("a", { ...kv, checksum: { algorithm: "xxh3-64", value: "0".repeat(16) } })).rejects.toMatchObject({
+      code: "ERR_STATE_CORRUPT",
+    });
   });
 
   it("new files are checksummed with XXH3-64 and named after it", async () => {
@@ -73,9 +75,17 @@ describe("DirectoryStore KV verification", () => {
 
   it("a descriptor whose checksum is malformed or of an unknown algorithm is refused as corrupt", async () => {
     const kv = await commitKv(new DirectoryStore(root), Buffer.alloc(64, 1));
-    const info = { fingerprint: kv.fingerprint, engine: kv.engine, contextSize: 1024, kvBytesPerToken: 1024 } as Parameters<typeof checkKvDescriptor>[2];
+    const info = { fingerprint: kv.fingerprint, engine: kv.engine, contextSize: 1024, kvBytesPerToken: 1024 } as Parameters<
+      typeof checkKvDescriptor
+    >[2];
     expect(() => checkKvDescriptor("a", kv, info)).not.toThrow();
-    for (const checksum of [{ algorithm: "md5", value: kv.checksum!.value }, { algorithm: "xxh3-64", value: "abc" }, { algorithm: "sha256", value: kv.checksum!.value }, null, "x"]) {
+    for (const checksum of [
+      { algorithm: "md5", value: kv.checksum!.value },
+      { algorithm: "xxh3-64", value: "abc" },
+      { algorithm: "sha256", value: kv.checksum!.value },
+      null,
+      "x",
+    ]) {
       const bad = { ...kv, checksum } as unknown as KvDescriptor;
       expect(() => checkKvDescriptor("a", bad, info), JSON.stringify(checksum)).toThrow(expect.objectContaining({ code: "ERR_STATE_CORRUPT" }));
       await expect(new DirectoryStore(root).openKv("a", bad)).rejects.toMatchObject({ code: "ERR_STATE_CORRUPT" });

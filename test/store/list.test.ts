@@ -26,7 +26,7 @@ afterAll(async () => {
 async function pageThrough(store: DirectoryStore, options: { prefix?: string; limit?: number }): Promise<{ ids: string[]; pages: number }> {
   const seen: string[] = [];
   let pages = 0;
-  for (let after: string | undefined; ; ) {
+  for (let after: string | undefined; ;) {
     const page = await store.list({ ...options, after });
     pages++;
     seen.push(...page.ids);
@@ -102,9 +102,36 @@ describe("folder names", () => {
     const { validateAgentId, agentIdToKey } = await import("../../src/agent-id.js");
     const { folderToAgentId } = await import("../../src/store/agent-index.js");
     const samples = [
-      "a", "support/42", "a.b-c_d", "0", "a/b/c/d/e/f/g/h", "a/b/c/d/e/f/g/h/i", "x".repeat(64), "x".repeat(65),
-      `${"x".repeat(64)}/${"y".repeat(63)}`, `${"x".repeat(64)}/${"y".repeat(64)}`, "", ".", "..", "a/", "/a", "a//b", "A", "a b",
-      "-a", "_a", ".a", "a/.b", "a\u0000", "ａ", "а", "a\u200b", "%", "a%2", "support%2F42", "sup/port%2f1",
+      "a",
+      "support/42",
+      "a.b-c_d",
+      "0",
+      "a/b/c/d/e/f/g/h",
+      "a/b/c/d/e/f/g/h/i",
+      "x".repeat(64),
+      "x".repeat(65),
+      `${"x".repeat(64)}/${"y".repeat(63)}`,
+      `${"x".repeat(64)}/${"y".repeat(64)}`,
+      "",
+      ".",
+      "..",
+      "a/",
+      "/a",
+      "a//b",
+      "A",
+      "a b",
+      "-a",
+      "_a",
+      ".a",
+      "a/.b",
+      "a\u0000",
+      "ａ",
+      "а",
+      "a\u200b",
+      "%",
+      "a%2",
+      "support%2F42",
+      "sup/port%2f1",
     ];
     for (const id of samples) {
       let valid = true;

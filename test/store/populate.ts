@@ -29,7 +29,16 @@ export function populationRecord(id: string, turns: number, now = 1_700_000_000_
     history.push({ role: "user", content: `Question ${t} for ${id}: what is the status of my order?` });
     history.push({ role: "assistant", content: `Answer ${t}: your order ships tomorrow.` });
   }
-  return { formatVersion: RECORD_FORMAT_VERSION, id, role: "support", systemPrompt: "You are customer support.", sampling: {}, history, createdAt: now, updatedAt: now };
+  return {
+    formatVersion: RECORD_FORMAT_VERSION,
+    id,
+    role: "support",
+    systemPrompt: "You are customer support.",
+    sampling: {},
+    history,
+    createdAt: now,
+    updatedAt: now,
+  };
 }
 
 /** Writes `count` agents into `store` (open it with `fsync: false` for speed); resolves their ids' prefix. */

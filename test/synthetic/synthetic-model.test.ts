@@ -1,15 +1,7 @@
 import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import {
-  ChatMLChatWrapper,
-  getLlama,
-  LlamaLogLevel,
-  readGgufFileInfo,
-  resolveChatWrapper,
-  type Llama,
-  type LlamaModel,
-} from "node-llama-cpp";
+import { ChatMLChatWrapper, getLlama, LlamaLogLevel, readGgufFileInfo, resolveChatWrapper, type Llama, type LlamaModel } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GgmlType, GgufValueType, GgufWriter, alignUp } from "../../bench/synthetic/gguf-writer.js";
 import {

@@ -34,7 +34,13 @@ describe("generation worker", () => {
 
   it("a crashed worker fails the pending turn with ERR_WORKER_CRASHED and is replaced; agents continue", async () => {
     const worker = crashableWorker({ model: MODEL_PATH, contextSize: FAST.contextSize, threads: FAST.threads, sequences: 3 });
-    const runtime = await AgentRuntime.create({ engineFactory: worker.factory, stateDir: join(root, "crash"), ...FAST, maxAgents: 3, maxTokens: 200 });
+    const runtime = await AgentRuntime.create({
+      engineFactory: worker.factory,
+      stateDir: join(root, "crash"),
+      ...FAST,
+      maxAgents: 3,
+      maxTokens: 200,
+    });
     try {
       await runtime.spawn({ id: "a", systemPrompt: "You dream." });
       const first = await runtime.ask("a", "Once upon a time");
@@ -69,13 +75,13 @@ describe("generation worker", () => {
   });
 
   it("refuses a missing model and a non-GGUF file with coded errors, never crashing the process", async () => {
-    await expect(AgentRuntime.create({ model: join(root, "missing.gguf"), stateDir: join(root, "m"), ...FAST })).rejects.toSatisfy(
-      (error) => isAgentRuntimeError(error, "ERR_MODEL_NOT_FOUND"),
+    await expect(AgentRuntime.create({ model: join(root, "missing.gguf"), stateDir: join(root, "m"), ...FAST })).rejects.toSatisfy((error) =>
+      isAgentRuntimeError(error, "ERR_MODEL_NOT_FOUND"),
     );
     const { writeFile } = await import("node:fs/promises");
     await writeFile(join(root, "fake.gguf"), "this is not a model");
-    await expect(AgentRuntime.create({ model: join(root, "fake.gguf"), stateDir: join(root, "m"), ...FAST })).rejects.toSatisfy(
-      (error) => isAgentRuntimeError(error, "ERR_MODEL_INVALID"),
+    await expect(AgentRuntime.create({ model: join(root, "fake.gguf"), stateDir: join(root, "m"), ...FAST })).rejects.toSatisfy((error) =>
+      isAgentRuntimeError(error, "ERR_MODEL_INVALID"),
     );
   });
 });

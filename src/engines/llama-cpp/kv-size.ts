@@ -39,12 +39,7 @@ export const Q8_0_BLOCK = 32;
  * KV bytes one token costs: per layer, a key and a value vector of `headDim × kvHeads` elements.
  * Computed from the GGUF's hyperparameters, because llama.cpp exposes no per-sequence size.
  */
-export function kvBytesPerToken(
-  metadata: Record<string, unknown>,
-  architecture: string,
-  keyType: GgmlType,
-  valueType: GgmlType,
-): number {
+export function kvBytesPerToken(metadata: Record<string, unknown>, architecture: string, keyType: GgmlType, valueType: GgmlType): number {
   const { layers, kvHeads, keyLength, valueLength } = attentionShape(metadata, architecture);
   const keyBytes = BYTES_PER_ELEMENT[keyType] ?? 2;
   const valueBytes = BYTES_PER_ELEMENT[valueType] ?? 2;

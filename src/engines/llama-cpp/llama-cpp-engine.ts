@@ -218,11 +218,9 @@ export class LlamaCppEngine implements Engine {
 
   #assertFits(promptTokens: number, key: string): void {
     if (promptTokens >= this.info.contextSize) {
-      throw new AgentRuntimeError(
-        "ERR_CONTEXT_FULL",
-        `The conversation needs ${promptTokens} tokens; the context holds ${this.info.contextSize}`,
-        { details: { key, promptTokens, contextSize: this.info.contextSize } },
-      );
+      throw new AgentRuntimeError("ERR_CONTEXT_FULL", `The conversation needs ${promptTokens} tokens; the context holds ${this.info.contextSize}`, {
+        details: { key, promptTokens, contextSize: this.info.contextSize },
+      });
     }
   }
 
@@ -339,7 +337,10 @@ export class LlamaCppEngine implements Engine {
         // The engine's own count over the turn, less the generated tokens fed back (the cache past the prompt).
         evaluatedTokens:
           shifted.evaluated +
-          sequence.tokenMeter.usedInputTokens - inputBefore + sequence.tokenMeter.usedOutputTokens - outputBefore -
+          sequence.tokenMeter.usedInputTokens -
+          inputBefore +
+          sequence.tokenMeter.usedOutputTokens -
+          outputBefore -
           Math.max(0, sequence.nextTokenIndex - prompt.length),
         cacheTokens: sequence.nextTokenIndex,
         generatedTokens: generated,
@@ -358,10 +359,14 @@ export class LlamaCppEngine implements Engine {
       const { fileSize } = await sequence.saveStateToFile(filePath);
       return { bytes: fileSize, tokens: sequence.nextTokenIndex };
     } catch (error) {
-      throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not write the KV state to ${filePath}: ${(error as Error)?.message ?? String(error)}`, {
-        cause: error,
-        details: { key, filePath },
-      });
+      throw new AgentRuntimeError(
+        "ERR_STATE_WRITE_FAILED",
+        `Could not write the KV state to ${filePath}: ${(error as Error)?.message ?? String(error)}`,
+        {
+          cause: error,
+          details: { key, filePath },
+        },
+      );
     }
   }
 

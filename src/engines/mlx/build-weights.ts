@@ -68,8 +68,7 @@ export function buildWeights(
     if (!sameShape(a.shape, shape)) throw invalid(`tensor ${name} has shape [${a.shape}], expected [${shape}]`);
     return toFloat32(mx, a, name, invalid);
   };
-  const optionalFloat = (name: string, shape: number[]): MxArray | undefined =>
-    tensors[name] ? float(name, shape) : undefined;
+  const optionalFloat = (name: string, shape: number[]): MxArray | undefined => (tensors[name] ? float(name, shape) : undefined);
 
   const linearOf = (prefix: string, out: number, inDim: number, withBias = false): Linear => {
     const q = quantization(prefix);

@@ -233,11 +233,14 @@ export function buildTokenizerJson(vocab: GgufVocab): Record<string, unknown> {
 /** Inverse of llama.cpp's q/k permutation: [heads, 2, hd/2, in] → swap → back; here [heads, hd/2, 2, in] → swap. */
 function unpermute(w: MxArray, heads: number): MxArray {
   const [out, inDim] = w.shape as [number, number];
-  return w.reshape(heads, out / heads / 2, 2, inDim).transpose(0, 2, 1, 3).reshape(out, inDim);
+  return w
+    .reshape(heads, out / heads / 2, 2, inDim)
+    .transpose(0, 2, 1, 3)
+    .reshape(out, inDim);
 }
 
 function floatTensor(mx: Mx, name: string, a: MxArray): TensorToWrite {
-  const data = Float32Array.from((a.astype(mx.float32).reshape([-1]).tolist() as number[]));
+  const data = Float32Array.from(a.astype(mx.float32).reshape([-1]).tolist() as number[]);
   return { name, dtype: "F32", shape: [...a.shape], data: new Uint8Array(data.buffer) };
 }
 

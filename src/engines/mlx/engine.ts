@@ -288,11 +288,9 @@ export class MlxEngine implements Engine {
   }
 
   #contextFull(promptTokens: number): AgentRuntimeError {
-    return new AgentRuntimeError(
-      "ERR_CONTEXT_FULL",
-      `The prompt has ${promptTokens} tokens; the context holds ${this.info.contextSize}`,
-      { details: { promptTokens, contextSize: this.info.contextSize } },
-    );
+    return new AgentRuntimeError("ERR_CONTEXT_FULL", `The prompt has ${promptTokens} tokens; the context holds ${this.info.contextSize}`, {
+      details: { promptTokens, contextSize: this.info.contextSize },
+    });
   }
 
   /** A failure mid-evaluation leaves the cache in an unknown state: drop it so the next turn starts clean. */

@@ -61,7 +61,9 @@ class GgufChat implements ChatFrontend {
     this.#wrapper = wrapper;
     this.#llamaCpp = llamaCpp;
     this.formatName = hasTemplate ? wrapper.wrapperName : COMPLETION_FORMAT;
-    this.vocabSize = Number((model.fileInfo.metadata as unknown as { tokenizer?: { ggml?: { tokens?: readonly unknown[] } } }).tokenizer?.ggml?.tokens?.length ?? 0);
+    this.vocabSize = Number(
+      (model.fileInfo.metadata as unknown as { tokenizer?: { ggml?: { tokens?: readonly unknown[] } } }).tokenizer?.ggml?.tokens?.length ?? 0,
+    );
   }
 
   render(messages: readonly ChatMessage[]): RenderedPrompt {

@@ -46,7 +46,10 @@ export async function loadGgufWeights(mx: Mx, filePath: string): Promise<LoadedW
   const general = (metadata["general"] ?? {}) as Meta;
   const arch = String(general["architecture"] ?? "");
   if (!SUPPORTED.has(arch)) {
-    throw new AgentRuntimeError("ERR_MODEL_INVALID", `The MLX engine supports GGUF architectures ${[...SUPPORTED].join(", ")}; ${filePath} is "${arch}"`);
+    throw new AgentRuntimeError(
+      "ERR_MODEL_INVALID",
+      `The MLX engine supports GGUF architectures ${[...SUPPORTED].join(", ")}; ${filePath} is "${arch}"`,
+    );
   }
   // Refuse quantized GGUF tensors before MLX reads them: only float tensors are mapped to the float32 forward pass.
   for (const tensor of info.fullTensorInfo ?? info.tensorInfo ?? []) {
@@ -63,7 +66,8 @@ export async function loadGgufWeights(mx: Mx, filePath: string): Promise<LoadedW
   const ropeMeta = (a["rope"] ?? {}) as Meta;
   const num = (value: unknown, what: string): number => {
     const n = typeof value === "bigint" ? Number(value) : value;
-    if (typeof n !== "number" || !Number.isFinite(n)) throw new AgentRuntimeError("ERR_MODEL_INVALID", `${filePath}: GGUF metadata lacks ${arch}.${what}`);
+    if (typeof n !== "number" || !Number.isFinite(n))
+      throw new AgentRuntimeError("ERR_MODEL_INVALID", `${filePath}: GGUF metadata lacks ${arch}.${what}`);
     return n;
   };
   const hiddenSize = num(a["embedding_length"], "embedding_length");
@@ -93,7 +97,8 @@ export async function loadGgufWeights(mx: Mx, filePath: string): Promise<LoadedW
   const ropeFactors = tensors["rope_freqs.weight"];
   if (ropeFactors) {
     const factors = ropeFactors.astype(mx.float32).tolist() as number[];
-    if (factors.length !== ropeDims / 2) throw new AgentRuntimeError("ERR_MODEL_INVALID", `${filePath}: rope_freqs.weight has ${factors.length} values`);
+    if (factors.length !== ropeDims / 2)
+      throw new AgentRuntimeError("ERR_MODEL_INVALID", `${filePath}: rope_freqs.weight has ${factors.length} values`);
     freqs = factors.map((f, i) => f * base ** ((2 * i) / ropeDims));
   }
 
@@ -106,7 +111,8 @@ export async function loadGgufWeights(mx: Mx, filePath: string): Promise<LoadedW
     headDim,
     intermediateSize: num(a["feed_forward_length"], "feed_forward_length"),
     vocabSize: embedding.shape[0]!,
-    rmsNormEps: attention["layer_norm_rms_epsilon"] === undefined ? 1e-5 : num(attention["layer_norm_rms_epsilon"], "attention.layer_norm_rms_epsilon"),
+    rmsNormEps:
+      attention["layer_norm_rms_epsilon"] === undefined ? 1e-5 : num(attention["layer_norm_rms_epsilon"], "attention.layer_norm_rms_epsilon"),
     rope: { dims: ropeDims, base, traditional: TRADITIONAL_ROPE.has(arch), scale, ...(freqs ? { freqs } : {}) },
     trainedContext: a["context_length"] === undefined ? undefined : num(a["context_length"], "context_length"),
   };

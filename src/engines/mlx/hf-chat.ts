@@ -29,8 +29,7 @@ class HfChat implements ChatFrontend {
   readonly #stopTokens: ReadonlySet<number>;
 
   static async load(folder: string, config: HfConfig): Promise<HfChat> {
-    const invalid = (message: string, cause?: unknown) =>
-      new AgentRuntimeError("ERR_MODEL_INVALID", `${folder}: ${message}`, cause ? { cause } : {});
+    const invalid = (message: string, cause?: unknown) => new AgentRuntimeError("ERR_MODEL_INVALID", `${folder}: ${message}`, cause ? { cause } : {});
     const readJson = async (name: string, required: boolean): Promise<Record<string, unknown> | undefined> => {
       try {
         return JSON.parse(await readFile(join(folder, name), "utf8")) as Record<string, unknown>;

@@ -47,7 +47,9 @@ export async function loadMlxParts(options: EngineLoadOptions): Promise<MlxEngin
   if (options.engine !== "mlx") throw new TypeError(`engine must be "mlx" to load the MLX engine, got "${options.engine}"`);
   if (options.kvType !== undefined && options.kvType !== "f16") {
     // Not yet: a quantized cache (mlx-lm's QuantizedKVCache) needs quantized attention matmuls in model.ts.
-    throw new RangeError(`kvType ${JSON.stringify(options.kvType)} is not supported by the MLX engine (its KV cache is float32); use "f16" or the llama.cpp engine`);
+    throw new RangeError(
+      `kvType ${JSON.stringify(options.kvType)} is not supported by the MLX engine (its KV cache is float32); use "f16" or the llama.cpp engine`,
+    );
   }
   if (options.model.startsWith("hf:")) {
     throw new AgentRuntimeError("ERR_MODEL_NOT_FOUND", "The MLX engine loads local files only: download the model and pass its path", {

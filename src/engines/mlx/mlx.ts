@@ -83,15 +83,7 @@ export function loadArrays(mx: Mx, filePath: string): Record<string, MxArray> {
  * The binding takes quantizedMatmul(x, w, scales, biases, transpose, groupSize, bits): its typings name the first
  * two arguments the other way round (measured: passing w first fails with "weight matrix should be uint32").
  */
-export function quantizedMatmul(
-  mx: Mx,
-  x: MxArray,
-  w: MxArray,
-  scales: MxArray,
-  biases: MxArray,
-  groupSize: number,
-  bits: number,
-): MxArray {
+export function quantizedMatmul(mx: Mx, x: MxArray, w: MxArray, scales: MxArray, biases: MxArray, groupSize: number, bits: number): MxArray {
   return mx.quantizedMatmul(x, w, scales, biases, true, groupSize, bits);
 }
 

@@ -12,7 +12,12 @@ export function makeRope(mx: Mx, rope: RopeConfig): Rope {
   if (!rope.freqs) {
     return (x, offset) => mx.fast.rope(x, rope.dims, rope.traditional, rope.base, rope.scale, offset);
   }
-  const inv = mx.array(rope.freqs.map((f) => 1 / f), mx.float32).reshape(1, -1);
+  const inv = mx
+    .array(
+      rope.freqs.map((f) => 1 / f),
+      mx.float32,
+    )
+    .reshape(1, -1);
   return (x, offset) => applyWithFreqs(mx, x, offset, rope, inv);
 }
 

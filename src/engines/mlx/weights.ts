@@ -43,9 +43,7 @@ export interface ModelWeights {
 /** y = x · Wᵀ + b */
 export function linear(mx: Mx, x: MxArray, layer: Linear): MxArray {
   const q = layer.quantized;
-  const y = q
-    ? quantizedMatmul(mx, x, layer.weight, q.scales, q.biases, q.groupSize, q.bits)
-    : mx.matmul(x, layer.weight.T);
+  const y = q ? quantizedMatmul(mx, x, layer.weight, q.scales, q.biases, q.groupSize, q.bits) : mx.matmul(x, layer.weight.T);
   return layer.bias ? mx.add(y, layer.bias) : y;
 }
 

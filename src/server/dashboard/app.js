@@ -98,17 +98,28 @@ function renderAgents() {
     const m = agent.memory ?? { cacheTokens: 0, cacheBytes: 0, savedTokens: 0, diskBytes: 0 };
     const state = agent.busy ? "busy" : agent.status;
     const tokens = agent.status === "resident" ? m.cacheTokens : m.savedTokens;
-    const bar = el("div", { class: "bar" },
-      el("span", { class: `seg ${agent.status === "resident" ? "kv" : "disk"}`, style: `width:${Math.min(100, (100 * tokens) / contextSize)}%` }));
-    const label = agent.status === "resident"
-      ? `${m.cacheTokens} / ${contextSize} tokens · ${formatBytes(m.cacheBytes)} in memory`
-      : `${m.savedTokens} tokens saved · not in memory`;
+    const bar = el(
+      "div",
+      { class: "bar" },
+      el("span", { class: `seg ${agent.status === "resident" ? "kv" : "disk"}`, style: `width:${Math.min(100, (100 * tokens) / contextSize)}%` }),
+    );
+    const label =
+      agent.status === "resident"
+        ? `${m.cacheTokens} / ${contextSize} tokens · ${formatBytes(m.cacheBytes)} in memory`
+        : `${m.savedTokens} tokens saved · not in memory`;
     const last = agent.lastTurn
       ? `${agent.lastTurn.ttftMs.toFixed(1)} ms TTFT · ${agent.lastTurn.tokensPerSecond.toFixed(0)} tok/s · ${agent.lastTurn.reusedTokens} reused`
       : "–";
-    const row = el("tr", { class: agent.id === selected ? "selected" : "" },
+    const row = el(
+      "tr",
+      { class: agent.id === selected ? "selected" : "" },
       el("td", { class: "id" }, agent.id, el("span", { class: "role" }, agent.role)),
-      el("td", {}, el("span", { class: `chip ${state}` }, state), agent.queued ? el("span", { class: "muted small" }, ` +${agent.queued} queued`) : undefined),
+      el(
+        "td",
+        {},
+        el("span", { class: `chip ${state}` }, state),
+        agent.queued ? el("span", { class: "muted small" }, ` +${agent.queued} queued`) : undefined,
+      ),
       el("td", { class: "cell-bar" }, bar, el("div", { class: "label" }, label)),
       el("td", {}, formatBytes(m.diskBytes)),
       el("td", {}, String(agent.turns)),
@@ -172,27 +183,44 @@ function refreshSoon() {
 
 function describe(type, data) {
   switch (type) {
-    case "agent:spawned": return `${data.id} (${data.role})`;
-    case "agent:turn-start": return `${data.id} ← ${data.text}`;
-    case "agent:token": return `${data.id} ${JSON.stringify(data.text)}`;
+    case "agent:spawned":
+      return `${data.id} (${data.role})`;
+    case "agent:turn-start":
+      return `${data.id} ← ${data.text}`;
+    case "agent:token":
+      return `${data.id} ${JSON.stringify(data.text)}`;
     case "agent:turn-end": {
       const reply = data.reply.trim().replace(/\s+/g, " ");
-      return `${data.id} → ${reply.length > 60 ? `${reply.slice(0, 60)}…` : reply} ` +
-        `(${data.timings.evaluatedTokens} evaluated, ${data.timings.reusedTokens} reused, ${data.timings.stopReason})`;
+      return (
+        `${data.id} → ${reply.length > 60 ? `${reply.slice(0, 60)}…` : reply} ` +
+        `(${data.timings.evaluatedTokens} evaluated, ${data.timings.reusedTokens} reused, ${data.timings.stopReason})`
+      );
     }
-    case "agent:passivated": return `${data.id}: ${data.tokens} tokens → ${formatBytes(data.bytes)} on disk in ${data.ms.toFixed(1)} ms`;
-    case "agent:rehydrated": return `${data.id}: ${data.tokens} tokens from ${data.source} in ${data.ms.toFixed(1)} ms`;
-    case "agent:removed": return data.id;
-    case "agent:error": return `${data.id ?? "runtime"}: ${data.error.code} ${data.error.message}`;
-    case "worker:restarted": return `${data.reason} (${data.ms} ms)`;
-    default: return JSON.stringify(data);
+    case "agent:passivated":
+      return `${data.id}: ${data.tokens} tokens → ${formatBytes(data.bytes)} on disk in ${data.ms.toFixed(1)} ms`;
+    case "agent:rehydrated":
+      return `${data.id}: ${data.tokens} tokens from ${data.source} in ${data.ms.toFixed(1)} ms`;
+    case "agent:removed":
+      return data.id;
+    case "agent:error":
+      return `${data.id ?? "runtime"}: ${data.error.code} ${data.error.message}`;
+    case "worker:restarted":
+      return `${data.reason} (${data.ms} ms)`;
+    default:
+      return JSON.stringify(data);
   }
 }
 
 function addEvent(type, data) {
   if (type === "agent:token" && !$("show-tokens").checked) return;
   const time = new Date(data.at ?? Date.now()).toLocaleTimeString();
-  const item = el("li", {}, el("span", { class: "t" }, time), el("span", { class: `type ${type}` }, type), el("span", { class: "what", title: describe(type, data) }, describe(type, data)));
+  const item = el(
+    "li",
+    {},
+    el("span", { class: "t" }, time),
+    el("span", { class: `type ${type}` }, type),
+    el("span", { class: "what", title: describe(type, data) }, describe(type, data)),
+  );
   const list = $("events");
   list.prepend(item);
   while (list.children.length > MAX_EVENTS) list.lastChild.remove();
@@ -249,12 +277,16 @@ async function sendMessage(event) {
       if (event === "token") {
         reply.append(payload.text);
         reply.scrollTop = reply.scrollHeight;
-      }
-      else if (event === "done") {
+      } else if (event === "done") {
         const t = payload.timings;
-        reply.append(el("span", { class: "meta" },
-          `${t.generatedTokens} tokens · TTFT ${t.ttftMs.toFixed(1)} ms · ${t.tokensPerSecond.toFixed(0)} tok/s · ` +
-          `${t.evaluatedTokens} evaluated, ${t.reusedTokens} reused from cache · ${t.stopReason}`));
+        reply.append(
+          el(
+            "span",
+            { class: "meta" },
+            `${t.generatedTokens} tokens · TTFT ${t.ttftMs.toFixed(1)} ms · ${t.tokensPerSecond.toFixed(0)} tok/s · ` +
+              `${t.evaluatedTokens} evaluated, ${t.reusedTokens} reused from cache · ${t.stopReason}`,
+          ),
+        );
         reply.scrollTop = reply.scrollHeight;
         $("message-status").textContent = "done";
         loadHistory(id);

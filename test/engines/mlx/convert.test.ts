@@ -44,7 +44,15 @@ describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
 
   it("writes an mlx-community folder with HF tensor names and config", async () => {
     const config = JSON.parse(await readFile(join(dir, "f32", "config.json"), "utf8"));
-    expect(config).toMatchObject({ model_type: "llama", hidden_size: 64, num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 4, intermediate_size: 172, vocab_size: 512 });
+    expect(config).toMatchObject({
+      model_type: "llama",
+      hidden_size: 64,
+      num_hidden_layers: 4,
+      num_attention_heads: 4,
+      num_key_value_heads: 4,
+      intermediate_size: 172,
+      vocab_size: 512,
+    });
     const header = await readSafetensorsHeader(join(dir, "f32", "model.safetensors"));
     expect(header.tensors.get("model.layers.0.self_attn.q_proj.weight")).toMatchObject({ dtype: "F32", shape: [64, 64] });
     expect(header.tensors.get("model.layers.3.mlp.down_proj.weight")).toMatchObject({ dtype: "F32", shape: [64, 172] });
@@ -55,23 +63,29 @@ describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
     expect(float.info.chatFormat).toBe("completion");
   });
 
-  it.each(PROMPTS.map((p, i) => [i, p] as const))("prompt %i: float folder renders the same tokens and gives exactly the GGUF's greedy output", async (i, messages) => {
-    await gguf.openSequence(`g${i}`);
-    await float.openSequence(`f${i}`);
-    const a = await reply(gguf, `g${i}`, messages, 32);
-    const b = await reply(float, `f${i}`, messages, 32);
-    expect(b.promptTokens).toBe(a.promptTokens);
-    expect((await float.cachedTokens(`f${i}`)).slice(0, b.promptTokens)).toEqual((await gguf.cachedTokens(`g${i}`)).slice(0, a.promptTokens));
-    expect(float.lastReplyTokens(`f${i}`)).toEqual(gguf.lastReplyTokens(`g${i}`));
-    expect(b.text).toBe(a.text);
-    expect(b.stopReason).toBe(a.stopReason);
-    await gguf.closeSequence(`g${i}`);
-    await float.closeSequence(`f${i}`);
-  });
+  it.each(PROMPTS.map((p, i) => [i, p] as const))(
+    "prompt %i: float folder renders the same tokens and gives exactly the GGUF's greedy output",
+    async (i, messages) => {
+      await gguf.openSequence(`g${i}`);
+      await float.openSequence(`f${i}`);
+      const a = await reply(gguf, `g${i}`, messages, 32);
+      const b = await reply(float, `f${i}`, messages, 32);
+      expect(b.promptTokens).toBe(a.promptTokens);
+      expect((await float.cachedTokens(`f${i}`)).slice(0, b.promptTokens)).toEqual((await gguf.cachedTokens(`g${i}`)).slice(0, a.promptTokens));
+      expect(float.lastReplyTokens(`f${i}`)).toEqual(gguf.lastReplyTokens(`g${i}`));
+      expect(b.text).toBe(a.text);
+      expect(b.stopReason).toBe(a.stopReason);
+      await gguf.closeSequence(`g${i}`);
+      await float.closeSequence(`f${i}`);
+    },
+  );
 
   it("upcasts float16/bfloat16 weights at load (MLX's CPU matmul would abort the process) and refuses integer floats", async () => {
     const f32 = mx.load(join(dir, "f32", "model.safetensors")) as Record<string, MxArray>;
-    for (const [name, dtype] of [["f16", mx.float16], ["bf16", mx.bfloat16]] as const) {
+    for (const [name, dtype] of [
+      ["f16", mx.float16],
+      ["bf16", mx.bfloat16],
+    ] as const) {
       const folder = join(dir, name);
       await mkdir(folder);
       for (const file of ["config.json", "tokenizer.json", "tokenizer_config.json"]) await copyFile(join(dir, "f32", file), join(folder, file));
@@ -117,7 +131,8 @@ describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
 
     // Zero biases on q/k/v under model_type qwen2 must not change the logits.
     const withBiases = { ...f32 };
-    for (let i = 0; i < 4; i++) for (const p of ["q", "k", "v"]) withBiases[`model.layers.${i}.self_attn.${p}_proj.bias`] = mx.zeros([64], mx.float32);
+    for (let i = 0; i < 4; i++)
+      for (const p of ["q", "k", "v"]) withBiases[`model.layers.${i}.self_attn.${p}_proj.bias`] = mx.zeros([64], mx.float32);
     const qwen = await openEngine(await copyFolder("qwen2", withBiases, { model_type: "qwen2", architectures: ["Qwen2ForCausalLM"] }));
     try {
       const logits = qwen.logitsAfter(tokens);
@@ -131,7 +146,9 @@ describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
     // lm_head proves the file's head was not used.
     const head = f32["lm_head.weight"]!;
     expect(mx.max(mx.abs(mx.subtract(head, f32["model.embed_tokens.weight"]!))).item()).toBe(0);
-    const tiedEngine = await openEngine(await copyFolder("tied", { ...f32, "lm_head.weight": mx.zeros([512, 64], mx.float32) }, { tie_word_embeddings: true }));
+    const tiedEngine = await openEngine(
+      await copyFolder("tied", { ...f32, "lm_head.weight": mx.zeros([512, 64], mx.float32) }, { tie_word_embeddings: true }),
+    );
     try {
       const logits = tiedEngine.logitsAfter(tokens);
       expect(Math.max(...reference.map((v, j) => Math.abs(v - logits[j]!)))).toBeLessThan(1e-4);
@@ -139,7 +156,9 @@ describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
       await tiedEngine.dispose();
     }
     // Untied with a zeroed head: every logit is 0.
-    const untied = await openEngine(await copyFolder("untied", { ...f32, "lm_head.weight": mx.zeros([512, 64], mx.float32) }, { tie_word_embeddings: false }));
+    const untied = await openEngine(
+      await copyFolder("untied", { ...f32, "lm_head.weight": mx.zeros([512, 64], mx.float32) }, { tie_word_embeddings: false }),
+    );
     try {
       expect(untied.logitsAfter(tokens).every((v) => v === 0)).toBe(true);
     } finally {
@@ -148,7 +167,10 @@ describe("GGUF → mlx-community folder", { timeout: 90_000 }, () => {
   });
 
   it("the JavaScript quantizer matches MLX's dequantize", async () => {
-    const w = mx.array(Array.from({ length: 8 }, (_, r) => Array.from({ length: 128 }, (_, c) => Math.sin(r * 131 + c * 0.37) * (1 + r))), mx.float32);
+    const w = mx.array(
+      Array.from({ length: 8 }, (_, r) => Array.from({ length: 128 }, (_, c) => Math.sin(r * 131 + c * 0.37) * (1 + r))),
+      mx.float32,
+    );
     for (const bits of [4, 8]) {
       const tensors = quantizeTensor(mx, "w", w, 64, bits);
       const file = join(dir, `q${bits}.safetensors`);

@@ -37,7 +37,11 @@ describe.each([
   /** What the llama.cpp engine does: history → the completion format (no template in this GGUF) → tokens. */
   function render(messages: ChatMessage[]): number[] {
     const history: ChatHistoryItem[] = messages.map((m): ChatHistoryItem =>
-      m.role === "user" ? { type: "user", text: m.content } : m.role === "system" ? { type: "system", text: m.content } : { type: "model", response: [m.content] },
+      m.role === "user"
+        ? { type: "user", text: m.content }
+        : m.role === "system"
+          ? { type: "system", text: m.content }
+          : { type: "model", response: [m.content] },
     );
     if (messages.at(-1)?.role === "user") history.push({ type: "model", response: [] });
     return wrapper.generateContextState({ chatHistory: history }).contextText.tokenize(model.tokenizer).map(Number);
@@ -88,7 +92,9 @@ describe.each([
       // which the raw evaluate does not look for.
       expect(mlx.stopReason).toBe("eos");
       const stopText = mlx.text !== model.detokenize(mlxTokens as never, false);
-      console.log(`prompt ${i}: MLX ended after ${mlxTokens.length} tokens (${stopText ? "stop text" : "end token"}), llama.cpp after ${reference.length}`);
+      console.log(
+        `prompt ${i}: MLX ended after ${mlxTokens.length} tokens (${stopText ? "stop text" : "end token"}), llama.cpp after ${reference.length}`,
+      );
       if (stopText) expect(reference.length).toBeGreaterThanOrEqual(mlxTokens.length);
       else expect(reference.length, "MLX and llama.cpp end the reply at different tokens").toBe(mlxTokens.length);
     }

@@ -186,7 +186,11 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     expect(cached).toHaveLength(tokens);
     // save_prompt_cache: tree_flatten([c.state for c in cache]) with KVCache.state = (keys, values).
     const stateTree = Array.from({ length: LAYERS }, () => ["k", "v"]);
-    expect([...header.tensors.keys()].sort()).toEqual(treeFlatten(stateTree).map(([k]) => k).sort());
+    expect([...header.tensors.keys()].sort()).toEqual(
+      treeFlatten(stateTree)
+        .map(([k]) => k)
+        .sort(),
+    );
     for (const entry of header.tensors.values()) {
       expect(entry.dtype).toBe("F32");
       expect(entry.shape).toEqual([1, KV_HEADS, tokens, HEAD_DIM]);
@@ -215,7 +219,10 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     // What mlx_lm.models.cache.save_prompt_cache writes for a list of KVCache with metadata {"model": …}.
     const state = Array.from({ length: LAYERS }, (_, i) => [arrays[`${i}.0`]!, arrays[`${i}.1`]!]);
     const tensors = Object.fromEntries(treeFlatten(state)) as Record<string, MxArray>;
-    const metadata = Object.fromEntries(treeFlatten([Array(LAYERS).fill(""), { model: "aidreams260K" }, Array(LAYERS).fill("KVCache")])) as Record<string, string>;
+    const metadata = Object.fromEntries(treeFlatten([Array(LAYERS).fill(""), { model: "aidreams260K" }, Array(LAYERS).fill("KVCache")])) as Record<
+      string,
+      string
+    >;
     const mlxLm = join(dir, "mlx-lm.safetensors");
     mx.saveSafetensors(mlxLm, tensors, metadata);
     // And one with no user metadata at all (tree_flatten writes no "1.*" keys).
@@ -315,7 +322,10 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     try {
       await small.openSequence("c");
       const long: ChatMessage[] = [{ role: "user", content: "the gentle weights unfold ".repeat(20) }];
-      await expectCode(small.generate("c", { messages: long, maxTokens: 4, sampling: {}, signal: new AbortController().signal, onText: () => {} }), "ERR_CONTEXT_FULL");
+      await expectCode(
+        small.generate("c", { messages: long, maxTokens: 4, sampling: {}, signal: new AbortController().signal, onText: () => {} }),
+        "ERR_CONTEXT_FULL",
+      );
       await expectCode(small.prefill("c", long, new AbortController().signal), "ERR_CONTEXT_FULL");
       expect(small.stats("c").tokens).toBe(0);
       // Greedy on this prompt runs without an end token for more than 48 tokens (see the cross-engine test).
@@ -404,7 +414,10 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     await expectCode(engine.openSequence("one-too-many"), "ERR_NO_FREE_SEQUENCE");
     for (const k of keys) await engine.closeSequence(k);
     const signal = new AbortController().signal;
-    await expectCode(engine.generate("never-opened", { messages: turn1, maxTokens: 4, sampling: {}, signal, onText: () => {} }), "ERR_SEQUENCE_NOT_OPEN");
+    await expectCode(
+      engine.generate("never-opened", { messages: turn1, maxTokens: 4, sampling: {}, signal, onText: () => {} }),
+      "ERR_SEQUENCE_NOT_OPEN",
+    );
     await expectCode(engine.prefill("never-opened", turn1, signal), "ERR_SEQUENCE_NOT_OPEN");
     await expectCode(engine.saveState("never-opened", join(dir, "never.safetensors")), "ERR_SEQUENCE_NOT_OPEN");
   });
@@ -438,7 +451,10 @@ describe("MLX engine", { timeout: 60_000 }, () => {
     expect(dlopen.code).toBe("ERR_ENGINE_UNAVAILABLE");
     expect(dlopen.message).toContain("libopenblas0-pthread");
     expect(dlopen.message).toContain("liblapack3");
-    await expectCode(MlxEngine.load({ engine: "mlx", model: join(dir, "nope.gguf"), contextSize: 64, sequences: 1, threads: 1 }), "ERR_MODEL_NOT_FOUND");
+    await expectCode(
+      MlxEngine.load({ engine: "mlx", model: join(dir, "nope.gguf"), contextSize: 64, sequences: 1, threads: 1 }),
+      "ERR_MODEL_NOT_FOUND",
+    );
     const notGguf = join(dir, "text.gguf");
     await writeFile(notGguf, "hello");
     await expectCode(MlxEngine.load({ engine: "mlx", model: notGguf, contextSize: 64, sequences: 1, threads: 1 }), "ERR_MODEL_INVALID");
@@ -448,7 +464,8 @@ describe("MLX engine", { timeout: 60_000 }, () => {
   });
 
   it("bad options are RangeError/TypeError naming the option", async () => {
-    const load = (patch: Record<string, unknown>) => MlxEngine.load({ engine: "mlx", model: MODEL, contextSize: 64, sequences: 1, threads: 1, ...patch } as never);
+    const load = (patch: Record<string, unknown>) =>
+      MlxEngine.load({ engine: "mlx", model: MODEL, contextSize: 64, sequences: 1, threads: 1, ...patch } as never);
     await expect(load({ contextSize: 1 })).rejects.toThrow(RangeError);
     await expect(load({ contextSize: 1 })).rejects.toThrow(/contextSize/);
     await expect(load({ contextSize: 10.5 })).rejects.toThrow(/contextSize/);

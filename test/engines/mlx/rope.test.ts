@@ -15,9 +15,19 @@ describe("RoPE", () => {
     [false, 8],
   ])("traditional=%s dims=%i matches mx.fast.rope", async (traditional, dims) => {
     const mx = await loadMlx(1);
-    const x = mx.array(Array.from({ length: 4 * 5 * 16 }, (_, i) => Math.sin(i * 0.7)), mx.float32).reshape(1, 4, 5, 16);
+    const x = mx
+      .array(
+        Array.from({ length: 4 * 5 * 16 }, (_, i) => Math.sin(i * 0.7)),
+        mx.float32,
+      )
+      .reshape(1, 4, 5, 16);
     const freqs = Array.from({ length: dims / 2 }, (_, i) => 10000 ** ((2 * i) / dims));
-    const inv = mx.array(freqs.map((f) => 1 / f), mx.float32).reshape(1, -1);
+    const inv = mx
+      .array(
+        freqs.map((f) => 1 / f),
+        mx.float32,
+      )
+      .reshape(1, -1);
     const expected = mx.fast.rope(x, dims, traditional, 10000, 0.5, 7);
     const actual = applyWithFreqs(mx, x, 7, { dims, base: 10000, traditional, scale: 0.5 }, inv);
     expect(mx.max(mx.abs(mx.subtract(expected, actual))).item()).toBeLessThan(1e-5);
@@ -31,7 +41,12 @@ describe("RoPE", () => {
     const mx = await loadMlx(1);
     const config = { dims, base: 10000, traditional, scale: 1, ...(freqs ? { freqs } : {}) };
     const rope = makeRope(mx, config);
-    const x = mx.array(Array.from({ length: 4 * 5 * 16 }, (_, i) => Math.cos(i * 0.3)), mx.float32).reshape(1, 4, 5, 16);
+    const x = mx
+      .array(
+        Array.from({ length: 4 * 5 * 16 }, (_, i) => Math.cos(i * 0.3)),
+        mx.float32,
+      )
+      .reshape(1, 4, 5, 16);
     // Keys rotated at positions 40.. and moved down by 27 equal keys rotated at 13.. in the first place.
     const moved = makeKeyShift(mx, config)(rope(x, 40), -27);
     expect(mx.max(mx.abs(mx.subtract(moved, rope(x, 13)))).item()).toBeLessThan(1e-4);
