@@ -83,7 +83,7 @@ describe.each(ENGINES)("grouped-query attention: stories260K on %s", (engine: En
     for (const text of SCRIPT.slice(0, 2)) await runtime.ask("lily", text);
     await runtime.close();
     const { runtime: restarted } = await start(stateDir);
-    expect(restarted.get("lily")).toMatchObject({ status: "passivated", turns: 2 });
+    expect(await restarted.get("lily")).toMatchObject({ status: "passivated", turns: 2 });
     const next = await restarted.ask("lily", SCRIPT[2]!);
     expect(next.reply).toBe(reference[2]!.reply);
     expect(next.timings.reusedTokens).toBe(reference[2]!.timings.reusedTokens);
