@@ -11,8 +11,9 @@ export interface Child {
   exited: Promise<number | null>;
 }
 
-export function startFixture(name: string, args: string[]): Child {
-  const path = fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
+/** `base`: the fixtures folder (default: test/store/fixtures). */
+export function startFixture(name: string, args: string[], base = new URL("./fixtures/", import.meta.url)): Child {
+  const path = fileURLToPath(new URL(name, base));
   const child = spawn(process.execPath, ["--import", "tsx", path, ...args], { stdio: ["pipe", "pipe", "pipe"] });
   const lines: Record<string, unknown>[] = [];
   const waiters: Array<{ events: string[]; resolve: (line: Record<string, unknown>) => void; reject: (error: Error) => void }> = [];
