@@ -65,7 +65,11 @@ const MAX_POINTS_PER_SERIES = 400;
 /** Every k-th point of each series (its first and last kept), so that none has over MAX_POINTS_PER_SERIES. */
 function thin(points: readonly Point[]): Point[] {
   const bySeries = new Map<string, Point[]>();
-  for (const point of points) bySeries.set(point.series, [...(bySeries.get(point.series) ?? []), point]);
+  for (const point of points) {
+    const series = bySeries.get(point.series);
+    if (series) series.push(point);
+    else bySeries.set(point.series, [point]);
+  }
   return [...bySeries.values()].flatMap((series) => {
     const step = Math.ceil(series.length / MAX_POINTS_PER_SERIES);
     return series.filter((_, index) => index % step === 0 || index === series.length - 1);
