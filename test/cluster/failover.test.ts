@@ -9,7 +9,9 @@ import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NatsStore } from "../../src/cluster/nats-store.js";
 import { NatsCluster } from "../../src/testing/nats-cluster.js";
-import { startFixture } from "./child.js";
+import { startFixture } from "../helpers/child.js";
+
+const FIXTURES = new URL("./fixtures/", import.meta.url);
 import { startClusterFixture, type ClusterFixture } from "./cluster-fixture.js";
 import { checkHistory, type Attempt } from "./history-checker.js";
 
@@ -89,19 +91,23 @@ describe("a node paused past its lease (SIGSTOP)", () => {
   it("another node takes over and answers; the resumed node's commit is refused; no turn lost, none twice, epochs never overlap", async () => {
     const prefix = fixture.prefix();
     const id = "support/paused";
-    const child = startFixture("node.ts", [
-      JSON.stringify({
-        urls: fixture.cluster.urls,
-        dir: fixture.cluster.dir,
-        prefix,
-        node: "node-a",
-        id,
-        create: true,
-        lease,
-        pauseMs: 20,
-        maxTurns: 10_000,
-      }),
-    ]);
+    const child = startFixture(
+      "node.ts",
+      [
+        JSON.stringify({
+          urls: fixture.cluster.urls,
+          dir: fixture.cluster.dir,
+          prefix,
+          node: "node-a",
+          id,
+          create: true,
+          lease,
+          pauseMs: 20,
+          maxTurns: 10_000,
+        }),
+      ],
+      FIXTURES,
+    );
     try {
       await child.next("ready");
       for (let n = 0; n < 5; n++) await child.next("ack");
@@ -152,19 +158,23 @@ describe("a node SIGKILLed while appending", () => {
   it("another node takes the agent over once the membership expires; every acknowledged turn survives, once", async () => {
     const prefix = fixture.prefix();
     const id = "support/killed";
-    const child = startFixture("node.ts", [
-      JSON.stringify({
-        urls: fixture.cluster.urls,
-        dir: fixture.cluster.dir,
-        prefix,
-        node: "node-a",
-        id,
-        create: true,
-        lease,
-        pauseMs: 0,
-        maxTurns: 10_000,
-      }),
-    ]);
+    const child = startFixture(
+      "node.ts",
+      [
+        JSON.stringify({
+          urls: fixture.cluster.urls,
+          dir: fixture.cluster.dir,
+          prefix,
+          node: "node-a",
+          id,
+          create: true,
+          lease,
+          pauseMs: 0,
+          maxTurns: 10_000,
+        }),
+      ],
+      FIXTURES,
+    );
     try {
       await child.next("ready");
       for (let n = 0; n < 20; n++) await child.next("ack");

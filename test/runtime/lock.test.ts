@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { AgentRuntime, DirectoryStore, isAgentRuntimeError } from "../../src/index.js";
 import { FakeEngine } from "../../src/testing/index.js";
-import { startFixture, type Child } from "../store/child.js";
+import { startFixture, type Child } from "../helpers/child.js";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
 let stateDir: string;

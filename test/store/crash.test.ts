@@ -8,7 +8,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DirectoryStore } from "../../src/store/directory-store.js";
-import { startFixture } from "./child.js";
+import { startFixture } from "../helpers/child.js";
+
+const FIXTURES = new URL("./fixtures/", import.meta.url);
 
 const KILLS = Number(process.env.AGENTRT_STORE_CRASH_KILLS ?? 12);
 const SEED = Number(process.env.AGENTRT_STORE_CRASH_SEED ?? 7);
@@ -29,7 +31,7 @@ describe("store crash harness", () => {
     let acks = 0;
     let compactions = 0;
     for (let kill = 0; kill < KILLS; kill++) {
-      const child = startFixture("append-child.ts", [root, String(AGENTS), String(SEED + kill)]);
+      const child = startFixture("append-child.ts", [root, String(AGENTS), String(SEED + kill)], FIXTURES);
       await child.next("ready");
       // Let it run a random while, then kill it mid-whatever.
       await new Promise((resolve) => setTimeout(resolve, 30 + ((SEED * 7919 + kill * 104729) % 400)));

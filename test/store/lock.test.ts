@@ -4,7 +4,9 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { DirectoryStore } from "../../src/store/directory-store.js";
 import { lockAddress, StateLock } from "../../src/store/state-lock.js";
-import { startFixture, type Child } from "./child.js";
+import { startFixture, type Child } from "../helpers/child.js";
+
+const FIXTURES = new URL("./fixtures/", import.meta.url);
 
 let root: string;
 const children: Child[] = [];
@@ -17,7 +19,7 @@ afterEach(async () => {
 });
 
 function holder(dir: string, platform?: string): Child {
-  const child = startFixture("lock-holder.ts", platform ? [dir, platform] : [dir]);
+  const child = startFixture("lock-holder.ts", platform ? [dir, platform] : [dir], FIXTURES);
   children.push(child);
   return child;
 }
