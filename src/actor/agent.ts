@@ -306,14 +306,18 @@ export class Agent {
 
   /**
    * The window for this turn under the agent's context policy (see context-window.ts). Nothing moves
-   * under `"error"`, nor when the engine cannot count tokens.
+   * under `"error"`.
    */
   async #planWindow(engine: HostedEngine, text: string, maxTokens: number, signal: AbortSignal): Promise<WindowPlan> {
     const unchanged: WindowPlan = { window: this.#window, slidTurns: 0, foldEvaluatedTokens: 0 };
-    // TODO(merge engine-conventions): countTokens is required there; until then an engine without it
-    // keeps today's behaviour (the engine refuses a prompt that does not fit).
-    if (this.contextPolicy === "error" || typeof engine.countTokens !== "function") return unchanged;
-    const countTokens = (messages: ChatMessage[]) => engine.countTokens!(messages);
+    if (this.contextPolicy === "error") return unchanged;
+    // Most turns fit with room to spare: when the last turn's cache plus a bound on the new message's
+    // tokens (at most one per UTF-8 byte, doubled, plus the template's) fits, the count (a round trip
+    // to the worker before every turn) is skipped. The bound only skips turns a count would not slide.
+    const cached = this.#rewritten ? undefined : this.lastTurn?.cacheTokens;
+    const bound = cached === undefined ? Infinity : cached + 2 * Buffer.byteLength(text) + 32 + maxTokens;
+    if (bound < engine.info.contextSize - 1) return unchanged;
+    const countTokens = (messages: ChatMessage[]) => engine.countTokens(messages);
     const fold = this.behaviour.fold?.bind(this.behaviour);
     return planWindow({
       history: this.#history,
