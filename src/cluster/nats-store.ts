@@ -17,6 +17,7 @@
  * ERR_NOT_OWNER (never held) or ERR_LEASE_LOST (held, then lost). Reads need no lease.
  */
 import { kvChecksum } from "../store/kv-descriptor.js";
+import { KeyedQueue } from "../store/keyed-queue.js";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Clock } from "../clock.js";
 import { AgentRuntimeError } from "../errors.js";
@@ -114,7 +115,7 @@ export class NatsStore implements StateStore {
   readonly #minBytes: number;
   readonly #ratio: number;
   readonly #maxEntries: number;
-  readonly #queues = new Map<string, Promise<void>>();
+  readonly #queues = new KeyedQueue();
   readonly #pending = new Map<string, Pending>();
   readonly #uploads = new Set<Promise<void>>();
   #leases: AgentLeases | undefined;
@@ -267,17 +268,7 @@ export class NatsStore implements StateStore {
   }
 
   #exclusive<T>(id: string, work: () => Promise<T>): Promise<T> {
-    const previous = this.#queues.get(id) ?? Promise.resolve();
-    const run = previous.then(work);
-    const tail = run.then(
-      () => {},
-      () => {},
-    );
-    this.#queues.set(id, tail);
-    void tail.then(() => {
-      if (this.#queues.get(id) === tail) this.#queues.delete(id);
-    });
-    return run;
+    return this.#queues.run(id, work);
   }
 
   // ---- reading -------------------------------------------------------------------------------------

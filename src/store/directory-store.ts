@@ -24,6 +24,7 @@ import type { ChatMessage } from "../engines/engine.js";
 import { AgentRuntimeError } from "../errors.js";
 import { AgentIndex, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT } from "./agent-index.js";
 import { fsyncPath, writeFileAtomic } from "./atomic-file.js";
+import { KeyedQueue } from "./keyed-queue.js";
 import { KvFiles } from "./kv-files.js";
 import {
   applyEntry,
@@ -157,7 +158,7 @@ export class DirectoryStore implements StateStore {
   readonly #kv: KvFiles;
   readonly #states = new Map<string, AgentState>();
   /** Per-agent queue: one mutation or read of an agent's files at a time within this object. */
-  readonly #queues = new Map<string, Promise<void>>();
+  readonly #queues = new KeyedQueue();
   #lock: Promise<StateLock> | undefined;
   readonly #stats: DirectoryStoreStats = { appends: 0, compactions: 0, recordWrites: 0, bytesWritten: 0 };
 
@@ -197,7 +198,7 @@ export class DirectoryStore implements StateStore {
   async dispose(): Promise<void> {
     const lock = this.#lock;
     this.#lock = undefined;
-    await Promise.all(this.#queues.values());
+    await this.#queues.settled();
     await (await lock?.catch(() => undefined))?.release();
   }
 
@@ -210,17 +211,7 @@ export class DirectoryStore implements StateStore {
   }
 
   #exclusive<T>(id: string, work: () => Promise<T>): Promise<T> {
-    const previous = this.#queues.get(id) ?? Promise.resolve();
-    const run = previous.then(work);
-    const tail = run.then(
-      () => {},
-      () => {},
-    );
-    this.#queues.set(id, tail);
-    void tail.then(() => {
-      if (this.#queues.get(id) === tail) this.#queues.delete(id);
-    });
-    return run;
+    return this.#queues.run(id, work);
   }
 
   #remember(id: string, state: AgentState | undefined): void {
