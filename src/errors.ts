@@ -32,6 +32,10 @@ export const ERROR_CODES = {
   ERR_STATE_LOCKED: "Another process holds the state directory",
   ERR_LEASE_LOST: "This node no longer holds the agent's lease; another node may own it now",
   ERR_NOT_OWNER: "Another live node owns this agent",
+  ERR_NODE_UNAVAILABLE: "The cluster node that should answer did not",
+  ERR_NODE_FAILED: "The cluster node failed to handle the request",
+  ERR_NODE_PROTOCOL: "A cluster node answered with something that is not the node protocol",
+  ERR_INVALID_REQUEST: "A request between cluster nodes is malformed or too large",
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -51,6 +51,12 @@ export const STATUS_BY_CODE: Record<ErrorCode | HttpErrorCode, number> = {
   ERR_LEASE_LOST: 503,
   // Misdirected Request: this node is not the one that serves the agent.
   ERR_NOT_OWNER: 421,
+  // The owner did not answer (gone, paused, cut off): retryable, on it or on the node that takes its agents.
+  ERR_NODE_UNAVAILABLE: 503,
+  ERR_NODE_FAILED: 500,
+  // Bad Gateway: the other node's answer was not one of the protocol's messages.
+  ERR_NODE_PROTOCOL: 502,
+  ERR_INVALID_REQUEST: 400,
   ERR_INVALID_ARGUMENT: 400,
   ERR_BODY_TOO_LARGE: 413,
   ERR_INVALID_JSON: 400,
