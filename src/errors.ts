@@ -36,6 +36,7 @@ export const ERROR_CODES = {
   ERR_NODE_FAILED: "The cluster node failed to handle the request",
   ERR_NODE_PROTOCOL: "A cluster node answered with something that is not the node protocol",
   ERR_INVALID_REQUEST: "A request between cluster nodes is malformed or too large",
+  ERR_NODE_DRAINING: "This cluster node is draining and takes no agents",
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -28,6 +28,8 @@ export interface TurnTimings {
   shiftedTokens?: number;
   /** Tokens evaluated by the behaviour's fold of the leaving turns (summarizing); absent when none. */
   foldEvaluatedTokens?: number;
+  /** The cluster node that ran the turn (its owner); absent outside a cluster. */
+  node?: string;
 }
 
 export interface TurnResult {

@@ -70,6 +70,8 @@ export interface TurnContext {
   readonly store: StateStore;
   readonly clock: Clock;
   readonly emit: EmitEvent;
+  /** The cluster node running the turn, reported in its timings; absent outside a cluster. */
+  readonly node?: string | undefined;
 }
 
 export interface TurnRequest {
@@ -187,6 +189,8 @@ export class Agent {
   }
 
   /** Set once removed: queued work must not bring it back. */
+  #goneError: AgentRuntimeError | undefined;
+
   get removed(): boolean {
     return this.#removed;
   }
@@ -213,14 +217,23 @@ export class Agent {
     if (this.#status.state !== "failed") this.#status = { state: "passivated" };
   }
 
-  /** Marks the agent removed and rejects its waiting messages. */
-  markRemoved(): void {
+  /**
+   * Marks the agent removed and rejects its waiting messages — with `error` when it is not deleted but
+   * gone from this process (cluster: another node owns it now).
+   */
+  markRemoved(error?: AgentRuntimeError): void {
     this.#removed = true;
+    this.#goneError = error;
     this.mailbox.rejectPending(this.removedError());
   }
 
+  /** Why the agent left this process when it was not deleted (see markRemoved). */
+  get goneError(): AgentRuntimeError | undefined {
+    return this.#goneError;
+  }
+
   removedError(): AgentRuntimeError {
-    return new AgentRuntimeError("ERR_AGENT_REMOVED", undefined, { details: { id: this.id } });
+    return this.#goneError ?? new AgentRuntimeError("ERR_AGENT_REMOVED", undefined, { details: { id: this.id } });
   }
 
   /**
@@ -297,6 +310,7 @@ export class Agent {
       throw writeFailure(error, `Saving the turn of ${this.id} failed`, this.id);
     }
     const timings = turnTimings(output, started - request.queuedAt, clock.now() - started, plan);
+    if (context.node !== undefined) timings.node = context.node;
     this.lastTurn = timings;
     const result: TurnResult = { id: this.id, turnId, reply: output.text, timings };
     this.log.debug({ turnId, ...timings }, "turn end");

@@ -73,6 +73,11 @@ export class AgentLeases {
     return this.#held.size;
   }
 
+  /** Ids of the agents this node holds a lease on (as far as it knows: a commit may still find one lost). */
+  heldIds(): string[] {
+    return [...this.#held.keys()];
+  }
+
   holds(id: string): boolean {
     return this.#held.has(id) && this.#membership.isValid();
   }

@@ -30,6 +30,27 @@ export interface MembershipOptions {
   clock?: Clock | undefined;
   /** Called once when the membership is lost for good (another process replaced our record). */
   onLost?: ((reason: string) => void) | undefined;
+  /**
+   * What this node tells the others at every renewal (capacity, draining, prefixes it holds: see
+   * placement.ts). Riding on the renewal, it costs no write of its own.
+   */
+  describe?: (() => NodeInfo) | undefined;
+}
+
+/** A node's advertisement, carried by its membership record. */
+export interface NodeInfo {
+  /** Agents it may keep resident (its `maxAgents`). */
+  maxAgents: number;
+  /** Agents resident now. */
+  resident: number;
+  /** Agents whose lease it holds (resident or passivated). */
+  owned: number;
+  /** True while it drains: it takes no agents. */
+  draining: boolean;
+  /** Keys of shared system-prompt states it holds (most recent first, bounded). */
+  prefixes: string[];
+  /** Free KV memory in bytes, when the node has a budget. */
+  kvFreeBytes?: number | undefined;
 }
 
 /** The membership record as stored (JSON). */
@@ -40,6 +61,8 @@ export interface MemberRecord {
   /** Wall-clock ms (the writer's clock) after which the record no longer vouches for the node. */
   expiresAt: number;
   startedAt: number;
+  /** The node's advertisement as of this renewal (absent from records written without `describe`). */
+  info?: NodeInfo | undefined;
 }
 
 /** Who owns an agent: a node and the incarnation of it that took the lease. */
@@ -58,11 +81,28 @@ export function parseMember(value: Uint8Array | undefined): MemberRecord | undef
       typeof record.node === "string" &&
       typeof record.incarnation === "string" &&
       Number.isFinite(record.expiresAt) &&
-      Number.isFinite(record.startedAt);
+      Number.isFinite(record.startedAt) &&
+      (record.info === undefined || validInfo(record.info));
     return valid ? record : undefined;
   } catch {
     return undefined;
   }
+}
+
+function validInfo(info: NodeInfo): boolean {
+  const count = (value: unknown) => typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
+  return (
+    typeof info === "object" &&
+    info !== null &&
+    count(info.maxAgents) &&
+    count(info.resident) &&
+    count(info.owned) &&
+    typeof info.draining === "boolean" &&
+    Array.isArray(info.prefixes) &&
+    info.prefixes.length <= 64 &&
+    info.prefixes.every((key) => typeof key === "string" && /^[0-9a-f]{1,64}$/.test(key)) &&
+    (info.kvFreeBytes === undefined || count(info.kvFreeBytes))
+  );
 }
 
 function encode(record: MemberRecord): Uint8Array {
@@ -79,6 +119,7 @@ export class Membership {
   readonly #cas: Cas;
   readonly #clock: Clock;
   readonly #onLost: MembershipOptions["onLost"];
+  readonly #describe: MembershipOptions["describe"];
   readonly #startedAt: number;
   #revision: number;
   #validUntil: number;
@@ -92,7 +133,7 @@ export class Membership {
   private constructor(
     members: KV,
     cas: Cas,
-    options: Required<Omit<MembershipOptions, "onLost">> & Pick<MembershipOptions, "onLost">,
+    options: Required<Omit<MembershipOptions, "onLost" | "describe">> & Pick<MembershipOptions, "onLost" | "describe">,
     revision: number,
     startedAt: number,
     incarnation: string,
@@ -106,6 +147,7 @@ export class Membership {
     this.#cas = cas;
     this.#clock = options.clock;
     this.#onLost = options.onLost;
+    this.#describe = options.describe;
     this.#startedAt = startedAt;
     this.#revision = revision;
     this.#validUntil = startedAt + options.ttlMs;
@@ -129,7 +171,8 @@ export class Membership {
     const incarnation = randomBytes(8).toString("hex");
     const key = keys.member(node);
     const startedAt = clock.now();
-    const record: MemberRecord = { format: "agentrt-member", node, incarnation, expiresAt: startedAt + ttlMs, startedAt };
+    const info = options.describe?.();
+    const record: MemberRecord = { format: "agentrt-member", node, incarnation, expiresAt: startedAt + ttlMs, startedAt, ...(info ? { info } : {}) };
     const current = await members.get(key);
     let revision: number;
     if (!current || current.operation !== "PUT") {
@@ -162,7 +205,7 @@ export class Membership {
     const membership = new Membership(
       members,
       cas,
-      { node, ttlMs, renewEveryMs, maxClockSkewMs, clock, onLost: options.onLost },
+      { node, ttlMs, renewEveryMs, maxClockSkewMs, clock, onLost: options.onLost, describe: options.describe },
       revision,
       startedAt,
       incarnation,
@@ -228,6 +271,8 @@ export class Membership {
       expiresAt: sentAt + this.ttlMs,
       startedAt: this.#startedAt,
     };
+    const info = this.#describe?.();
+    if (info) record.info = info;
     this.#renewals++;
     try {
       this.#revision = await this.#cas.put(keys.member(this.node), encode(record), this.#revision);
@@ -276,6 +321,33 @@ export class Membership {
     const record = parseMember(entry.value);
     if (!record || record.node !== owner.node || record.incarnation !== owner.incarnation) return false;
     return record.expiresAt + this.maxClockSkewMs > this.#clock.now();
+  }
+
+  /**
+   * The live members as seen from here (records present, not expired by this clock minus the skew
+   * margin), this node included with its current advertisement. One read per member: O(nodes).
+   */
+  async members(): Promise<MemberRecord[]> {
+    const now = this.#clock.now();
+    const live: MemberRecord[] = [];
+    for await (const key of await this.#members.keys("m.*")) {
+      if (key === keys.member(this.node)) continue;
+      const entry = await this.#members.get(key).catch(() => null);
+      const record = entry?.operation === "PUT" ? parseMember(entry.value) : undefined;
+      if (record && keys.member(record.node) === key && record.expiresAt + this.maxClockSkewMs > now) live.push(record);
+    }
+    if (this.isValid()) {
+      const info = this.#describe?.();
+      live.push({
+        format: "agentrt-member",
+        node: this.node,
+        incarnation: this.incarnation,
+        expiresAt: this.#validUntil,
+        startedAt: this.#startedAt,
+        ...(info ? { info } : {}),
+      });
+    }
+    return live.sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0));
   }
 
   /** Stops renewing and deletes the record (by CAS), so that other nodes may take this node's agents at once. Idempotent. */

@@ -39,7 +39,7 @@ import { agentToken, keys, tokenToAgent } from "./keys.js";
 import { KvFiles } from "./kv-files.js";
 import { AgentLeases, readHead, type HeadAt } from "./leases.js";
 import { retryTransient } from "./nats-errors.js";
-import { Membership, type MembershipOptions } from "./membership.js";
+import { Membership, type MemberRecord, type MembershipOptions, type NodeIncarnation } from "./membership.js";
 
 const DEFAULT_LIST_LIMIT = 100;
 const MAX_LIST_LIMIT = 1000;
@@ -67,6 +67,8 @@ export interface NatsStoreOptions extends BucketOptions {
    * lease is gone and every later commit fails ERR_LEASE_LOST; the node should drop its agents and rejoin.
    */
   onMembershipLost?: ((reason: string) => void) | undefined;
+  /** This node's advertisement, sent with every membership renewal (see membership.ts `describe`). */
+  describe?: MembershipOptions["describe"];
   /** Called when a saved cache could not be uploaded (the agent keeps its local copy; others rebuild from history). */
   onUploadError?: ((event: { id: string; error: unknown }) => void) | undefined;
 }
@@ -185,6 +187,7 @@ export class NatsStore implements StateStore {
         ...this.#options.lease,
         clock: this.#options.clock,
         onLost: this.#options.onMembershipLost,
+        describe: this.#options.describe,
       });
       this.#leases = new AgentLeases(this.#buckets.heads, this.#buckets.headsCas, membership);
     })().catch((error: unknown) => {
@@ -242,6 +245,34 @@ export class NatsStore implements StateStore {
   /** Whether this node holds the lease of `id` (local check). */
   holds(id: string): boolean {
     return this.#leases?.holds(id) ?? false;
+  }
+
+  /** Ids whose lease this node holds (local, no I/O). */
+  heldIds(): string[] {
+    return this.#leases?.heldIds() ?? [];
+  }
+
+  /**
+   * Who owns `id` as seen from here: the head's owner and whether its membership is alive (this node's
+   * own lease counts as alive while its membership is valid). Undefined when there is no agent.
+   */
+  async lookup(id: string): Promise<{ owner: NodeIncarnation | null; alive: boolean; epoch: number } | undefined> {
+    agentToken(id);
+    const at = await this.#headsReader().read(id);
+    if (!at) return undefined;
+    const owner = at.head.owner;
+    const alive = owner !== null && this.#leases !== undefined && (await this.#leases.membership.isAlive(owner));
+    return { owner, alive, epoch: at.head.epoch };
+  }
+
+  /** The live members with their advertisements (see membership.ts); [] before `open()`. */
+  async members(): Promise<MemberRecord[]> {
+    return (await this.#leases?.membership.members()) ?? [];
+  }
+
+  /** Renews the membership now, so that a changed advertisement (draining) is seen at once. */
+  async announce(): Promise<void> {
+    await this.#leases?.membership.renew();
   }
 
   /** The owner recorded in the agent's head (node and epoch), or undefined when there is no agent. */

@@ -82,8 +82,8 @@ export class AgentDirectory {
     const using = (async () => {
       const agent = await this.#acquire(validateAgentId(id));
       try {
-        // Removed while this caller waited for it: as if it had never been found.
-        if (agent.removed) throw notFound(id);
+        // Removed (or evicted) while this caller waited for it: as if it had never been found here.
+        if (agent.removed) throw agent.goneError ?? notFound(id);
         return await work(agent);
       } finally {
         this.#users.set(agent, (this.#users.get(agent) ?? 1) - 1);
@@ -231,6 +231,27 @@ export class AgentDirectory {
   /** Whether `agent` still holds its id (a remove() may have taken it over). */
   holds(agent: Agent): boolean {
     return this.#active.get(agent.id) === agent;
+  }
+
+  /** The agent if it is in memory now (no read, not counted as a use). */
+  peek(id: string): Agent | undefined {
+    return this.#active.get(id);
+  }
+
+  /**
+   * Drops agent `id` from memory without touching the store (cluster: another node owns it now, or is
+   * about to). Its waiting messages fail with `error`, the running one finishes, its cache is freed
+   * without a save; the next use reads it from the store again.
+   */
+  async evict(id: string, error: AgentRuntimeError): Promise<void> {
+    const agent = this.#active.get(id);
+    if (!agent || agent.removed) return;
+    agent.markRemoved(error);
+    this.#active.delete(id);
+    await agent.mailbox.drain();
+    agent.pins++;
+    await this.#options.supervisor.settled(agent);
+    await this.#options.supervisor.unload(agent);
   }
 
   /** Takes `agent` out: queued work rejected, running work and passivation awaited, files deleted. */

@@ -8,6 +8,7 @@ import { checkContextPolicy, checkSlideTo, DEFAULT_CONTEXT_POLICY, type ContextP
 import { KV_TYPES, type ChatMessage, type EngineName, type HostedEngine, type KvType, type SamplingOptions } from "../engines/engine.js";
 import type { StateStore } from "../store/state-store.js";
 import type { Clock } from "../clock.js";
+import type { ClusterOptions } from "./cluster-node.js";
 
 export interface AgentRuntimeOptions {
   /** A GGUF path, an `hf:` URI, or an mlx-community folder. Required unless `engineFactory` is given. */
@@ -18,6 +19,11 @@ export interface AgentRuntimeOptions {
   stateDir?: string;
   /** A custom state store (an object store, say). Default: a {@link DirectoryStore} on `stateDir`. */
   store?: StateStore;
+  /**
+   * Join a cluster of nodes on NATS JetStream (docs/cluster.md): agents live in the cluster's store, any
+   * node answers for any agent, one node owns each. Without it nothing changes: state lives in `stateDir`.
+   */
+  cluster?: ClusterOptions;
   /** Most agents resident in memory at once; more are passivated to the store. Default 3. */
   maxAgents?: number;
   /**

@@ -15,6 +15,7 @@ import { Supervisor } from "../supervisor/supervisor.js";
 import { EngineHost, workerEngineFactory } from "../worker/engine-host.js";
 import { Turn } from "../actor/turn.js";
 import { AgentDirectory, type AgentPage } from "./agent-directory.js";
+import { ClusterNode, type ClusterStatus } from "./cluster-node.js";
 import { EventStream, type EventStreamOptions } from "./event-stream.js";
 import { memoryReport, type MemoryReport } from "./memory.js";
 import {
@@ -42,7 +43,18 @@ interface RuntimeParts {
   prefixes: PrefixCache | undefined;
   behaviours: BehaviourRegistry;
   defaultBehaviour: string;
+  cluster: ClusterNode | undefined;
 }
+
+/** A turn as one node forwards it to another (checked again on arrival). */
+interface ForwardedTurn {
+  id: string;
+  text?: string;
+  messages?: ChatMessage[];
+  maxTokens?: number;
+}
+
+const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value);
 
 /**
  * The agent runtime: the public lifecycle of agents (spawn, send, get, list, remove, close) over their
@@ -60,6 +72,8 @@ export class AgentRuntime {
   readonly #events = new EventEmitter<RuntimeEvents>();
   readonly #emit: EmitEvent = (event, ...args) => void (this.#events as unknown as EventEmitter).emit(event, ...args);
   readonly #directory: AgentDirectory;
+  readonly #cluster: ClusterNode | undefined;
+  readonly #prefixes: PrefixCache | undefined;
   #turnCounter = 0;
   #closed: Promise<void> | undefined;
   #destroyed = false;
@@ -67,24 +81,30 @@ export class AgentRuntime {
   private constructor(init: RuntimeParts) {
     ({ options: this.#options, store: this.#store, clock: this.#clock, host: this.#host, behaviours: this.#behaviours } = init);
     this.#defaultBehaviour = init.defaultBehaviour;
+    this.#cluster = init.cluster;
+    this.#prefixes = init.prefixes;
     this.#supervisor = new Supervisor({ ...init, maxAgents: init.options.maxAgents, hostCacheBytes: init.options.hostCacheBytes, emit: this.#emit });
     this.#directory = new AgentDirectory({ ...init, ...init.options, supervisor: this.#supervisor, emit: this.#emit });
     this.#events.on("agent:passivated", ({ id }) => this.#directory.retireIfIdle(id));
     this.#host.on("crashed", (error) => this.#emit("agent:error", { error }));
     this.#host.on("restarted", (event) => this.#emit("worker:restarted", event));
+    // A commit refused because another node took the agent over: this copy is stale, drop it.
+    if (this.#cluster) this.#events.on("agent:error", ({ id, error }) => id && error.code === "ERR_LEASE_LOST" && this.#cluster!.leaseLost(id));
   }
 
   /** Starts the generation worker, loads the model and reads every stored agent. */
   static async create(options: AgentRuntimeOptions): Promise<AgentRuntime> {
     options.signal?.throwIfAborted();
     const resolved = resolveOptions(options);
-    if (!options.store && !options.stateDir) throw new TypeError("stateDir (or store) is required");
+    if (!options.store && !options.stateDir && !options.cluster?.cacheDir) throw new TypeError("stateDir (or store) is required");
     if (!options.model && !options.engineFactory) throw new TypeError("model is required");
     const behaviours = new BehaviourRegistry(options.behaviours);
     const defaultBehaviour = behaviours.lookup(options.behaviour ?? "conversation").name;
-    const store = options.store ?? new DirectoryStore(options.stateDir!);
     const log = options.logger ?? pino({ level: "silent" });
     const clock = options.clock ?? systemClock;
+    if (options.cluster && options.store) throw new TypeError("cluster and store cannot both be given: a cluster node's store is the cluster's");
+    const cluster = options.cluster ? await ClusterNode.connect(options.cluster, { log, clock, stateDir: options.stateDir }) : undefined;
+    const store = cluster?.store ?? options.store ?? new DirectoryStore(options.stateDir!);
     const factory =
       options.engineFactory ??
       workerEngineFactory(
@@ -103,15 +123,124 @@ export class AgentRuntime {
         options.signal,
       );
     // The store is claimed before the model loads: a second writer fails at once (ERR_STATE_LOCKED).
-    await store.open();
+    await store.open().catch(async (error: unknown) => {
+      await cluster?.dispose();
+      throw error;
+    });
     const host = await EngineHost.start(factory, { clock, log }).catch(async (error: unknown) => {
       await store.dispose();
+      await cluster?.dispose();
       throw error;
     });
     const prefixDir = options.prefixCacheDir ?? (options.stateDir ? join(options.stateDir, "prefixes") : undefined);
     const prefixes = options.sharedPrefixes === false || !prefixDir ? undefined : new PrefixCache(prefixDir, options.sharedPrefixMinTokens ?? 32);
     // Nothing is read here: the store is the directory, and an agent is read when it is needed.
-    return new AgentRuntime({ options: resolved, store, log, clock, host, prefixes, behaviours, defaultBehaviour });
+    const runtime = new AgentRuntime({ options: resolved, store, log, clock, host, prefixes, behaviours, defaultBehaviour, cluster });
+    if (cluster) {
+      await runtime.#startCluster(cluster).catch(async (error: unknown) => {
+        await runtime.destroy();
+        throw error;
+      });
+    }
+    return runtime;
+  }
+
+  /** Answers requests other nodes forward here (see cluster-node.ts). */
+  async #startCluster(cluster: ClusterNode): Promise<void> {
+    const fingerprint = this.#host.info.fingerprint;
+    await cluster.start({
+      turn: (request, sink, signal) => {
+        const { id, text, messages, maxTokens } = isRecord(request) ? (request as unknown as ForwardedTurn) : ({} as ForwardedTurn);
+        const options = { signal, ...(maxTokens !== undefined ? { maxTokens } : {}) };
+        const check = () =>
+          messages !== undefined
+            ? checkConversation(messages, this.#options.maxMessageChars)
+            : { text: checkText(text, this.#options.maxMessageChars), earlier: undefined };
+        const turn = this.#post(id, options, check, false);
+        void turn.accepted.then(
+          () => sink.accepted(),
+          () => {},
+        );
+        void (async () => {
+          for await (const chunk of turn) sink.token(chunk);
+        })().catch(() => {});
+        return turn.result;
+      },
+      call: (method, params, signal) => this.#answer(method, isRecord(params) ? params : {}, signal),
+      describe: () => ({
+        maxAgents: this.#options.maxAgents,
+        resident: this.#supervisor.residents.length,
+        prefixes: this.#prefixes?.recentKeys(fingerprint, 32) ?? [],
+      }),
+      handOver: (id) => this.#handOver(id),
+      evict: (id) => this.#directory.evict(id, this.#cluster!.notOwner(id)),
+    });
+  }
+
+  /** A unary request another node forwarded here. */
+  async #answer(method: string, params: Record<string, unknown>, signal: AbortSignal): Promise<unknown> {
+    const id = params.id as string;
+    switch (method) {
+      case "spawn":
+        return this.#spawnHere(params.spec as SpawnOptions, signal, false);
+      case "get":
+        return this.#routed(id, false, signal, () => this.#directory.info(id));
+      case "history":
+        return this.#routed(id, false, signal, () => this.#historyHere(id, params.options as HistoryOptions));
+      case "passivate":
+        return this.#routed(id, false, signal, () => this.#passivateHere(id)).then(() => ({}));
+      case "remove":
+        return this.#routed(id, false, signal, () => this.#removeHere(id)).then(() => ({}));
+      default:
+        throw new TypeError(`Unknown cluster request ${JSON.stringify(method)}`);
+    }
+  }
+
+  /**
+   * Runs `local` where agent `id` is owned: here without a cluster, else through the cluster's routing
+   * (forwarded as the unary request `method` when another node owns it).
+   */
+  #routed<T>(
+    id: string,
+    forward: boolean,
+    signal: AbortSignal | undefined,
+    local: () => Promise<T>,
+    method?: string,
+    params?: Record<string, unknown>,
+  ): Promise<T> {
+    const cluster = this.#cluster;
+    if (!cluster) return local();
+    return cluster.run(id, { forward, signal }, local, (node) => cluster.forwardCall(node, method!, { id, ...params }, signal) as Promise<T>);
+  }
+
+  /** Drain (cluster): passivates agent `id` here and drops it from memory, its new messages waiting. */
+  async #handOver(id: string): Promise<void> {
+    const agent = this.#directory.peek(id);
+    if (!agent) return;
+    await agent.mailbox.post(() => this.#supervisor.passivate(agent));
+    await this.#directory.evict(id, this.#cluster!.notOwner(id));
+  }
+
+  /** This node in the cluster: members, their capacity and agents; undefined without a cluster. */
+  async clusterStatus(): Promise<ClusterStatus | undefined> {
+    this.#assertOpen();
+    return this.#cluster?.status();
+  }
+
+  /** This node's name in the cluster, or undefined without one. */
+  get node(): string | undefined {
+    return this.#cluster?.node;
+  }
+
+  /**
+   * Cluster: hands every agent this node owns over to the others (passivated into the shared store,
+   * leases released) and takes no new ones; this node keeps answering by forwarding. Without a cluster
+   * it passivates every resident agent.
+   */
+  async drain(): Promise<void> {
+    this.#assertOpen();
+    if (this.#cluster) await this.#cluster.drain();
+    else await Promise.all(this.#supervisor.residents.map((agent) => agent.mailbox.post(() => this.#supervisor.passivate(agent))));
   }
 
   /** The loaded model: engine, name, fingerprint, sizes. */
@@ -152,7 +281,25 @@ export class AgentRuntime {
     this.#assertOpen();
     const signal = validateSignal(options?.signal);
     signal?.throwIfAborted();
-    const { id, role, systemPrompt, sampling, behaviour, contextPolicy } = checkSpawn(spec, this.#options.maxMessageChars);
+    return this.#spawnHere(spec, signal, true);
+  }
+
+  /** Spawn, placed on a node of the cluster (`forward`) or here. */
+  async #spawnHere(spec: SpawnOptions, signal: AbortSignal | undefined, forward: boolean): Promise<AgentInfo> {
+    const checked = checkSpawn(spec, this.#options.maxMessageChars);
+    const cluster = this.#cluster;
+    if (!cluster) return this.#spawnLocal(checked, signal);
+    const prefix = this.#prefixes && PrefixCache.key(this.#host.info.fingerprint, checked.systemPrompt);
+    return cluster.run(
+      checked.id,
+      { forward, signal, prefix, create: true },
+      () => this.#spawnLocal(checked, signal),
+      (node) => cluster.forwardCall(node, "spawn", { spec: { ...spec, signal: undefined } }, signal) as Promise<AgentInfo>,
+    );
+  }
+
+  async #spawnLocal(checked: ReturnType<typeof checkSpawn>, signal: AbortSignal | undefined): Promise<AgentInfo> {
+    const { id, role, systemPrompt, sampling, behaviour, contextPolicy } = checked;
     const resolvedBehaviour = this.#behaviours.lookup(behaviour ?? this.#defaultBehaviour);
     const now = this.#clock.now();
     const agent = this.#directory.create({
@@ -212,29 +359,58 @@ export class AgentRuntime {
   }
 
   /** The turn path shared by send and sendConversation: checks, then the agent's mailbox, then residency. */
-  #post(id: string, options: SendOptions, check: () => { text: string; earlier: ChatMessage[] | undefined }): Turn {
+  #post(id: string, options: SendOptions, check: () => { text: string; earlier: ChatMessage[] | undefined }, forward = true): Turn {
     const turnId = ++this.#turnCounter;
     return new Turn(async (push, accept) => {
       this.#assertOpen();
       const { signal, maxTokens } = checkSendOptions(options, this.#options.maxTokens);
       const { text, earlier } = check();
-      const queuedAt = this.#clock.now();
-      const context = { store: this.#store, clock: this.#clock, emit: this.#emit };
-      const request = { text, turnId, maxTokens, signal, queuedAt, push };
-      return this.#directory.use(id, (agent) =>
-        agent.mailbox.post(
-          () =>
-            this.#supervisor.withResident(agent, signal, async () => {
-              const engine = await this.#host.engine();
-              const turn = () => agent.turn({ ...context, engine }, request);
-              const same =
-                !earlier ||
-                (earlier.length === agent.history.length &&
-                  earlier.every((m, i) => m.role === agent.history[i]!.role && m.content === agent.history[i]!.content));
-              return same ? turn() : agent.withHistory(earlier, turn);
-            }),
-          { signal, details: { id }, onQueued: accept },
-        ),
+      const cluster = this.#cluster;
+      if (!cluster) return this.#turnHere(id, { text, earlier, turnId, maxTokens, signal, push, accept });
+      return cluster.run(
+        id,
+        { forward, signal },
+        () => this.#turnHere(id, { text, earlier, turnId, maxTokens, signal, push, accept }),
+        (node) => {
+          const request: ForwardedTurn = { id, maxTokens, ...(earlier ? { messages: [...earlier, { role: "user", content: text }] } : { text }) };
+          return cluster.forwardTurn(node, request, { onAccepted: accept, onToken: push, signal }) as Promise<TurnResult>;
+        },
+      );
+    });
+  }
+
+  /** A turn of agent `id` run here: its mailbox, then residency, then the engine. */
+  #turnHere(
+    id: string,
+    turn: {
+      text: string;
+      earlier: ChatMessage[] | undefined;
+      turnId: number;
+      maxTokens: number;
+      signal: AbortSignal | undefined;
+      push: (text: string) => void;
+      accept: () => void;
+    },
+  ): Promise<TurnResult> {
+    const { text, earlier, turnId, maxTokens, signal, push, accept } = turn;
+    const queuedAt = this.#clock.now();
+    const context = { store: this.#store, clock: this.#clock, emit: this.#emit, node: this.#cluster?.node };
+    const request = { text, turnId, maxTokens, signal, queuedAt, push };
+    return this.#directory.use(id, (agent) => {
+      // Checked with no await before the post: a handover (drain) begun meanwhile sends it elsewhere.
+      if (this.#cluster && !this.#cluster.admits(id)) throw this.#cluster.notOwner(id);
+      return agent.mailbox.post(
+        () =>
+          this.#supervisor.withResident(agent, signal, async () => {
+            const engine = await this.#host.engine();
+            const turn = () => agent.turn({ ...context, engine }, request);
+            const same =
+              !earlier ||
+              (earlier.length === agent.history.length &&
+                earlier.every((m, i) => m.role === agent.history[i]!.role && m.content === agent.history[i]!.content));
+            return same ? turn() : agent.withHistory(earlier, turn);
+          }),
+        { signal, details: { id }, onQueued: accept },
       );
     });
   }
@@ -242,13 +418,17 @@ export class AgentRuntime {
   /** Passivates agent `id` now (after its queued messages). */
   async passivate(id: string): Promise<void> {
     this.#assertOpen();
+    await this.#routed(id, true, undefined, () => this.#passivateHere(id), "passivate");
+  }
+
+  async #passivateHere(id: string): Promise<void> {
     await this.#directory.use(id, (agent) => agent.mailbox.post(() => this.#supervisor.passivate(agent)));
   }
 
-  /** A snapshot of agent `id` (its record is read when it is not in memory). */
+  /** A snapshot of agent `id` (its record is read when it is not in memory; in a cluster, from its owner). */
   async get(id: string): Promise<AgentInfo> {
     this.#assertOpen();
-    return this.#directory.info(id);
+    return this.#routed(id, true, undefined, () => this.#directory.info(id), "get");
   }
 
   /**
@@ -257,7 +437,12 @@ export class AgentRuntime {
    */
   async history(id: string, options: HistoryOptions = {}): Promise<HistoryPage> {
     this.#assertOpen();
-    const { before, limit } = checkHistoryOptions(options);
+    checkHistoryOptions(options);
+    return this.#routed(id, true, undefined, () => this.#historyHere(id, options), "history", { options });
+  }
+
+  async #historyHere(id: string, options: HistoryOptions | undefined): Promise<HistoryPage> {
+    const { before, limit } = checkHistoryOptions(options ?? {});
     return this.#directory.use(id, (agent) => {
       const end = Math.min(before ?? agent.history.length, agent.history.length);
       const start = Math.max(0, end - limit);
@@ -277,6 +462,10 @@ export class AgentRuntime {
    */
   async remove(id: string): Promise<void> {
     this.#assertOpen();
+    await this.#routed(id, true, undefined, () => this.#removeHere(id), "remove");
+  }
+
+  async #removeHere(id: string): Promise<void> {
     await this.#directory.use(id, (agent) => this.#directory.forget(agent));
     this.#emit("agent:removed", { id });
   }
@@ -304,9 +493,12 @@ export class AgentRuntime {
       await this.#directory.settled();
       await Promise.all(this.#directory.active.map((agent) => agent.mailbox.drain()));
       await Promise.allSettled(this.#directory.removals);
+      // A cluster node hands its agents over (their caches uploaded, leases released) before it leaves.
+      await this.#cluster?.drain();
       await this.#supervisor.passivateAll();
       await this.#host.dispose();
       await this.#store.dispose();
+      await this.#cluster?.dispose();
     })();
     return this.#closed;
   }
@@ -320,6 +512,7 @@ export class AgentRuntime {
     await this.#supervisor.dispose();
     await this.#host.dispose();
     await this.#store.dispose();
+    await this.#cluster?.dispose();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -57,6 +57,8 @@ export const STATUS_BY_CODE: Record<ErrorCode | HttpErrorCode, number> = {
   // Bad Gateway: the other node's answer was not one of the protocol's messages.
   ERR_NODE_PROTOCOL: 502,
   ERR_INVALID_REQUEST: 400,
+  // Retryable: the node hands its agents over; another node takes the request.
+  ERR_NODE_DRAINING: 503,
   ERR_INVALID_ARGUMENT: 400,
   ERR_BODY_TOO_LARGE: 413,
   ERR_INVALID_JSON: 400,

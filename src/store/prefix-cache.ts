@@ -28,14 +28,35 @@ export class PrefixCache {
   readonly #minTokens: number;
   /** Entries whose file checksum was verified by this process (the files are immutable once written). */
   readonly #verified = new Map<string, PrefixEntry>();
+  readonly #recent = new Map<string, string>();
 
   constructor(dir: string, minTokens: number) {
     this.#dir = dir;
     this.#minTokens = minTokens;
   }
 
-  #key(fingerprint: string, systemPrompt: string): string {
+  /** The key of a system prompt's shared state on a model (cluster placement compares these across nodes). */
+  static key(fingerprint: string, systemPrompt: string): string {
     return createHash("sha256").update(fingerprint).update("\0").update(systemPrompt).digest("hex").slice(0, 32);
+  }
+
+  #key(fingerprint: string, systemPrompt: string): string {
+    const key = PrefixCache.key(fingerprint, systemPrompt);
+    // Most recently used last (bounded): what this node advertises to the cluster's placement.
+    this.#recent.delete(key);
+    this.#recent.set(key, fingerprint);
+    if (this.#recent.size > 256) this.#recent.delete(this.#recent.keys().next().value!);
+    return key;
+  }
+
+  /** Keys of shared states this process used or saved on model `fingerprint`, most recent first. */
+  recentKeys(fingerprint: string, limit: number): string[] {
+    const keys: string[] = [];
+    for (const [key, model] of [...this.#recent].reverse()) {
+      if (model === fingerprint) keys.push(key);
+      if (keys.length >= limit) break;
+    }
+    return keys;
   }
 
   /** The state file's path. Not `<key><extension>`: with a ".json" engine that is the entry file itself. */
