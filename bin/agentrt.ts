@@ -6,6 +6,7 @@ const USAGE = `usage: agentrt <command> [options]
 commands:
   demo     storytelling agents on the default model: passivation, rehydration, memory, timings
   serve    serve agents over HTTP (agent API, OpenAI-compatible /v1/chat/completions); serve --help
+  drain    hand a cluster node's agents over to the other nodes (rolling restarts); drain --help
 
 common options:
   --model <path|hf:uri|folder>   model (default $AGENTRT_MODEL, else stories260K.gguf found in
@@ -28,6 +29,10 @@ async function main(argv: string[]): Promise<void> {
     case "serve": {
       const { serveCommand } = await import("../src/cli/serve.js");
       return serveCommand(rest);
+    }
+    case "drain": {
+      const { drainCommand } = await import("../src/cli/drain.js");
+      return drainCommand(rest);
     }
     default:
       process.stdout.write(USAGE);

@@ -1,3 +1,4 @@
+import { hostname } from "node:os";
 import { resolve } from "node:path";
 import pino from "pino";
 import { AgentRuntime } from "../index.js";
@@ -20,6 +21,13 @@ const USAGE = `usage: agentrt serve [options]
   --max-message-chars <n>       longest message (default 32768)
   --body-limit <bytes>          largest request body (default 1048576)
   --token <token>               require "Authorization: Bearer <token>" (default $AGENTRT_TOKEN; off when unset)
+
+cluster (docs/cluster.md): every node runs its own model; all serve one agent space
+  --cluster <urls>              join a cluster on NATS JetStream: nats://host:port[,nats://…]
+  --node <name>                 this node's name, unique among live nodes (default: the host name)
+  --cluster-prefix <name>       buckets and subjects of this cluster (default agentrt)
+  --lease-ttl <ms>              membership lease: how long a silent node keeps its agents (default 10000)
+  --replicas <n>                replicas of the cluster's buckets: 1, 3 or 5 (default 3)
   -v, --verbose                 request and debug logs on stderr
 `;
 
@@ -48,6 +56,11 @@ export async function startServe(argv: string[], options: { signal?: AbortSignal
       "max-message-chars": { type: "string" },
       "body-limit": { type: "string" },
       token: { type: "string" },
+      cluster: { type: "string" },
+      node: { type: "string" },
+      "cluster-prefix": { type: "string" },
+      "lease-ttl": { type: "string" },
+      replicas: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   );
@@ -63,7 +76,28 @@ export async function startServe(argv: string[], options: { signal?: AbortSignal
   const log = pino({ level: common.verbose ? "debug" : "warn" }, pino.destination(2));
   const optional = (name: string, value: number | undefined) => (value === undefined ? {} : { [name]: value });
 
+  const clusterUrls = values.cluster as string | undefined;
+  const leaseTtl = integer("lease-ttl", values["lease-ttl"], 100);
+  const cluster = clusterUrls
+    ? {
+        servers: clusterUrls,
+        node:
+          (values.node as string | undefined) ??
+          hostname()
+            .toLowerCase()
+            .replace(/[^a-z0-9_-]/g, "-")
+            .slice(0, 64),
+        ...(values["cluster-prefix"] ? { prefix: values["cluster-prefix"] as string } : {}),
+        ...(leaseTtl ? { lease: { ttlMs: leaseTtl } } : {}),
+        ...optional("replicas", integer("replicas", values.replicas)),
+      }
+    : undefined;
+  if (!cluster && (values.node || values["cluster-prefix"] || values["lease-ttl"] || values.replicas)) {
+    throw new TypeError("--node, --cluster-prefix, --lease-ttl and --replicas need --cluster");
+  }
+
   const runtime = await AgentRuntime.create({
+    ...(cluster ? { cluster } : {}),
     model,
     ...(engine ? { engine } : {}),
     stateDir,
@@ -99,6 +133,7 @@ export async function startServe(argv: string[], options: { signal?: AbortSignal
     `agentrt serving ${stored} agent(s) at ${url}\n` +
       `  model: ${info.name} (${info.engine}, ${info.contextSize} tokens/agent, ${info.threads} threads)\n` +
       `  state: ${stateDir}\n  auth:  ${token ? "bearer token required" : "off"}\n` +
+      (cluster ? `  cluster: node ${cluster.node} on ${cluster.servers} (GET ${url}/cluster)\n` : "") +
       `  dashboard ${url}/ · OpenAI base URL ${url}/v1 · metrics ${url}/metrics\n`,
   );
 
@@ -106,7 +141,11 @@ export async function startServe(argv: string[], options: { signal?: AbortSignal
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
-      process.stdout.write("agentrt: stopping (finishing running turns, saving agents)…\n");
+      process.stdout.write(
+        cluster
+          ? "agentrt: stopping (finishing running turns, handing agents over to the other nodes)…\n"
+          : "agentrt: stopping (finishing running turns, saving agents)…\n",
+      );
       await server.close();
       await runtime.close();
       process.off("SIGINT", stop);

@@ -5,6 +5,7 @@ import type { EventStream } from "../runtime/event-stream.js";
 import type { AgentRuntime } from "../runtime/runtime.js";
 import { foldAgentId, registerAgentRoutes } from "./agent-routes.js";
 import { registerAuth } from "./auth.js";
+import { registerClusterRoutes } from "./cluster-routes.js";
 import { registerDashboard } from "./dashboard.js";
 import { HttpError, sendError } from "./errors.js";
 import { registerEventsRoute } from "./events-route.js";
@@ -84,6 +85,7 @@ export async function createServer(runtime: AgentRuntime, options: ServerOptions
     streams,
   );
   registerOpenAiRoutes(app, runtime, { sse });
+  registerClusterRoutes(app, runtime);
   const stopMetrics = registerMetrics(app, runtime, { processMetrics: options.processMetrics ?? true });
   if (options.dashboard ?? true) await registerDashboard(app);
 

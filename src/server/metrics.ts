@@ -14,6 +14,8 @@ export interface MetricsOptions {
  */
 export function registerMetrics(app: FastifyInstance, runtime: AgentRuntime, options: MetricsOptions = {}): () => void {
   const registry = new Registry();
+  // Every node of a cluster serves its own metrics; the label keeps them apart once scraped together.
+  if (runtime.node !== undefined) registry.setDefaultLabels({ node: runtime.node });
   if (options.processMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: "agentrt_process_" });
   const registers = [registry];
 
@@ -66,6 +68,19 @@ export function registerMetrics(app: FastifyInstance, runtime: AgentRuntime, opt
     registers,
   });
 
+  const clusterNodes = new Gauge({
+    name: "agentrt_cluster_nodes",
+    help: "Cluster: live member nodes as seen from this node (0 without a cluster)",
+    registers,
+  });
+  const clusterOwned = new Gauge({ name: "agentrt_cluster_agents_owned", help: "Cluster: agents whose lease this node holds", registers });
+  const clusterEvents = new Gauge({
+    name: "agentrt_cluster_operations",
+    help: "Cluster: operations of this node since it started (requests forwarded, served for others, rerouted; agents placed, handed over, evicted; commits fenced; membership renewals; cache uploads and downloads)",
+    labelNames: ["kind"],
+    registers,
+  });
+
   const unsubscribe = [
     runtime.subscribe("agent:passivated", () => passivations.inc()),
     runtime.subscribe("agent:rehydrated", (event) => rehydrations.inc({ source: event.source })),
@@ -96,6 +111,12 @@ export function registerMetrics(app: FastifyInstance, runtime: AgentRuntime, opt
     kvBytes.set({ where: "disk" }, memory.totals.diskBytes);
     cacheTokens.set(memory.totals.cacheTokens);
     modelBytes.set(memory.model.bytes);
+    const cluster = await runtime.clusterStatus();
+    clusterNodes.set(cluster?.nodes.length ?? 0);
+    if (cluster) {
+      clusterOwned.set(cluster.nodes.find((node) => node.node === cluster.node)?.owned ?? 0);
+      for (const [kind, value] of Object.entries(cluster.stats)) clusterEvents.set({ kind }, value);
+    }
     return reply.type(registry.contentType).send(await registry.metrics());
   });
 

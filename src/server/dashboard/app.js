@@ -165,11 +165,36 @@ async function loadHistory(id, before) {
   }
 }
 
+function renderCluster(cluster) {
+  $("cluster-panel").hidden = !cluster.enabled;
+  if (!cluster.enabled) return;
+  $("cluster-self").textContent = `this node: ${cluster.node}${cluster.draining ? " (draining)" : ""}`;
+  const rows = cluster.nodes.map((node) => {
+    const row = document.createElement("tr");
+    const cells = [
+      node.node + (node.node === cluster.node ? " (this)" : ""),
+      `${node.resident ?? "?"} / ${node.maxAgents ?? "?"}`,
+      String(node.owned ?? "?"),
+      node.draining ? "draining" : "serving",
+      new Date(node.startedAt).toLocaleTimeString(),
+    ];
+    for (const text of cells) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    return row;
+  });
+  $("cluster-nodes").replaceChildren(...rows);
+}
+
 async function refresh() {
   try {
-    [memory, { agents }] = await Promise.all([api("/memory"), api("/agents")]);
+    let cluster;
+    [memory, { agents }, cluster] = await Promise.all([api("/memory"), api("/agents"), api("/cluster")]);
     renderTotals();
     renderAgents();
+    renderCluster(cluster);
   } catch (error) {
     $("model").textContent = String(error.message ?? error);
   }
