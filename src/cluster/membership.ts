@@ -15,7 +15,7 @@ import type { Cas } from "./cas.js";
 import { systemClock, type Clock } from "../clock.js";
 import { AgentRuntimeError } from "../errors.js";
 import { keys, validateNodeName } from "./keys.js";
-import { isWrongLastSequence } from "./nats-errors.js";
+import { isWrongLastSequence, retryTransient } from "./nats-errors.js";
 
 export interface MembershipOptions {
   /** This node's name (`[a-z0-9_-]`, 1–64): the key of its membership record. Required. */
@@ -105,6 +105,35 @@ function validInfo(info: NodeInfo): boolean {
   );
 }
 
+/**
+ * Writes a new incarnation's record by CAS at `revision`. A conflict means another process registered
+ * the name first (ERR_STATE_LOCKED). A write whose reply was lost (a timeout while streams elect their
+ * leaders) is read back: it landed when the record is ours; otherwise it is tried again, a few times.
+ */
+async function register(members: KV, cas: Cas, key: string, record: MemberRecord, revision: number): Promise<number> {
+  const locked = (cause: unknown) =>
+    new AgentRuntimeError("ERR_STATE_LOCKED", `Another process registered node ${record.node} at the same time`, {
+      cause,
+      details: { node: record.node },
+    });
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await cas.put(key, encode(record), revision);
+    } catch (error) {
+      if (isWrongLastSequence(error) || attempt >= 4) {
+        const now = await members.get(key).catch(() => null);
+        const seen = now?.operation === "PUT" ? parseMember(now.value) : undefined;
+        if (now && seen?.incarnation === record.incarnation) return now.revision;
+        throw isWrongLastSequence(error) ? locked(error) : error;
+      }
+      const now = await members.get(key).catch(() => null);
+      const seen = now?.operation === "PUT" ? parseMember(now.value) : undefined;
+      if (now && seen?.incarnation === record.incarnation) return now.revision;
+      if (now && now.revision !== revision) throw locked(error);
+    }
+  }
+}
+
 function encode(record: MemberRecord): Uint8Array {
   return Buffer.from(JSON.stringify(record));
 }
@@ -173,15 +202,11 @@ export class Membership {
     const startedAt = clock.now();
     const info = options.describe?.();
     const record: MemberRecord = { format: "agentrt-member", node, incarnation, expiresAt: startedAt + ttlMs, startedAt, ...(info ? { info } : {}) };
-    const current = await members.get(key);
+    // Nodes starting together meet streams still electing leaders: a read is safe to try again.
+    const current = await retryTransient(() => members.get(key), { withinMs: 20_000 });
     let revision: number;
     if (!current || current.operation !== "PUT") {
-      revision = await cas.put(key, encode(record), current?.revision ?? 0).catch((error: unknown) => {
-        throw new AgentRuntimeError("ERR_STATE_LOCKED", `Another process registered node ${node} at the same time`, {
-          cause: error,
-          details: { node },
-        });
-      });
+      revision = await register(members, cas, key, record, current?.revision ?? 0);
     } else {
       const previous = parseMember(current.value);
       if (previous && previous.expiresAt + maxClockSkewMs > startedAt) {
@@ -195,12 +220,7 @@ export class Membership {
       }
       // An expired (or unreadable) record of an earlier process under this name: replaced by CAS, which
       // invalidates every lease that incarnation held, since leases name the incarnation.
-      revision = await cas.put(key, encode(record), current.revision).catch((error: unknown) => {
-        throw new AgentRuntimeError("ERR_STATE_LOCKED", `Another process registered node ${node} at the same time`, {
-          cause: error,
-          details: { node },
-        });
-      });
+      revision = await register(members, cas, key, record, current.revision);
     }
     const membership = new Membership(
       members,
