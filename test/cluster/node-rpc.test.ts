@@ -341,9 +341,10 @@ describe("node RPC over core NATS", () => {
       const replies = await raw(subject, data);
       expect(replies, `${subject} ← ${String(data).slice(0, 40)}`).toEqual([invalid]);
     }
-    // No reply subject, and garbage aborts: dropped (nothing to answer to), nothing breaks.
+    // No reply subject, a wildcard one, and garbage aborts: dropped (nothing to answer to), nothing breaks.
     serverNc.publish(subjects.turn, "no reply subject");
     clientNc.publish(subjects.turn, JSON.stringify({ id: "noreply", request: 1 }));
+    for (const reply of [">", "a.*.b", "_INBOX.x.>"]) clientNc.publish(subjects.turn, JSON.stringify({ id: "wild", request: 1 }), { reply });
     clientNc.publish(subjects.abort, "garbage");
     clientNc.publish(subjects.abort, JSON.stringify({ id: { $ne: null } }));
     clientNc.publish(subjects.abort, JSON.stringify({ id: "unknown-id" }));
