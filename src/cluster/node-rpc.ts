@@ -167,8 +167,9 @@ export class RpcServer {
 
   #onRequest(kind: "turn" | "call", msg: Msg): void {
     const reply = msg.reply;
-    if (!reply) {
-      this.#log.warn({ subject: msg.subject, bytes: msg.data.length }, "rpc request without a reply subject dropped");
+    // A wildcard reply subject would spray our answer over other subscribers (other callers' inboxes).
+    if (!reply || reply.includes("*") || reply.includes(">")) {
+      this.#log.warn({ subject: msg.subject, reply, bytes: msg.data.length }, "rpc request without a usable reply subject dropped");
       return;
     }
     const limit = this.#maxRequestBytes ?? this.#nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD;
@@ -213,10 +214,12 @@ export class RpcServer {
     } catch (error) {
       work = Promise.reject(error);
     }
-    Promise.resolve(work).then(
-      (result) => this.#finish(entry, result, undefined),
-      (error: unknown) => this.#finish(entry, undefined, error),
-    );
+    Promise.resolve(work)
+      .then(
+        (result) => this.#finish(entry, result, undefined),
+        (error: unknown) => this.#finish(entry, undefined, error),
+      )
+      .catch((error: unknown) => this.#log.error({ err: error, id }, "rpc reply failed"));
   }
 
   #sink(entry: InFlight): TurnSink {
