@@ -32,6 +32,7 @@ export const ERROR_CODES = {
   ERR_STATE_LOCKED: "Another process holds the state directory",
   ERR_LEASE_LOST: "This node no longer holds the agent's lease; another node may own it now",
   ERR_NOT_OWNER: "Another live node owns this agent",
+  ERR_KV_BUDGET: "The agent's KV cache alone exceeds the runtime's kvBudgetBytes",
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -67,7 +67,14 @@ export class AgentRuntime {
   private constructor(init: RuntimeParts) {
     ({ options: this.#options, store: this.#store, clock: this.#clock, host: this.#host, behaviours: this.#behaviours } = init);
     this.#defaultBehaviour = init.defaultBehaviour;
-    this.#supervisor = new Supervisor({ ...init, maxAgents: init.options.maxAgents, hostCacheBytes: init.options.hostCacheBytes, emit: this.#emit });
+    this.#supervisor = new Supervisor({
+      ...init,
+      // Under kvBudgetBytes, llama.cpp may hold fewer sequences than maxAgents (it reserves each one's whole context).
+      maxAgents: Math.min(init.options.maxAgents, init.host.info.sequences),
+      kvBudgetBytes: Number.isFinite(init.options.kvBudgetBytes) ? init.options.kvBudgetBytes : undefined,
+      hostCacheBytes: init.options.hostCacheBytes,
+      emit: this.#emit,
+    });
     this.#directory = new AgentDirectory({ ...init, ...init.options, supervisor: this.#supervisor, emit: this.#emit });
     this.#events.on("agent:passivated", ({ id }) => this.#directory.retireIfIdle(id));
     this.#host.on("crashed", (error) => this.#emit("agent:error", { error }));
@@ -93,6 +100,7 @@ export class AgentRuntime {
           model: options.model!,
           contextSize: resolved.contextSize,
           sequences: resolved.maxAgents,
+          ...(Number.isFinite(resolved.kvBudgetBytes) ? { kvBudgetBytes: resolved.kvBudgetBytes } : {}),
           threads: resolved.threads,
           ...(options.batchSize ? { batchSize: options.batchSize } : {}),
           ...(options.batching === false ? { batching: false } : {}),
@@ -119,8 +127,9 @@ export class AgentRuntime {
     return this.#host.info;
   }
 
+  /** Most agents resident at once: `maxAgents`, or fewer where `kvBudgetBytes` capped llama.cpp's sequences. */
   get maxAgents(): number {
-    return this.#options.maxAgents;
+    return this.#supervisor.maxAgents;
   }
 
   /** Names of the registered behaviours (what `spawn({ behaviour })` accepts). */
@@ -295,7 +304,8 @@ export class AgentRuntime {
     const resident = new Set(this.#supervisor.residents.filter((agent) => agent.status.state === "resident").map((a) => a.id));
     const stats = await engine.stats([...resident]);
     const disk = await Promise.all(agents.map((agent) => this.#store.bytesOnDisk(agent.id)));
-    return memoryReport(engine.info, agents, resident, stats, disk, await this.#store.count());
+    const budget = { budgetBytes: this.#supervisor.kvBudgetBytes, usedBytes: this.#supervisor.kvUsedBytes };
+    return memoryReport(engine.info, agents, resident, stats, disk, await this.#store.count(), budget);
   }
 
   /** Finishes queued messages, passivates every resident agent, stops the worker. Idempotent. */

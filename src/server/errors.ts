@@ -51,6 +51,8 @@ export const STATUS_BY_CODE: Record<ErrorCode | HttpErrorCode, number> = {
   ERR_LEASE_LOST: 503,
   // Misdirected Request: this node is not the one that serves the agent.
   ERR_NOT_OWNER: 421,
+  // Like a store that is full: the agent cannot be served under this budget, retrying does not help.
+  ERR_KV_BUDGET: 507,
   ERR_INVALID_ARGUMENT: 400,
   ERR_BODY_TOO_LARGE: 413,
   ERR_INVALID_JSON: 400,
