@@ -19,7 +19,17 @@ import { parseArgs } from "node:util";
 import { AgentRuntime } from "../src/index.js";
 import { formatTable } from "../src/cli/table.js";
 import { kvReservedBytes, type ChatMessage, type EngineName, type KvType } from "../src/engines/engine.js";
-import { buildHistories, DEFAULT_THREADS, engineOption, intOption, MODEL_OPTIONS, pinMlxThreads, progress, resolveModel, writeResult } from "./lib.js";
+import {
+  buildHistories,
+  DEFAULT_THREADS,
+  engineOption,
+  intOption,
+  MODEL_OPTIONS,
+  pinMlxThreads,
+  progress,
+  resolveModel,
+  writeResult,
+} from "./lib.js";
 
 const { values } = parseArgs({
   options: {
@@ -82,7 +92,12 @@ try {
       await probe.close();
       // About `fit` agents of the mean length (plus the turn's few tokens), and half an agent to spare.
       const budgetBytes = Math.round((fit + 0.5) * kvReservedBytes(info, history + 16));
-      const runtime = await AgentRuntime.create({ ...base, stateDir: join(root, `${engine}-${kvType}`), maxAgents: 4 * fit, kvBudgetBytes: budgetBytes });
+      const runtime = await AgentRuntime.create({
+        ...base,
+        stateDir: join(root, `${engine}-${kvType}`),
+        maxAgents: 4 * fit,
+        kvBudgetBytes: budgetBytes,
+      });
       const label = `${engine} ${info.kvType ?? "float32"}`;
       try {
         for (const [index, target] of targets.entries()) {

@@ -203,10 +203,7 @@ export class FakeEngine implements HostedEngine {
     return Object.fromEntries(
       keys.map((key) => {
         const tokens = this.#caches.get(key)?.length ?? 0;
-        return [
-          key,
-          { tokens, bytes: tokens * KV_BYTES_PER_TOKEN, allocatedBytes: this.#caches.has(key) ? kvReservedBytes(this.info, tokens) : 0 },
-        ];
+        return [key, { tokens, bytes: tokens * KV_BYTES_PER_TOKEN, allocatedBytes: this.#caches.has(key) ? kvReservedBytes(this.info, tokens) : 0 }];
       }),
     );
   }
