@@ -37,6 +37,7 @@ export const ERROR_CODES = {
   ERR_NODE_PROTOCOL: "A cluster node answered with something that is not the node protocol",
   ERR_INVALID_REQUEST: "A request between cluster nodes is malformed or too large",
   ERR_NODE_DRAINING: "This cluster node is draining and takes no agents",
+  ERR_KV_BUDGET: "The agent's KV cache alone exceeds the runtime's kvBudgetBytes",
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

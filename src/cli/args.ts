@@ -22,6 +22,32 @@ export function integer(name: string, value: string | boolean | undefined, min =
   return parsed;
 }
 
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  b: 1,
+  k: 1e3,
+  kb: 1e3,
+  m: 1e6,
+  mb: 1e6,
+  g: 1e9,
+  gb: 1e9,
+  kib: 2 ** 10,
+  mib: 2 ** 20,
+  gib: 2 ** 30,
+};
+
+/** Parses a byte count: an integer with an optional unit (`KB`, `MB`, `GB` are powers of 1000; `KiB`, `MiB`, `GiB` of 1024). */
+export function byteSize(name: string, value: string | boolean | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const match = typeof value === "string" ? /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(value) : null;
+  const unit = match ? SIZE_UNITS[match[2]!.toLowerCase()] : undefined;
+  const bytes = match && unit !== undefined ? Math.floor(Number(match[1]) * unit) : NaN;
+  if (!Number.isSafeInteger(bytes) || bytes < 1) {
+    throw new RangeError(`--${name} must be a positive byte count (e.g. 536870912, 512MiB, 2GB), got ${String(value)}`);
+  }
+  return bytes;
+}
+
 /** Parses the options every command shares; returns the rest for the command. */
 export function parseCommon(
   argv: string[],

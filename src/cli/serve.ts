@@ -3,7 +3,7 @@ import { resolve } from "node:path";
 import pino from "pino";
 import { AgentRuntime } from "../index.js";
 import { createServer } from "../server/index.js";
-import { integer, parseCommon } from "./args.js";
+import { byteSize, integer, parseCommon } from "./args.js";
 
 const USAGE = `usage: agentrt serve [options]
 
@@ -13,6 +13,8 @@ const USAGE = `usage: agentrt serve [options]
   --host <addr>                 address to listen on (default 127.0.0.1)
   --port <n>                    port (default 8080; 0 picks a free one)
   --max-agents <n>              agents resident in memory at once (default 3)
+  --kv-budget <bytes>           KV cache memory of resident agents at most, e.g. 512MiB (default unlimited;
+                                on llama.cpp it lowers --max-agents to the sequences that fit)
   --max-stored-agents <n>       agents kept on disk at most (default unlimited)
   --context-size <n>            tokens per agent (default 1024)
   --threads <n>                 engine threads (default: cores − 1, at least 1)
@@ -50,6 +52,7 @@ export async function startServe(argv: string[], options: { signal?: AbortSignal
     {
       host: { type: "string" },
       port: { type: "string" },
+      "kv-budget": { type: "string" },
       "max-stored-agents": { type: "string" },
       "max-tokens": { type: "string" },
       mailbox: { type: "string" },
@@ -104,6 +107,7 @@ export async function startServe(argv: string[], options: { signal?: AbortSignal
     maxAgents: common.maxAgents ?? 3,
     contextSize: common.contextSize ?? 1024,
     ...(common.threads ? { threads: common.threads } : {}),
+    ...optional("kvBudgetBytes", byteSize("kv-budget", values["kv-budget"])),
     ...optional("maxStoredAgents", integer("max-stored-agents", values["max-stored-agents"])),
     ...optional("maxTokens", integer("max-tokens", values["max-tokens"])),
     ...optional("mailboxCapacity", integer("mailbox", values.mailbox)),
@@ -128,10 +132,11 @@ export async function startServe(argv: string[], options: { signal?: AbortSignal
       ? `http://${address.family === "IPv6" ? `[${address.address}]` : address.address}:${address.port}`
       : String(address);
   const info = runtime.model;
-  const stored = (await runtime.memory()).totals.storedAgents;
+  const { storedAgents: stored, kvBudgetBytes } = (await runtime.memory()).totals;
   process.stdout.write(
     `agentrt serving ${stored} agent(s) at ${url}\n` +
       `  model: ${info.name} (${info.engine}, ${info.contextSize} tokens/agent, ${info.threads} threads)\n` +
+      (kvBudgetBytes === null ? "" : `  kv budget: ${kvBudgetBytes} bytes (at most ${runtime.maxAgents} agents resident)\n`) +
       `  state: ${stateDir}\n  auth:  ${token ? "bearer token required" : "off"}\n` +
       (cluster ? `  cluster: node ${cluster.node} on ${cluster.servers} (GET ${url}/cluster)\n` : "") +
       `  dashboard ${url}/ · OpenAI base URL ${url}/v1 · metrics ${url}/metrics\n`,

@@ -56,6 +56,13 @@ export interface EngineLoadOptions {
    * sees it; the MLX engine refuses it). Default `"f16"`.
    */
   kvType?: KvType;
+  /**
+   * Most bytes the KV caches of all sequences may take. An engine that reserves each sequence's whole context when
+   * it loads (llama.cpp) opens min(`sequences`, floor(kvBudgetBytes / (contextSize × kvBytesPerToken))) sequences,
+   * and fails with a RangeError when not even one fits; an engine whose caches grow (MLX) ignores it: the
+   * supervisor admits agents while their caches fit. Default: no budget.
+   */
+  kvBudgetBytes?: number;
 }
 
 export interface ModelInfo {
@@ -72,6 +79,13 @@ export interface ModelInfo {
   contextSize: number;
   /** KV cache bytes one token costs in memory. */
   kvBytesPerToken: number;
+  /** Sequences the engine holds (fewer than asked where `kvBudgetBytes` caps a preallocating engine). */
+  sequences: number;
+  /**
+   * A sequence's KV memory is reserved in steps of this many tokens: `contextSize` where the whole context is
+   * reserved up front (llama.cpp, at load), 256 where the cache grows (MLX, as mlx-lm's KVCache).
+   */
+  kvStepTokens: number;
   /**
    * The `kvType` in force (llama.cpp; part of the fingerprint, so a state file of another type is never loaded).
    * The MLX engine leaves it out: its cache holds float32, the only type its CPU matmul takes.
@@ -140,6 +154,14 @@ export interface SequenceStats {
   bytes: number;
   /** KV bytes reserved for the sequence (llama.cpp preallocates the context; MLX grows in steps). */
   allocatedBytes: number;
+}
+
+/**
+ * KV bytes the engine reserves for a sequence holding `tokens` tokens: whole steps of `kvStepTokens`, at least one
+ * (the whole context on llama.cpp). What the supervisor charges a resident agent against `kvBudgetBytes`.
+ */
+export function kvReservedBytes(info: Pick<ModelInfo, "kvBytesPerToken" | "kvStepTokens">, tokens: number): number {
+  return Math.max(1, Math.ceil(tokens / info.kvStepTokens)) * info.kvStepTokens * info.kvBytesPerToken;
 }
 
 export interface Engine {

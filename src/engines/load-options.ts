@@ -13,6 +13,9 @@ export function validateLoadOptions(options: EngineLoadOptions): void {
   positive("sequences", 1);
   positive("threads", 1);
   if (options.batchSize !== undefined) positive("batchSize", 1);
+  if (options.kvBudgetBytes !== undefined && (!Number.isSafeInteger(options.kvBudgetBytes) || options.kvBudgetBytes < 1)) {
+    throw new RangeError(`kvBudgetBytes must be a positive integer, got ${String(options.kvBudgetBytes)}`);
+  }
   if (options.kvType !== undefined && !KV_TYPES.includes(options.kvType)) {
     throw new RangeError(`kvType must be one of ${KV_TYPES.map((t) => JSON.stringify(t)).join(", ")}, got ${JSON.stringify(options.kvType)}`);
   }

@@ -34,6 +34,10 @@ export interface MemoryReport {
     memoryBytes: number;
     /** Agents in the store, in memory or not (those not listed here hold no memory at all). */
     storedAgents: number;
+    /** The runtime's `kvBudgetBytes`; null without one. */
+    kvBudgetBytes: number | null;
+    /** KV bytes charged against the budget: what the engine reserves for every resident agent's cache. */
+    kvBudgetUsedBytes: number;
   };
 }
 
@@ -44,6 +48,7 @@ export function memoryReport(
   stats: Record<string, SequenceStats>,
   disk: readonly number[],
   storedAgents: number,
+  budget: { budgetBytes: number; usedBytes: number } = { budgetBytes: Infinity, usedBytes: 0 },
 ): MemoryReport {
   const rows = agents.map((agent, index): AgentMemory => {
     const live = resident.has(agent.id) ? stats[agent.id] : undefined;
@@ -80,6 +85,8 @@ export function memoryReport(
       diskBytes: sum((row) => row.diskBytes),
       memoryBytes: info.modelBytes + cacheAllocatedBytes,
       storedAgents,
+      kvBudgetBytes: Number.isFinite(budget.budgetBytes) ? budget.budgetBytes : null,
+      kvBudgetUsedBytes: budget.usedBytes,
     },
   };
 }

@@ -35,6 +35,16 @@ export interface AgentRuntimeOptions {
    * history (or from its previous state file). Default 0: states go straight to the store.
    */
   hostCacheBytes?: number;
+  /**
+   * Most bytes of KV cache resident agents may hold together, besides `maxAgents`. Each resident is charged what the
+   * engine reserves for it: on MLX, whose caches grow in 256-token steps, its tokens rounded up to a step, so agents
+   * are admitted while their caches fit and least recently used idle ones are passivated to make room (after a turn
+   * too, when one grew); on llama.cpp, which reserves every sequence's whole context when the model loads, the
+   * budget can only lower the number of sequences, to min(maxAgents, floor(kvBudgetBytes / (contextSize ×
+   * kvBytesPerToken))), decided at start (a RangeError when not even one fits). An agent whose cache alone needs more
+   * fails with ERR_KV_BUDGET. Default: no budget.
+   */
+  kvBudgetBytes?: number;
   /** Most agents kept in the store (resident or not); spawning more fails. Default: unlimited. */
   maxStoredAgents?: number;
   /** Tokens per agent sequence (system prompt + history + reply). Default 2048. */
@@ -138,6 +148,8 @@ function positiveInteger(name: string, value: unknown, fallback: number): number
 export interface ResolvedOptions {
   maxAgents: number;
   hostCacheBytes: number;
+  /** Infinity without a budget. */
+  kvBudgetBytes: number;
   maxStoredAgents: number;
   contextSize: number;
   threads: number;
@@ -153,6 +165,7 @@ export function resolveOptions(options: AgentRuntimeOptions): ResolvedOptions {
   return {
     maxAgents: positiveInteger("maxAgents", options.maxAgents, DEFAULTS.maxAgents),
     hostCacheBytes: options.hostCacheBytes === 0 ? 0 : positiveInteger("hostCacheBytes", options.hostCacheBytes, 0),
+    kvBudgetBytes: positiveInteger("kvBudgetBytes", options.kvBudgetBytes, Infinity),
     maxStoredAgents: options.maxStoredAgents === undefined ? Infinity : positiveInteger("maxStoredAgents", options.maxStoredAgents, 0),
     contextSize: positiveInteger("contextSize", options.contextSize, DEFAULTS.contextSize),
     threads: positiveInteger("threads", options.threads, DEFAULTS.threads()),

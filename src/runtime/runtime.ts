@@ -83,7 +83,14 @@ export class AgentRuntime {
     this.#defaultBehaviour = init.defaultBehaviour;
     this.#cluster = init.cluster;
     this.#prefixes = init.prefixes;
-    this.#supervisor = new Supervisor({ ...init, maxAgents: init.options.maxAgents, hostCacheBytes: init.options.hostCacheBytes, emit: this.#emit });
+    this.#supervisor = new Supervisor({
+      ...init,
+      // Under kvBudgetBytes, llama.cpp may hold fewer sequences than maxAgents (it reserves each one's whole context).
+      maxAgents: Math.min(init.options.maxAgents, init.host.info.sequences),
+      kvBudgetBytes: Number.isFinite(init.options.kvBudgetBytes) ? init.options.kvBudgetBytes : undefined,
+      hostCacheBytes: init.options.hostCacheBytes,
+      emit: this.#emit,
+    });
     this.#directory = new AgentDirectory({ ...init, ...init.options, supervisor: this.#supervisor, emit: this.#emit });
     this.#events.on("agent:passivated", ({ id }) => this.#directory.retireIfIdle(id));
     this.#host.on("crashed", (error) => this.#emit("agent:error", { error }));
@@ -113,6 +120,7 @@ export class AgentRuntime {
           model: options.model!,
           contextSize: resolved.contextSize,
           sequences: resolved.maxAgents,
+          ...(Number.isFinite(resolved.kvBudgetBytes) ? { kvBudgetBytes: resolved.kvBudgetBytes } : {}),
           threads: resolved.threads,
           ...(options.batchSize ? { batchSize: options.batchSize } : {}),
           ...(options.batching === false ? { batching: false } : {}),
@@ -168,7 +176,7 @@ export class AgentRuntime {
       },
       call: (method, params, signal) => this.#answer(method, isRecord(params) ? params : {}, signal),
       describe: () => ({
-        maxAgents: this.#options.maxAgents,
+        maxAgents: this.#supervisor.maxAgents,
         resident: this.#supervisor.residents.length,
         prefixes: this.#prefixes?.recentKeys(fingerprint, 32) ?? [],
       }),
@@ -248,8 +256,9 @@ export class AgentRuntime {
     return this.#host.info;
   }
 
+  /** Most agents resident at once: `maxAgents`, or fewer where `kvBudgetBytes` capped llama.cpp's sequences. */
   get maxAgents(): number {
-    return this.#options.maxAgents;
+    return this.#supervisor.maxAgents;
   }
 
   /** Names of the registered behaviours (what `spawn({ behaviour })` accepts). */
@@ -484,7 +493,8 @@ export class AgentRuntime {
     const resident = new Set(this.#supervisor.residents.filter((agent) => agent.status.state === "resident").map((a) => a.id));
     const stats = await engine.stats([...resident]);
     const disk = await Promise.all(agents.map((agent) => this.#store.bytesOnDisk(agent.id)));
-    return memoryReport(engine.info, agents, resident, stats, disk, await this.#store.count());
+    const budget = { budgetBytes: this.#supervisor.kvBudgetBytes, usedBytes: this.#supervisor.kvUsedBytes };
+    return memoryReport(engine.info, agents, resident, stats, disk, await this.#store.count(), budget);
   }
 
   /** Finishes queued messages, passivates every resident agent, stops the worker. Idempotent. */

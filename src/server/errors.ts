@@ -59,6 +59,8 @@ export const STATUS_BY_CODE: Record<ErrorCode | HttpErrorCode, number> = {
   ERR_INVALID_REQUEST: 400,
   // Retryable: the node hands its agents over; another node takes the request.
   ERR_NODE_DRAINING: 503,
+  // Like a store that is full: the agent cannot be served under this budget, retrying does not help.
+  ERR_KV_BUDGET: 507,
   ERR_INVALID_ARGUMENT: 400,
   ERR_BODY_TOO_LARGE: 413,
   ERR_INVALID_JSON: 400,

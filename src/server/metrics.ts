@@ -34,6 +34,12 @@ export function registerMetrics(app: FastifyInstance, runtime: AgentRuntime, opt
     labelNames: ["where"],
     registers,
   });
+  const kvBudget = new Gauge({
+    name: "agentrt_kv_budget_bytes",
+    help: "kvBudgetBytes (limit; absent without a budget) and the KV bytes charged against it (used: what the engine reserves for resident agents)",
+    labelNames: ["what"],
+    registers,
+  });
   const cacheTokens = new Gauge({ name: "agentrt_kv_tokens", help: "Tokens held in resident agents' KV caches", registers });
   const modelBytes = new Gauge({ name: "agentrt_model_bytes", help: "Bytes of model weights", registers });
   const passivations = new Counter({ name: "agentrt_passivations_total", help: "Agents saved to disk and evicted from memory", registers });
@@ -109,6 +115,10 @@ export function registerMetrics(app: FastifyInstance, runtime: AgentRuntime, opt
     queue.set(list.reduce((total, agent) => total + agent.queued, 0));
     kvBytes.set({ where: "memory" }, memory.totals.cacheBytes);
     kvBytes.set({ where: "disk" }, memory.totals.diskBytes);
+    if (memory.totals.kvBudgetBytes !== null) {
+      kvBudget.set({ what: "limit" }, memory.totals.kvBudgetBytes);
+      kvBudget.set({ what: "used" }, memory.totals.kvBudgetUsedBytes);
+    }
     cacheTokens.set(memory.totals.cacheTokens);
     modelBytes.set(memory.model.bytes);
     const cluster = await runtime.clusterStatus();

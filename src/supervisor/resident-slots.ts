@@ -1,3 +1,5 @@
+import { AgentRuntimeError } from "../errors.js";
+
 /** What the supervisor needs to know about an agent. */
 export interface Supervised {
   readonly id: string;
@@ -10,19 +12,29 @@ export interface Supervised {
 export interface ResidentSlotsOptions<A extends Supervised> {
   /** Most agents resident (holding a KV sequence) at once. */
   maxAgents: number;
+  /**
+   * Most bytes the residents may be charged together (their KV caches, as the caller counts them with
+   * {@link ResidentSlots.charge}). Default: no limit, only `maxAgents`.
+   */
+  budgetBytes?: number | undefined;
   /** Saves `agent` to the store and frees its sequence; rejects (agent stays resident) on failure. */
   passivate(agent: A): Promise<void>;
 }
 
 /**
- * The supervisor's bookkeeping: at most `maxAgents` resident slots. Admitting one more passivates the
- * least recently used *idle* resident; when every resident is busy, admission waits until one goes idle.
- * Pure and generic (no engine, no store), so LRU order is unit-tested without threads.
+ * The supervisor's bookkeeping: at most `maxAgents` resident slots, and with `budgetBytes` at most that many
+ * bytes charged to residents. Admitting one more passivates the least recently used *idle* resident until
+ * both fit; when every resident is busy, admission waits until one goes idle. Pure and generic (no engine,
+ * no store), so LRU order is unit-tested without threads.
  */
 export class ResidentSlots<A extends Supervised> {
   readonly maxAgents: number;
+  /** Infinity without a budget. */
+  readonly budgetBytes: number;
   readonly #options: ResidentSlotsOptions<A>;
   readonly #residents = new Set<A>();
+  /** Bytes charged to each resident. */
+  readonly #bytes = new Map<A, number>();
   readonly #evicting = new Map<A, Promise<void>>();
   #waiters: Array<() => void> = [];
 
@@ -30,8 +42,39 @@ export class ResidentSlots<A extends Supervised> {
     if (!Number.isInteger(options.maxAgents) || options.maxAgents < 1) {
       throw new RangeError(`maxAgents must be an integer ≥ 1, got ${options.maxAgents}`);
     }
+    const budget = options.budgetBytes;
+    if (budget !== undefined && (!Number.isSafeInteger(budget) || budget < 1)) {
+      throw new RangeError(`budgetBytes must be a positive integer, got ${String(budget)}`);
+    }
     this.maxAgents = options.maxAgents;
+    this.budgetBytes = budget ?? Infinity;
     this.#options = options;
+  }
+
+  /** Bytes charged to the residents (those on their way out included, until they are out). */
+  get usedBytes(): number {
+    let total = 0;
+    for (const bytes of this.#bytes.values()) total += bytes;
+    return total;
+  }
+
+  /** Sets the bytes charged to a resident (no-op for others); call {@link fit} after a growth. */
+  charge(agent: A, bytes: number): void {
+    if (this.#residents.has(agent)) this.#bytes.set(agent, bytes);
+  }
+
+  /** The bytes charged to `agent`; 0 when it is not resident. */
+  charged(agent: A): number {
+    return this.#bytes.get(agent) ?? 0;
+  }
+
+  /** ERR_KV_BUDGET for an agent whose cache alone takes `bytes`, over the budget. */
+  oversize(agent: A, bytes: number): AgentRuntimeError {
+    return new AgentRuntimeError(
+      "ERR_KV_BUDGET",
+      `The KV cache of ${agent.id} needs ${bytes} bytes; kvBudgetBytes is ${this.budgetBytes}: it cannot be resident`,
+      { details: { id: agent.id, bytes, budgetBytes: this.budgetBytes } },
+    );
   }
 
   get residents(): readonly A[] {
@@ -53,10 +96,11 @@ export class ResidentSlots<A extends Supervised> {
   }
 
   /**
-   * Reserves a resident slot for `agent` (which the caller has pinned). Resolves `true` when the agent
-   * was not resident (the caller must now load it) and `false` when it already was.
+   * Reserves a resident slot for `agent` (which the caller has pinned), charged `bytes` (its expected cache).
+   * Resolves `true` when the agent was not resident (the caller must now load it) and `false` when it already
+   * was. Rejects with ERR_KV_BUDGET when `bytes` alone exceed the budget.
    */
-  async admit(agent: A, signal?: AbortSignal): Promise<boolean> {
+  async admit(agent: A, signal?: AbortSignal, bytes = 0): Promise<boolean> {
     while (true) {
       signal?.throwIfAborted();
       const eviction = this.#evicting.get(agent);
@@ -66,8 +110,10 @@ export class ResidentSlots<A extends Supervised> {
         continue;
       }
       if (this.#residents.has(agent)) return false;
-      if (this.#residents.size < this.maxAgents) {
+      if (bytes > this.budgetBytes) throw this.oversize(agent, bytes);
+      if (this.#residents.size < this.maxAgents && this.usedBytes + bytes <= this.budgetBytes) {
         this.#residents.add(agent);
+        this.#bytes.set(agent, bytes);
         return true;
       }
       const victim = this.chooseVictim();
@@ -79,9 +125,33 @@ export class ResidentSlots<A extends Supervised> {
     }
   }
 
+  /**
+   * Passivates least recently used idle residents until the bytes charged to those staying fit the budget
+   * (after a resident grew); stops early when no idle resident is left, or when a passivation fails.
+   */
+  async fit(): Promise<void> {
+    while (this.#stayingBytes() > this.budgetBytes) {
+      const victim = this.chooseVictim();
+      if (!victim) return;
+      try {
+        await this.#evict(victim);
+      } catch {
+        return; // the passivation failure is the caller's to log; the victim stays resident
+      }
+    }
+  }
+
+  /** Bytes charged to residents not being passivated right now. */
+  #stayingBytes(): number {
+    let total = 0;
+    for (const [agent, bytes] of this.#bytes) if (!this.#evicting.has(agent)) total += bytes;
+    return total;
+  }
+
   async #evict(victim: A): Promise<void> {
     const eviction = this.#options.passivate(victim).then(() => {
       this.#residents.delete(victim);
+      this.#bytes.delete(victim);
     });
     this.#evicting.set(victim, eviction);
     try {
@@ -108,6 +178,7 @@ export class ResidentSlots<A extends Supervised> {
 
   /** Forgets `agent` as resident without saving it (removal, or its sequence was lost). */
   release(agent: A): void {
+    this.#bytes.delete(agent);
     if (this.#residents.delete(agent)) this.notify();
   }
 
@@ -115,6 +186,7 @@ export class ResidentSlots<A extends Supervised> {
   releaseAll(): A[] {
     const released = [...this.#residents];
     this.#residents.clear();
+    this.#bytes.clear();
     this.notify();
     return released;
   }

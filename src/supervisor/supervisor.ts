@@ -2,6 +2,7 @@ import type { Agent } from "../actor/agent.js";
 import type { Clock } from "../clock.js";
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
 import type { EmitEvent } from "../events.js";
+import { kvReservedBytes } from "../engines/engine.js";
 import { checkKvDescriptor } from "../store/kv-descriptor.js";
 import type { PrefixCache } from "../store/prefix-cache.js";
 import type { StagedKv, StateStore } from "../store/state-store.js";
@@ -19,12 +20,16 @@ export interface SupervisorOptions {
   prefixes: PrefixCache | undefined;
   clock: Clock;
   emit: EmitEvent;
+  /** Most KV bytes resident agents may hold together (see AgentRuntimeOptions.kvBudgetBytes). Default: no budget. */
+  kvBudgetBytes?: number | undefined;
   /** Bytes of passivated agents' KV states that may wait for their commit to the store (host tier). 0: none. */
   hostCacheBytes?: number | undefined;
 }
 
 /**
- * Keeps at most `maxAgents` agents resident (holding a KV sequence in the engine): admits an agent by
+ * Keeps at most `maxAgents` agents resident (holding a KV sequence in the engine), and with `kvBudgetBytes` at
+ * most that many bytes of their KV caches, each charged what the engine reserves for its tokens (the whole
+ * context on llama.cpp, 256-token steps on MLX; see kvReservedBytes): admits an agent by
  * passivating the least recently used idle one (KV state, then the record that names it), and loads
  * the admitted agent from its saved state, or from its history when the state is missing or unusable.
  * When the worker crashes every resident's cache is gone: they become passivated, to be rebuilt.
@@ -71,7 +76,11 @@ export class Supervisor {
         },
       });
     }
-    this.#slots = new ResidentSlots<Agent>({ maxAgents: options.maxAgents, passivate: (agent) => this.#passivate(agent) });
+    this.#slots = new ResidentSlots<Agent>({
+      maxAgents: options.maxAgents,
+      budgetBytes: options.kvBudgetBytes,
+      passivate: (agent) => this.#passivate(agent),
+    });
     this.#host.on("crashed", () => {
       for (const agent of this.#slots.releaseAll()) agent.lostCache();
     });
@@ -79,6 +88,16 @@ export class Supervisor {
 
   get maxAgents(): number {
     return this.#slots.maxAgents;
+  }
+
+  /** The KV budget in bytes; Infinity without one. */
+  get kvBudgetBytes(): number {
+    return this.#slots.budgetBytes;
+  }
+
+  /** KV bytes charged to resident agents: what the engine reserves for their caches (see kvReservedBytes). */
+  get kvUsedBytes(): number {
+    return this.#slots.usedBytes;
   }
 
   /** Agents holding a slot (resident, or on their way in or out). */
@@ -92,17 +111,26 @@ export class Supervisor {
     if (agent.status.state === "failed") throw agent.status.error;
     signal?.throwIfAborted();
     agent.pins++;
+    const budgeted = this.#slots.budgetBytes !== Infinity;
     try {
-      if (await this.#slots.admit(agent, signal)) {
+      if (await this.#slots.admit(agent, signal, budgeted ? this.#expectedBytes(agent) : 0)) {
         try {
-          await this.#load(agent, signal);
+          const tokens = await this.#load(agent, signal);
+          if (budgeted) await this.#chargeLoaded(agent, tokens);
         } catch (error) {
           await this.unload(agent);
           throw error;
         }
       }
+      const turn = agent.lastTurn;
       try {
-        return await work();
+        const result = await work();
+        // A turn grew the cache: charge it what the engine now reserves (it never shrinks while resident).
+        if (budgeted && agent.lastTurn !== turn && agent.lastTurn) {
+          const bytes = kvReservedBytes(this.#host.info, agent.lastTurn.cacheTokens);
+          this.#slots.charge(agent, Math.max(bytes, this.#slots.charged(agent)));
+        }
+        return result;
       } catch (error) {
         // The engine failed mid-turn: the sequence may be broken. Drop it and its saved copy, so the
         // next message rebuilds the cache from the history.
@@ -116,7 +144,25 @@ export class Supervisor {
       agent.pins--;
       agent.lastUsed = this.#clock.now();
       this.#slots.notify();
+      // Back within the budget (a turn may have grown past it) before the caller hears back.
+      if (budgeted) await this.#slots.fit();
     }
+  }
+
+  /**
+   * What an agent's cache should take once loaded, without asking the engine: its saved cache's tokens, else
+   * its last turn's, else one allocation step (a new agent, or one whose cache is rebuilt from history).
+   */
+  #expectedBytes(agent: Agent): number {
+    return kvReservedBytes(this.#host.info, agent.kv?.tokens ?? agent.lastTurn?.cacheTokens ?? 0);
+  }
+
+  /** Charges a loaded agent its real cache; ERR_KV_BUDGET when it alone is over the budget, else others make room. */
+  async #chargeLoaded(agent: Agent, tokens: number): Promise<void> {
+    const bytes = kvReservedBytes(this.#host.info, tokens);
+    if (bytes > this.#slots.budgetBytes) throw this.#slots.oversize(agent, bytes);
+    this.#slots.charge(agent, bytes);
+    await this.#slots.fit();
   }
 
   /** Passivates `agent` now if it is resident (the caller runs this inside the agent's mailbox). */
@@ -179,7 +225,7 @@ export class Supervisor {
   }
 
   /** Gives an admitted agent its cache: from its state file when valid, else by re-evaluating its context. */
-  async #load(agent: Agent, signal: AbortSignal | undefined): Promise<void> {
+  async #load(agent: Agent, signal: AbortSignal | undefined): Promise<number> {
     const engine = await this.#host.engine();
     const started = this.#clock.now();
     const pending = await this.#tier?.take(agent.id, engine.info.fingerprint);
@@ -236,6 +282,7 @@ export class Supervisor {
       agent.log.debug({ tokens, ms, source }, "rehydrated");
       this.#emit("agent:rehydrated", { id: agent.id, tokens, ms, source });
     }
+    return tokens;
   }
 
   /** Saves an agent's cache, then the record naming it, and frees its sequence. */

@@ -4,7 +4,7 @@ import type { ChatMessage, EvaluationCounts, GenerateInput, GenerateOutput, Mode
 import { commonPrefixLength } from "../engines/chat-history.js";
 import { findContextShift } from "../engines/context-shift.js";
 import { AgentRuntimeError } from "../errors.js";
-import type { HostedEngine } from "../engines/engine.js";
+import { kvReservedBytes, type HostedEngine } from "../engines/engine.js";
 
 export interface FakeEngineOptions {
   /** Sequences available (the runtime's maxAgents). Default 3. */
@@ -13,6 +13,11 @@ export interface FakeEngineOptions {
   contextSize?: number;
   /** Distinguishes fake "models": state files of another fingerprint are foreign. Default "fake-model". */
   model?: string;
+  /**
+   * KV memory is reserved in steps of this many tokens (`info.kvStepTokens`): the default, `contextSize`, reserves
+   * the whole context per sequence as llama.cpp does; 256 grows the cache as MLX does.
+   */
+  kvStepTokens?: number;
   /** Called before each generation; await something here to hold a turn mid-flight in tests. */
   beforeGenerate?: (key: string, messages: ChatMessage[]) => Promise<void> | void;
 }
@@ -35,7 +40,7 @@ export class FakeEngine implements HostedEngine {
   #evaluatedTokens = 0;
 
   constructor(options: FakeEngineOptions = {}) {
-    for (const name of ["sequences", "contextSize"] as const) {
+    for (const name of ["sequences", "contextSize", "kvStepTokens"] as const) {
       const value = options[name];
       const min = name === "contextSize" ? 2 : 1;
       if (value !== undefined && (!Number.isInteger(value) || value < min))
@@ -51,6 +56,8 @@ export class FakeEngine implements HostedEngine {
       modelBytes: 1000,
       contextSize: options.contextSize ?? 4096,
       kvBytesPerToken: KV_BYTES_PER_TOKEN,
+      sequences: options.sequences ?? 3,
+      kvStepTokens: options.kvStepTokens ?? options.contextSize ?? 4096,
       chatFormat: "fake",
       stateFileExtension: ".json",
       threads: 1,
@@ -196,10 +203,7 @@ export class FakeEngine implements HostedEngine {
     return Object.fromEntries(
       keys.map((key) => {
         const tokens = this.#caches.get(key)?.length ?? 0;
-        return [
-          key,
-          { tokens, bytes: tokens * KV_BYTES_PER_TOKEN, allocatedBytes: this.#caches.has(key) ? this.info.contextSize * KV_BYTES_PER_TOKEN : 0 },
-        ];
+        return [key, { tokens, bytes: tokens * KV_BYTES_PER_TOKEN, allocatedBytes: this.#caches.has(key) ? kvReservedBytes(this.info, tokens) : 0 }];
       }),
     );
   }

@@ -1,6 +1,7 @@
 import { basename } from "node:path";
 import {
   getLlama,
+  GgmlType,
   LlamaLogLevel,
   readGgufFileInfo,
   resolveChatWrapper,
@@ -106,11 +107,21 @@ export class LlamaCppEngine implements Engine {
         cause: error,
       });
     }
+    const metadata = model.fileInfo.metadata as unknown as Record<string, unknown>;
+    const architecture = String((metadata.general as Record<string, unknown> | undefined)?.architecture ?? "llama");
+    let sequences: number;
+    try {
+      sequences = budgetedSequences(options, metadata, architecture, kvType);
+    } catch (error) {
+      await model.dispose();
+      await llama.dispose();
+      throw error;
+    }
     let context: LlamaContext;
     try {
       context = await model.createContext({
         contextSize: options.contextSize,
-        sequences: options.sequences,
+        sequences,
         threads: options.threads,
         batchSize: options.batchSize ?? Math.min(512, options.contextSize),
         // A quantized V cache needs flash attention, which "auto" (the default) turns on where it runs.
@@ -121,8 +132,6 @@ export class LlamaCppEngine implements Engine {
       await llama.dispose();
       throw error;
     }
-    const metadata = model.fileInfo.metadata as unknown as Record<string, unknown>;
-    const architecture = String((metadata.general as Record<string, unknown> | undefined)?.architecture ?? "llama");
     const hasTemplate = typeof (metadata.tokenizer as Record<string, unknown> | undefined)?.chat_template === "string";
     // Without a template, resolveChatWrapper guesses from the model's name; a base model continues text.
     const chatWrapper = (hasTemplate ? resolveChatWrapper(model) : null) ?? (await completionChatWrapper());
@@ -140,6 +149,9 @@ export class LlamaCppEngine implements Engine {
       modelBytes: model.size,
       contextSize: context.contextSize,
       kvBytesPerToken: kvBytesPerToken(metadata, architecture, context.kvCacheKeyType, context.kvCacheValueType),
+      sequences: context.totalSequences,
+      // The context reserves every sequence's whole cache when it is created.
+      kvStepTokens: context.contextSize,
       kvType,
       chatFormat: hasTemplate ? chatWrapper.wrapperName : COMPLETION_FORMAT,
       stateFileExtension: ".bin",
@@ -397,4 +409,22 @@ export class LlamaCppEngine implements Engine {
   [Symbol.asyncDispose](): Promise<void> {
     return this.dispose();
   }
+}
+
+/**
+ * Sequences to create under `kvBudgetBytes`: llama.cpp reserves each sequence's whole context when the context is
+ * created, so a budget can only lower the number of sequences (agents resident at once), never admit more.
+ */
+function budgetedSequences(options: EngineLoadOptions, metadata: Record<string, unknown>, architecture: string, kvType: "f16" | "q8_0"): number {
+  if (options.kvBudgetBytes === undefined) return options.sequences;
+  const type = kvType === "q8_0" ? GgmlType.Q8_0 : GgmlType.F16;
+  const perSequence = options.contextSize * kvBytesPerToken(metadata, architecture, type, type);
+  const fit = Math.floor(options.kvBudgetBytes / perSequence);
+  if (fit < 1) {
+    throw new RangeError(
+      `kvBudgetBytes (${options.kvBudgetBytes}) is less than one sequence's KV cache on llama.cpp, which reserves the whole ` +
+        `context per sequence: ${options.contextSize} tokens × ${perSequence / options.contextSize} bytes = ${perSequence} bytes`,
+    );
+  }
+  return Math.min(options.sequences, fit);
 }

@@ -1,6 +1,6 @@
 /**
  * Per-agent KV cache, shaped like mlx-lm's `KVCache`: per layer one keys and one values array of shape
- * [1, kvHeads, capacity, headDim], grown in steps of 256 positions (a concat per step, not per token), with
+ * [1, kvHeads, capacity, headDim], grown to whole steps of 256 positions (a concat per step, not per token), with
  * `offset` valid positions. Rewinding only moves `offset` back (what mlx-lm's `trim` does); the next write
  * overwrites the stale positions.
  */
@@ -35,13 +35,16 @@ export class LayerCache {
     if (this.#keys === undefined || this.#values === undefined || prev + n > this.#keys.shape[2]!) {
       const [b, heads, , kDim] = keys.shape as [number, number, number, number];
       const vDim = values.shape[3]!;
-      const steps = Math.ceil(n / KV_STEP) * KV_STEP;
-      const newK = mx.zeros([b, heads, steps, kDim], keys.dtype);
-      const newV = mx.zeros([b, heads, steps, vDim], values.dtype);
-      if (this.#keys !== undefined && this.#values !== undefined) {
-        // Drop stale positions past `offset` first so capacity stays a multiple of the step over valid data.
-        const k = prev % KV_STEP !== 0 ? this.#valid(this.#keys, 0, prev) : this.#keys;
-        const v = prev % KV_STEP !== 0 ? this.#valid(this.#values, 0, prev) : this.#values;
+      // Capacity stays whole steps of positions (mlx-lm adds the steps to `prev`, which after a rewind or a loaded
+      // state is no multiple of the step): what a sequence reserves is then ceil(peak tokens / step) steps, the
+      // bound the supervisor charges against kvBudgetBytes (see kvReservedBytes).
+      const added = Math.ceil((prev + n) / KV_STEP) * KV_STEP - prev;
+      const newK = mx.zeros([b, heads, added, kDim], keys.dtype);
+      const newV = mx.zeros([b, heads, added, vDim], values.dtype);
+      if (this.#keys !== undefined && this.#values !== undefined && prev > 0) {
+        // Drop stale positions past `offset` first.
+        const k = prev !== this.#keys.shape[2] ? this.#valid(this.#keys, 0, prev) : this.#keys;
+        const v = prev !== this.#values.shape[2] ? this.#valid(this.#values, 0, prev) : this.#values;
         this.#keys = mx.concatenate([k, newK], 2);
         this.#values = mx.concatenate([v, newV], 2);
       } else {

@@ -22,7 +22,7 @@ import { loadGgufChat } from "./gguf-chat.js";
 import { loadGgufWeights, type LoadedWeights } from "./gguf-source.js";
 import { loadHfChat } from "./hf-chat.js";
 import { loadHfWeights, readHfConfig } from "./hf-source.js";
-import { arrayBytes } from "./kv-cache.js";
+import { arrayBytes, KV_STEP } from "./kv-cache.js";
 import { loadMlx, type Mx } from "./mlx.js";
 import { LlamaModel } from "./model.js";
 import { FORMAT_VERSION } from "./prompt-cache.js";
@@ -88,6 +88,9 @@ export async function loadMlxParts(options: EngineLoadOptions): Promise<MlxEngin
       modelBytes: arrays.reduce((sum, a) => sum + arrayBytes(a), 0),
       contextSize: options.contextSize,
       kvBytesPerToken: config.layers * 2 * config.kvHeads * config.headDim * 4,
+      // The cache grows as the agent talks: kvBudgetBytes is enforced by the supervisor, not here.
+      sequences: options.sequences,
+      kvStepTokens: KV_STEP,
       chatFormat: chat.formatName,
       stateFileExtension: ".safetensors",
       threads: Number(process.env["OPENBLAS_NUM_THREADS"] ?? options.threads) || options.threads,
