@@ -24,6 +24,8 @@ interface Held {
   revision: number;
   /** A commit's outcome is unknown (no reply): the head is read back before the next one. */
   uncertain: boolean;
+  /** The membership's lapse count when the lease was last confirmed (see `Membership.lapses`). */
+  lapses: number;
 }
 
 /** A committed head and the revision it was written at. */
@@ -78,8 +80,10 @@ export class AgentLeases {
     return [...this.#held.keys()];
   }
 
+  /** Whether this node holds `id` for sure: confirmed since its membership last lapsed (local, no I/O). */
   holds(id: string): boolean {
-    return this.#held.has(id) && this.#membership.isValid();
+    const held = this.#held.get(id);
+    return held !== undefined && held.lapses === this.#membership.lapses && this.#membership.isValid();
   }
 
   /** The head this node last committed for `id`, when it holds the lease. */
@@ -141,6 +145,9 @@ export class AgentLeases {
       throw new AgentRuntimeError("ERR_NOT_OWNER", `This node holds no lease on ${id}: acquire it first`, { details: { id } });
     }
     this.#membership.check(id);
+    // The membership lapsed since this lease was confirmed (a pause, a partition): someone may have
+    // taken the agent meanwhile. Read the head back before building on it.
+    if (held.lapses !== this.#membership.lapses) held.uncertain = true;
     return held;
   }
 
@@ -157,7 +164,7 @@ export class AgentLeases {
       if (!current) throw new AgentRuntimeError("ERR_AGENT_NOT_FOUND", `No stored agent with id ${JSON.stringify(id)}`, { details: { id } });
       const { head, revision } = current;
       if (head.owner?.node === me.node && head.owner.incarnation === me.incarnation) {
-        this.#held.set(id, { head, revision, uncertain: false });
+        this.#held.set(id, { head, revision, uncertain: false, lapses: this.#membership.lapses });
         this.#lost.delete(id);
         return head;
       }
@@ -165,7 +172,7 @@ export class AgentLeases {
       const next: Head = { ...head, owner: me, epoch: revision + 1, op: newOp() };
       try {
         const written = await this.#cas.put(keys.head(agentToken(id)), encodeHead(next), revision);
-        this.#held.set(id, { head: next, revision: written, uncertain: false });
+        this.#held.set(id, { head: next, revision: written, uncertain: false, lapses: this.#membership.lapses });
         this.#lost.delete(id);
         return next;
       } catch (error) {
@@ -173,7 +180,7 @@ export class AgentLeases {
           // No reply: read back whether the take landed (our op in the head).
           const after = await this.read(id);
           if (after?.head.op === next.op) {
-            this.#held.set(id, { head: after.head, revision: after.revision, uncertain: false });
+            this.#held.set(id, { head: after.head, revision: after.revision, uncertain: false, lapses: this.#membership.lapses });
             this.#lost.delete(id);
             return after.head;
           }
@@ -200,13 +207,13 @@ export class AgentLeases {
     const key = keys.head(agentToken(id));
     try {
       const revision = await this.#cas.put(key, encodeHead(next), tombstone);
-      this.#held.set(id, { head: next, revision, uncertain: false });
+      this.#held.set(id, { head: next, revision, uncertain: false, lapses: this.#membership.lapses });
       this.#lost.delete(id);
       return next;
     } catch (error) {
       const after = await this.read(id).catch(() => undefined);
       if (after?.head.op === next.op) {
-        this.#held.set(id, { head: after.head, revision: after.revision, uncertain: false });
+        this.#held.set(id, { head: after.head, revision: after.revision, uncertain: false, lapses: this.#membership.lapses });
         return after.head;
       }
       if (isWrongLastSequence(error) || after) return undefined;
@@ -292,5 +299,6 @@ export class AgentLeases {
     held.head = current.head;
     held.revision = current.revision;
     held.uncertain = false;
+    held.lapses = this.#membership.lapses;
   }
 }

@@ -51,6 +51,8 @@ export interface NodeInfo {
   prefixes: string[];
   /** Free KV memory in bytes, when the node has a budget. */
   kvFreeBytes?: number | undefined;
+  /** True while it has event streams open (others then relay token events to it: see cluster-events.ts). */
+  listening?: boolean | undefined;
 }
 
 /** The membership record as stored (JSON). */
@@ -101,7 +103,8 @@ function validInfo(info: NodeInfo): boolean {
     Array.isArray(info.prefixes) &&
     info.prefixes.length <= 64 &&
     info.prefixes.every((key) => typeof key === "string" && /^[0-9a-f]{1,64}$/.test(key)) &&
-    (info.kvFreeBytes === undefined || count(info.kvFreeBytes))
+    (info.kvFreeBytes === undefined || count(info.kvFreeBytes)) &&
+    (info.listening === undefined || typeof info.listening === "boolean")
   );
 }
 
@@ -158,6 +161,7 @@ export class Membership {
   #halted = false;
   #renewing: Promise<void> | undefined;
   #renewals = 0;
+  #lapses = 0;
 
   private constructor(
     members: KV,
@@ -234,6 +238,14 @@ export class Membership {
     return membership;
   }
 
+  /**
+   * How many times this node's membership ran out and was renewed after (a pause, a partition). A lease
+   * confirmed before the last lapse may have been taken meanwhile: it is read back before use.
+   */
+  get lapses(): number {
+    return this.#lapses;
+  }
+
   /** Renewals sent so far (`bench:cluster`: heartbeat traffic must not grow with the agents owned). */
   get renewals(): number {
     return this.#renewals;
@@ -296,6 +308,8 @@ export class Membership {
     this.#renewals++;
     try {
       this.#revision = await this.#cas.put(keys.member(this.node), encode(record), this.#revision);
+      // Renewed after it had run out (paused, cut off): others may have taken agents meanwhile.
+      if (sentAt >= this.#validUntil) this.#lapses++;
       // Counted from when it was sent: the record may have been visible since then, never before.
       this.#validUntil = Math.max(this.#validUntil, sentAt + this.ttlMs);
     } catch (error) {

@@ -19,10 +19,13 @@ import { connect } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import type { Clock } from "../clock.js";
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
-import type { MemberRecord, NodeInfo } from "../cluster/membership.js";
+import { parseMember, type MemberRecord, type NodeInfo } from "../cluster/membership.js";
 import { NatsStore, type NatsStoreOptions } from "../cluster/nats-store.js";
 import { RpcClient, RpcServer, type RpcHandlers } from "../cluster/node-rpc.js";
 import { choosePlacement } from "../cluster/placement.js";
+import type { EventEmitter } from "eventemitter3";
+import type { RuntimeEvents } from "../events.js";
+import { ClusterEvents } from "./cluster-events.js";
 
 export interface ClusterOptions {
   /** NATS servers: `nats://host:port` URLs, as an array or comma-separated. Required unless `connection` is given. */
@@ -48,6 +51,15 @@ export interface ClusterOptions {
   stallMs?: number | undefined;
 }
 
+/** An owner that went silent on a request, at the epoch it held then. */
+interface Suspect {
+  node: string;
+  epoch: number;
+}
+
+/** The suspect still holds the agent: wait (its lease expires, or it answers the next request). */
+class StillSuspect extends Error {}
+
 /** What this node is doing with one request. */
 type Route = { local: true } | { local: false; node: string };
 
@@ -62,6 +74,15 @@ function reroutable(error: unknown): boolean {
   if (!isAgentRuntimeError(error)) return false;
   if (error.code === "ERR_NOT_OWNER" || error.code === "ERR_NODE_DRAINING") return true;
   return error.code === "ERR_NODE_UNAVAILABLE" && error.details?.accepted === false;
+}
+
+/**
+ * A request the owner went silent on before accepting it (paused, cut off): it may still sit in the
+ * owner's socket and run when the owner wakes. It may be sent again only to an owner that took the
+ * agent over since (a new epoch: the old owner's commit is then fenced), never to the same one.
+ */
+function unanswered(error: unknown): boolean {
+  return isAgentRuntimeError(error, "ERR_NODE_UNAVAILABLE") && error.details?.acknowledged === false && error.details?.accepted === true;
 }
 
 export interface ClusterNodeInit {
@@ -101,6 +122,10 @@ export class ClusterNode {
   #draining: Promise<void> | undefined;
   #members: { at: number; list: Promise<MemberRecord[]> } | undefined;
   #lost: string | undefined;
+  #events: ClusterEvents | undefined;
+  /** Every member record as last seen by a watch of the members bucket, by key (no read per decision). */
+  readonly #watched = new Map<string, MemberRecord>();
+  #watch: { stop(): void } | undefined;
   readonly stats = { forwarded: 0, served: 0, rerouted: 0, placed: 0, handedOver: 0, evicted: 0 };
 
   private constructor(options: ClusterOptions, connection: NatsConnection, ownsConnection: boolean, store: NatsStore, init: ClusterNodeInit) {
@@ -174,9 +199,12 @@ export class ClusterNode {
     }
   }
 
-  /** Starts answering requests forwarded by other nodes (after the store is open). */
-  async start(handlers: LocalHandlers): Promise<void> {
+  /** Starts answering requests forwarded by other nodes (after the store is open) and relaying `local` events. */
+  async start(handlers: LocalHandlers, local: EventEmitter<RuntimeEvents>): Promise<void> {
     this.#handlers = handlers;
+    this.#events = new ClusterEvents(this.#connection, { prefix: this.#options.prefix ?? "agentrt", node: this.node, log: this.#log, local });
+    this.#events.anyoneListening = () => this.#events!.listening || [...this.#watched.values()].some((member) => member.info?.listening === true);
+    await this.#watchMembers();
     this.#server = await RpcServer.start(this.#connection, {
       node: this.node,
       ...(this.#options.prefix ? { prefix: this.#options.prefix } : {}),
@@ -199,7 +227,25 @@ export class ClusterNode {
 
   #describe(): NodeInfo {
     const local = this.#handlers?.describe() ?? { maxAgents: 0, resident: 0, prefixes: [] };
-    return { ...local, owned: this.store.heldIds().length, draining: this.#draining !== undefined || this.#lost !== undefined };
+    return {
+      ...local,
+      owned: this.store.heldIds().length,
+      draining: this.#draining !== undefined || this.#lost !== undefined,
+      listening: this.#events?.listening ?? false,
+    };
+  }
+
+  /**
+   * Every node's events, for an event stream on this node: returns the emitter to listen to and the
+   * function to call when the stream ends.
+   */
+  openEvents(): { emitter: EventEmitter<RuntimeEvents>; close: () => void } {
+    const events = this.#events!;
+    const first = !events.listening;
+    const close = events.open();
+    // Tell the others now (not at the next renewal) that token events are wanted here.
+    if (first) void this.store.announce().catch(() => {});
+    return { emitter: events.emitter, close };
   }
 
   #membershipLost(reason: string): void {
@@ -238,23 +284,40 @@ export class ClusterNode {
     remote: (node: string) => Promise<T>,
   ): Promise<T> {
     const deadline = this.#clock.now() + this.#routeTimeoutMs;
+    /** The owner (and its epoch) that left a delivery of this request unanswered: see `unanswered`. */
+    let suspect: Suspect | undefined;
+    let firstFailure: unknown;
     for (let attempt = 0; ; attempt++) {
       options.signal?.throwIfAborted();
       let route: Route | undefined;
       try {
-        route = await this.#route(id, options);
+        route = await this.#route(id, { ...options, suspect });
         if (route.local) return await local();
         this.stats.forwarded++;
         return await remote(route.node);
       } catch (error) {
         if (route && !route.local) this.#routes.delete(id);
-        if (!options.forward || !reroutable(error)) throw error;
+        if (!options.forward) throw error;
+        if (!suspect && route && !route.local && unanswered(error)) {
+          // Retried only once someone has taken the agent from that owner (see #route).
+          const seen = await this.store.lookup(id).catch(() => undefined);
+          if (seen?.owner?.node !== route.node) throw error;
+          suspect = { node: route.node, epoch: seen.epoch };
+          firstFailure = error;
+        } else if (!(error instanceof StillSuspect) && !reroutable(error) && !(route === undefined && !isAgentRuntimeError(error))) throw error;
+        // (The last: the cluster's state could not be read — a server failing over; nothing was sent.)
         const left = deadline - this.#clock.now();
         if (left <= 0) {
-          throw new AgentRuntimeError("ERR_NODE_UNAVAILABLE", `No node could take agent ${id} within ${this.#routeTimeoutMs} ms`, {
-            cause: error,
-            details: { id, accepted: false, last: (error as AgentRuntimeError).code },
-          });
+          // A request its owner may still run must not be reported as never handled.
+          if (suspect) throw firstFailure;
+          throw new AgentRuntimeError(
+            "ERR_NODE_UNAVAILABLE",
+            `No node could take agent ${id} within ${this.#routeTimeoutMs} ms: ${(error as Error).message}`,
+            {
+              cause: error,
+              details: { id, accepted: false, last: (error as AgentRuntimeError).code ?? (error as Error).name },
+            },
+          );
         }
         this.stats.rerouted++;
         // Backing off: a dead owner's lease takes up to its TTL to expire; a racing take settles at once.
@@ -263,7 +326,10 @@ export class ClusterNode {
     }
   }
 
-  async #route(id: string, options: { forward: boolean; prefix?: string | undefined; create?: boolean }): Promise<Route> {
+  async #route(
+    id: string,
+    options: { forward: boolean; prefix?: string | undefined; create?: boolean; suspect?: Suspect | undefined },
+  ): Promise<Route> {
     const handover = this.#handovers.get(id);
     if (handover) {
       await handover;
@@ -280,10 +346,12 @@ export class ClusterNode {
       const target = await this.#place(id, options.prefix);
       return target === this.node ? LOCAL : { local: false, node: target };
     }
-    const cached = options.forward ? this.#routes.get(id) : undefined;
+    const cached = options.forward && !options.suspect ? this.#routes.get(id) : undefined;
     if (cached !== undefined && cached !== this.node) return { local: false, node: cached };
     const seen = await this.store.lookup(id);
     if (!seen) throw new AgentRuntimeError("ERR_AGENT_NOT_FOUND", `No agent with id ${JSON.stringify(id)}`, { details: { id } });
+    const { suspect } = options;
+    if (suspect && seen.owner?.node === suspect.node && seen.epoch === suspect.epoch && seen.alive) throw new StillSuspect();
     const me = this.store.membership?.self;
     const mine = seen.owner !== null && me !== undefined && seen.owner.node === me.node && seen.owner.incarnation === me.incarnation;
     if (seen.owner && seen.alive && !mine) {
@@ -327,8 +395,40 @@ export class ClusterNode {
     return target;
   }
 
-  /** The live members with their advertisements (re-read at most every 500 ms). */
+  /**
+   * Keeps `#watched` up to date from a watch of the members bucket: every renewal of every node arrives
+   * as it is written (the watch re-creates its consumer when a server fails over).
+   */
+  async #watchMembers(): Promise<void> {
+    const watch = await this.store.buckets.members.watch({ key: "m.*" });
+    this.#watch = watch;
+    void (async () => {
+      for await (const entry of watch) {
+        const record = entry.operation === "PUT" ? parseMember(entry.value) : undefined;
+        if (record) this.#watched.set(entry.key, record);
+        else this.#watched.delete(entry.key);
+      }
+    })().catch((error: unknown) => this.#log.warn({ err: error }, "members watch ended; placement reads the members bucket instead"));
+  }
+
+  /** The live members with their advertisements: from the watch, or (without one) read at most every 500 ms. */
   members(): Promise<MemberRecord[]> {
+    const membership = this.store.membership;
+    if (this.#watch && membership) {
+      const now = this.#clock.now();
+      const live = [...this.#watched.values()].filter((record) => record.node !== this.node && record.expiresAt + membership.maxClockSkewMs > now);
+      if (membership.isValid()) {
+        live.push({
+          format: "agentrt-member",
+          node: this.node,
+          incarnation: membership.incarnation,
+          expiresAt: membership.validUntil,
+          startedAt: 0,
+          info: this.#describe(),
+        });
+      }
+      return Promise.resolve(live.sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0)));
+    }
     const now = this.#clock.now();
     if (!this.#members || now - this.#members.at > MEMBERS_TTL_MS) {
       const list = this.store.members();
@@ -406,8 +506,7 @@ export class ClusterNode {
 
   /** `GET /cluster`: this node, and every live member with its advertisement. */
   async status(): Promise<ClusterStatus> {
-    this.#members = undefined;
-    const members = await this.members();
+    const members = await this.store.members();
     return {
       node: this.node,
       draining: this.draining,
@@ -424,6 +523,8 @@ export class ClusterNode {
 
   /** Stops answering forwarded requests (running ones finish) and leaves the cluster; closes our connection. */
   async dispose(): Promise<void> {
+    this.#events?.dispose();
+    this.#watch?.stop();
     await this.#server?.dispose();
     await this.store.dispose();
     await this.#client.close();

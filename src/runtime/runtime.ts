@@ -6,7 +6,7 @@ import { BehaviourRegistry } from "../actor/behaviour-registry.js";
 import { systemClock, type Clock } from "../clock.js";
 import { detectEngine } from "../engines/create-engine.js";
 import type { ChatMessage, ModelInfo } from "../engines/engine.js";
-import { AgentRuntimeError } from "../errors.js";
+import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
 import type { EmitEvent, RuntimeEvents, TurnResult } from "../events.js";
 import { DirectoryStore } from "../store/directory-store.js";
 import { PrefixCache } from "../store/prefix-cache.js";
@@ -156,33 +156,36 @@ export class AgentRuntime {
   /** Answers requests other nodes forward here (see cluster-node.ts). */
   async #startCluster(cluster: ClusterNode): Promise<void> {
     const fingerprint = this.#host.info.fingerprint;
-    await cluster.start({
-      turn: (request, sink, signal) => {
-        const { id, text, messages, maxTokens } = isRecord(request) ? (request as unknown as ForwardedTurn) : ({} as ForwardedTurn);
-        const options = { signal, ...(maxTokens !== undefined ? { maxTokens } : {}) };
-        const check = () =>
-          messages !== undefined
-            ? checkConversation(messages, this.#options.maxMessageChars)
-            : { text: checkText(text, this.#options.maxMessageChars), earlier: undefined };
-        const turn = this.#post(id, options, check, false);
-        void turn.accepted.then(
-          () => sink.accepted(),
-          () => {},
-        );
-        void (async () => {
-          for await (const chunk of turn) sink.token(chunk);
-        })().catch(() => {});
-        return turn.result;
+    await cluster.start(
+      {
+        turn: (request, sink, signal) => {
+          const { id, text, messages, maxTokens } = isRecord(request) ? (request as unknown as ForwardedTurn) : ({} as ForwardedTurn);
+          const options = { signal, ...(maxTokens !== undefined ? { maxTokens } : {}) };
+          const check = () =>
+            messages !== undefined
+              ? checkConversation(messages, this.#options.maxMessageChars)
+              : { text: checkText(text, this.#options.maxMessageChars), earlier: undefined };
+          const turn = this.#post(id, options, check, false);
+          void turn.accepted.then(
+            () => sink.accepted(),
+            () => {},
+          );
+          void (async () => {
+            for await (const chunk of turn) sink.token(chunk);
+          })().catch(() => {});
+          return turn.result;
+        },
+        call: (method, params, signal) => this.#answer(method, isRecord(params) ? params : {}, signal),
+        describe: () => ({
+          maxAgents: this.#supervisor.maxAgents,
+          resident: this.#supervisor.residents.length,
+          prefixes: this.#prefixes?.recentKeys(fingerprint, 32) ?? [],
+        }),
+        handOver: (id) => this.#handOver(id),
+        evict: (id) => this.#directory.evict(id, this.#cluster!.notOwner(id)),
       },
-      call: (method, params, signal) => this.#answer(method, isRecord(params) ? params : {}, signal),
-      describe: () => ({
-        maxAgents: this.#supervisor.maxAgents,
-        resident: this.#supervisor.residents.length,
-        prefixes: this.#prefixes?.recentKeys(fingerprint, 32) ?? [],
-      }),
-      handOver: (id) => this.#handOver(id),
-      evict: (id) => this.#directory.evict(id, this.#cluster!.notOwner(id)),
-    });
+      this.#events,
+    );
   }
 
   /** A unary request another node forwarded here. */
@@ -278,7 +281,17 @@ export class AgentRuntime {
    */
   events(options: EventStreamOptions = {}): EventStream {
     this.#assertOpen();
-    return new EventStream(this.#events, options, this.#clock);
+    if (!this.#cluster) return new EventStream(this.#events, options, this.#clock);
+    // Every node's events (each with the `node` it happened on), relayed over NATS.
+    const { emitter, close } = this.#cluster.openEvents();
+    try {
+      const stream = new EventStream(emitter, options, this.#clock);
+      void stream.ended.then(close);
+      return stream;
+    } catch (error) {
+      close();
+      throw error;
+    }
   }
 
   #assertOpen(): void {
@@ -379,7 +392,12 @@ export class AgentRuntime {
       return cluster.run(
         id,
         { forward, signal },
-        () => this.#turnHere(id, { text, earlier, turnId, maxTokens, signal, push, accept }),
+        () =>
+          this.#turnHere(id, { text, earlier, turnId, maxTokens, signal, push, accept }).catch((error: unknown) => {
+            // Another node took the agent over (this one was paused or cut off): this copy is stale.
+            if (isAgentRuntimeError(error, "ERR_LEASE_LOST")) cluster.leaseLost(id);
+            throw error;
+          }),
         (node) => {
           const request: ForwardedTurn = { id, maxTokens, ...(earlier ? { messages: [...earlier, { role: "user", content: text }] } : { text }) };
           return cluster.forwardTurn(node, request, { onAccepted: accept, onToken: push, signal }) as Promise<TurnResult>;

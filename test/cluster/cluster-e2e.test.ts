@@ -65,7 +65,9 @@ async function startNode(name: string): Promise<Node> {
 }
 
 async function http(node: Node, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  // Bounded: a node left stopped by a failed test must fail the next one, not hang the suite.
   const response = await fetch(`${node.url}${path}`, {
+    signal: AbortSignal.timeout(120_000),
     method,
     headers: body === undefined ? {} : { "content-type": "application/json" },
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
@@ -77,7 +79,10 @@ async function http(node: Node, method: string, path: string, body?: unknown): P
 /** Sends `text` to agent `id` through `node`; the reply and the node that ran the turn, or the error body. */
 async function send(node: Node, id: string, text: string) {
   const { status, json } = await http(node, "POST", `/agents/${id}/messages`, { text, maxTokens: MAX_TOKENS });
-  if (status !== 200) return { ok: false as const, status, code: String((json.error as { code?: string } | undefined)?.code ?? json.code) };
+  if (status !== 200) {
+    const error = (json.error ?? json) as { code?: string; message?: string };
+    return { ok: false as const, status, code: String(error.code), message: error.message };
+  }
   return { ok: true as const, reply: String(json.reply), node: String((json.timings as { node: string }).node) };
 }
 
@@ -158,7 +163,7 @@ describe("a 3-node agentrt cluster on 3 NATS servers (separate processes, real m
           for (const text of rounds[r]!) {
             const message = `${text} (${r})`;
             const result = await send(pick(live(), Math.floor(Math.random() * 3) + i), id, message);
-            if (!result.ok) failures.push({ id, message, ...result });
+            if (!result.ok) failures.push({ id, text: message, ...result });
             else {
               ack(id, message, result.reply);
               if (!ran.has(id)) ran.set(id, new Set());
@@ -184,11 +189,19 @@ describe("a 3-node agentrt cluster on 3 NATS servers (separate processes, real m
     expect(after.nodes.find((n) => n.node === "c")!.draining).toBe(true);
 
     // The same conversations on one node without a cluster, greedy: the same replies.
-    const single = await AgentRuntime.create({ model: MODELS.stories, engine: "llama.cpp", threads: 1, contextSize: 512, maxAgents: 4, stateDir: join(root, "single") });
+    const single = await AgentRuntime.create({
+      model: MODELS.stories,
+      engine: "llama.cpp",
+      threads: 1,
+      contextSize: 512,
+      maxAgents: 4,
+      stateDir: join(root, "single"),
+    });
     try {
       for (const [i, id] of ids.entries()) {
         await single.spawn({ id, systemPrompt: prompt(i) });
-        for (const turn of acked.get(id)!) expect((await single.ask(id, turn.text, { maxTokens: MAX_TOKENS })).reply, `${id}: ${turn.text}`).toBe(turn.reply);
+        for (const turn of acked.get(id)!)
+          expect((await single.ask(id, turn.text, { maxTokens: MAX_TOKENS })).reply, `${id}: ${turn.text}`).toBe(turn.reply);
       }
     } finally {
       await single.close();
@@ -241,16 +254,20 @@ describe("a 3-node agentrt cluster on 3 NATS servers (separate processes, real m
     const owner = nodes.get(first.node)!;
     const others = live().filter((node) => node !== owner);
     owner.child.process.kill("SIGSTOP");
-    // Sent to the paused owner directly: it reads it only after SIGCONT, when its lease is gone.
-    const stale = send(owner, id, "Sent to the paused owner");
-    await new Promise((resolve) => setTimeout(resolve, LEASE_TTL_MS + 1500));
-    const taken = await send(others[0]!, id, "While the owner sleeps");
-    expect(taken.ok, JSON.stringify(taken)).toBe(true);
-    if (taken.ok) {
-      ack(id, "While the owner sleeps", taken.reply);
-      expect(taken.node).not.toBe(owner.name);
+    let stale: ReturnType<typeof send>;
+    try {
+      // Sent to the paused owner directly: it reads it only after SIGCONT, when its lease is gone.
+      stale = send(owner, id, "Sent to the paused owner");
+      await new Promise((resolve) => setTimeout(resolve, LEASE_TTL_MS + 1500));
+      const taken = await send(others[0]!, id, "While the owner sleeps");
+      expect(taken.ok, JSON.stringify(taken)).toBe(true);
+      if (taken.ok) {
+        ack(id, "While the owner sleeps", taken.reply);
+        expect(taken.node).not.toBe(owner.name);
+      }
+    } finally {
+      owner.child.process.kill("SIGCONT");
     }
-    owner.child.process.kill("SIGCONT");
     const refused = await stale;
     // Refused (lease lost) or forwarded to the new owner after all: never committed by the stale owner.
     if (refused.ok) {
@@ -279,7 +296,7 @@ describe("a 3-node agentrt cluster on 3 NATS servers (separate processes, real m
         if (result.ok) {
           ack(id, text, result.reply);
           if (restarted) okAfterRestart++;
-        } else errors.push(result.code);
+        } else errors.push(`${result.code}: ${result.message}`);
       }
     });
     await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -291,7 +308,7 @@ describe("a 3-node agentrt cluster on 3 NATS servers (separate processes, real m
     stop = true;
     await Promise.all(traffic);
     // A stream whose leader died stalls for an election (seconds): commits then fail with a retryable code.
-    for (const code of errors) expect(["ERR_STATE_WRITE_FAILED", "ERR_NODE_UNAVAILABLE", "ERR_LEASE_LOST"]).toContain(code);
+    for (const error of errors) expect(["ERR_STATE_WRITE_FAILED", "ERR_NODE_UNAVAILABLE", "ERR_LEASE_LOST"], error).toContain(error.split(":")[0]);
     expect(okAfterRestart).toBeGreaterThan(0);
     for (const id of agents) await checkHistory(id, pick(live(), 1));
   }, 180_000);

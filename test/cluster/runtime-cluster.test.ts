@@ -134,6 +134,30 @@ describe("runtime on a cluster", () => {
     expect((await other.history("held")).messages.map((m) => m.content).filter((_, i) => i % 2 === 0)).toEqual(["first", "again"]);
   }, 60_000);
 
+  it("event streams on any node see the owner's events, tokens included, each naming its node", async () => {
+    const prefix = fixture.prefix();
+    const a = await node(prefix, "a");
+    const b = await node(prefix, "b");
+    await a.runtime.spawn({ id: "watched", systemPrompt: "s" });
+    const owner = (await a.runtime.ask("watched", "warm up")).timings.node!;
+    const watcher = owner === "a" ? b.runtime : a.runtime;
+    const stream = watcher.events({ agents: ["watched"], types: ["agent:turn-start", "agent:token", "agent:turn-end"] });
+    // The advertisement that asks for token events rides a renewal the stream's opening triggered.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const result = await (owner === "a" ? a.runtime : b.runtime).ask("watched", "tell me");
+    const seen: Array<{ type: string; data: Record<string, unknown> }> = [];
+    for await (const event of stream) {
+      seen.push(event as never);
+      if (event.type === "agent:turn-end") break;
+    }
+    stream.close();
+    expect(seen.map((e) => e.type)[0]).toBe("agent:turn-start");
+    expect(seen.every((e) => e.data.node === owner)).toBe(true);
+    const tokens = seen.filter((e) => e.type === "agent:token").map((e) => e.data.text).join("");
+    expect(tokens).toBe(result.reply);
+    expect((seen.at(-1)!.data as { reply: string }).reply).toBe(result.reply);
+  }, 60_000);
+
   it("places new agents across nodes by free capacity", async () => {
     const prefix = fixture.prefix();
     const nodes = [await node(prefix, "a"), await node(prefix, "b"), await node(prefix, "c")];
