@@ -22,3 +22,7 @@ export { BUILT_IN_BEHAVIOURS } from "./actor/behaviour-registry.js";
 export type { EngineFactory } from "./worker/engine-host.js";
 export { conversation } from "./actor/behaviours/conversation.js";
 export { summarizing } from "./actor/behaviours/summarizing.js";
+export type { ClusterOptions, ClusterStatus } from "./runtime/cluster-node.js";
+export { NatsStore } from "./cluster/nats-store.js";
+export type { NatsStoreOptions } from "./cluster/nats-store.js";
+export type { NodeInfo } from "./cluster/membership.js";

@@ -6,3 +6,5 @@ export type { CrashableWorker } from "./crashable-worker-factory.js";
 export { FakeClock } from "./fake-clock.js";
 export { MlxProbe } from "./mlx-probe.js";
 export type { MlxProbeOptions } from "./mlx-probe.js";
+export { NatsCluster } from "./nats-cluster.js";
+export type { NatsClusterOptions } from "./nats-cluster.js";

@@ -223,14 +223,34 @@ describe("a 3-node agentrt cluster on 3 NATS servers (separate processes, real m
     ack(id, "Before the crash", first.reply);
     const owner = nodes.get(first.node)!;
     const others = live().filter((node) => node !== owner);
-    // A turn in flight through another node while its owner dies.
-    const inFlight = send(others[0]!, id, "During the crash");
+    // A turn streaming through another node: its owner dies after the first token, mid-turn.
+    const response = await fetch(`${others[0]!.url}/agents/${id}/messages`, {
+      method: "POST",
+      headers: { "content-type": "application/json", accept: "text/event-stream" },
+      body: JSON.stringify({ text: "During the crash", maxTokens: 200 }),
+      signal: AbortSignal.timeout(120_000),
+    });
+    const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let stream = "";
+    while (!stream.includes("event: token")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      stream += value;
+    }
+    expect(stream).toContain("event: token");
     owner.child.process.kill("SIGKILL");
     const killedAt = Date.now();
     nodes.delete(owner.name);
-    const during = await inFlight;
-    if (during.ok) ack(id, "During the crash", during.reply);
-    else expect(["ERR_NODE_UNAVAILABLE", "ERR_LEASE_LOST"]).toContain(during.code);
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      stream += value;
+    }
+    // Either it had finished (done) or it fails with a coded, retryable error: never silently cut.
+    const outcome = /event: (done|error)\ndata: (.*)\n/.exec(stream);
+    expect(outcome, stream.slice(-500)).not.toBeNull();
+    if (outcome![1] === "done") ack(id, "During the crash", (JSON.parse(outcome![2]!) as { reply: string }).reply);
+    else expect(["ERR_NODE_UNAVAILABLE", "ERR_LEASE_LOST"]).toContain((JSON.parse(outcome![2]!) as { error: { code: string } }).error.code);
     let answered: Awaited<ReturnType<typeof send>> | undefined;
     for (let n = 0; n < 3; n++) {
       const result = await send(pick(others, n), id, `After the crash ${n}`);

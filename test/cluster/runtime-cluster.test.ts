@@ -153,7 +153,10 @@ describe("runtime on a cluster", () => {
     stream.close();
     expect(seen.map((e) => e.type)[0]).toBe("agent:turn-start");
     expect(seen.every((e) => e.data.node === owner)).toBe(true);
-    const tokens = seen.filter((e) => e.type === "agent:token").map((e) => e.data.text).join("");
+    const tokens = seen
+      .filter((e) => e.type === "agent:token")
+      .map((e) => e.data.text)
+      .join("");
     expect(tokens).toBe(result.reply);
     expect((seen.at(-1)!.data as { reply: string }).reply).toBe(result.reply);
   }, 60_000);
