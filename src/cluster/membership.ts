@@ -293,6 +293,12 @@ export class Membership {
     return this.#renewing;
   }
 
+  /** Renews now with the current advertisement: after a renewal in flight (which may carry an older one). */
+  async announce(): Promise<void> {
+    await this.#renewing?.catch(() => {});
+    await this.renew();
+  }
+
   async #renew(): Promise<void> {
     if (this.#closed || this.#lost) return;
     const sentAt = this.#clock.now();

@@ -272,7 +272,7 @@ export class NatsStore implements StateStore {
 
   /** Renews the membership now, so that a changed advertisement (draining) is seen at once. */
   async announce(): Promise<void> {
-    await this.#leases?.membership.renew();
+    await this.#leases?.membership.announce();
   }
 
   /** The owner recorded in the agent's head (node and epoch), or undefined when there is no agent. */

@@ -120,6 +120,7 @@ export class ClusterNode {
   #server: RpcServer | undefined;
   #client: RpcClient;
   #draining: Promise<void> | undefined;
+  #drainRequested = false;
   #members: { at: number; list: Promise<MemberRecord[]> } | undefined;
   #lost: string | undefined;
   #events: ClusterEvents | undefined;
@@ -230,7 +231,7 @@ export class ClusterNode {
     return {
       ...local,
       owned: this.store.heldIds().length,
-      draining: this.#draining !== undefined || this.#lost !== undefined,
+      draining: this.#drainRequested || this.#lost !== undefined,
       listening: this.#events?.listening ?? false,
     };
   }
@@ -256,7 +257,7 @@ export class ClusterNode {
 
   /** Whether this node may run requests of its own now (not draining, membership not lost). */
   get accepting(): boolean {
-    return this.#draining === undefined && this.#lost === undefined;
+    return !this.#drainRequested && this.#lost === undefined;
   }
 
   get draining(): boolean {
@@ -471,6 +472,8 @@ export class ClusterNode {
    * and takes no new ones; requests keep being answered, by forwarding. Idempotent.
    */
   drain(): Promise<void> {
+    // Set before the body runs: its first renewal must already advertise the drain.
+    this.#drainRequested = true;
     this.#draining ??= (async () => {
       this.#log.info("draining: handing every agent over");
       await this.store.announce().catch(() => {});

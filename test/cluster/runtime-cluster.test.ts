@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { AgentRuntime, type AgentRuntimeOptions } from "../../src/index.js";
+import { createServer } from "../../src/server/index.js";
 import { FakeEngine, type FakeEngineOptions } from "../../src/testing/index.js";
 import { startClusterFixture, type ClusterFixture } from "./cluster-fixture.js";
 
@@ -206,6 +207,51 @@ describe("runtime on a cluster", () => {
     }
     expect(sent).toBeGreaterThan(ids.length);
   }, 90_000);
+
+  it("a node with another model refuses the saved cache it downloads and rebuilds the agent from its history", async () => {
+    const prefix = fixture.prefix();
+    const a = await node(prefix, "a", {}, { model: "model-one" });
+    const b = await node(prefix, "b", {}, { model: "model-two" });
+    await a.runtime.spawn({ id: "mixed", systemPrompt: "s" });
+    const owner = (await a.runtime.ask("mixed", "hello")).timings.node!;
+    const [from, to] = owner === "a" ? [a, b] : [b, a];
+    const errors: string[] = [];
+    const rehydrated: string[] = [];
+    to.runtime.subscribe("agent:error", ({ error }) => errors.push(error.code));
+    to.runtime.subscribe("agent:rehydrated", ({ source }) => rehydrated.push(source));
+    await from.runtime.drain();
+    const result = await to.runtime.ask("mixed", "again");
+    expect(result.timings.node).toBe(to.runtime.node);
+    expect(errors).toContain("ERR_STATE_FOREIGN");
+    expect(rehydrated).toEqual(["history"]);
+    expect((await to.runtime.history("mixed")).messages.map((m) => m.content).filter((_, i) => i % 2 === 0)).toEqual(["hello", "again"]);
+  }, 60_000);
+
+  it("serves GET /cluster and per-node /metrics over HTTP", async () => {
+    const prefix = fixture.prefix();
+    const nodes = { a: await node(prefix, "a"), b: await node(prefix, "b") };
+    await nodes.a.runtime.spawn({ id: "metered", systemPrompt: "s" });
+    const owner = (await nodes.a.runtime.ask("metered", "hi")).timings.node as "a" | "b";
+    const app = await createServer(nodes[owner].runtime, { dashboard: false, processMetrics: false });
+    try {
+      const address = await app.listen({ host: "127.0.0.1", port: 0 });
+      const cluster = (await (await fetch(`${address}/cluster`)).json()) as {
+        enabled: boolean;
+        node: string;
+        nodes: Array<{ node: string; maxAgents: number }>;
+      };
+      expect(cluster.enabled).toBe(true);
+      expect(cluster.node).toBe(owner);
+      expect(cluster.nodes.map((n) => n.node)).toEqual(["a", "b"]);
+      expect(cluster.nodes[0]!.maxAgents).toBe(4);
+      const metrics = await (await fetch(`${address}/metrics`)).text();
+      expect(metrics).toContain(`agentrt_cluster_nodes{node="${owner}"} 2`);
+      expect(metrics).toMatch(new RegExp(`agentrt_turns_total\\{stop_reason="[a-z]+",node="${owner}"\\} 1`));
+      expect(metrics).toContain(`agentrt_cluster_agents_owned{node="${owner}"} 1`);
+    } finally {
+      await app.close();
+    }
+  }, 60_000);
 
   it("close() hands every agent over at once: another node answers without waiting for a lease to expire", async () => {
     const prefix = fixture.prefix();
