@@ -335,10 +335,13 @@ try {
         await owner.drain();
         const drainMs = performance.now() - start;
         const handedOff = seen.get(id)!.passivated.at(-1)!;
+        const reroutedBefore = (await other.clusterStatus())!.stats.rerouted ?? 0;
         start = performance.now();
         const moved = await other.ask(id, "And then?", { maxTokens });
         const migratedTurnMs = performance.now() - start;
         const remote = seen.get(id)!.rehydrated.at(-1)!;
+        // Routing retries of that turn (a placement that chose the draining node: ERR_NODE_DRAINING, back off).
+        const rerouted = ((await other.clusterStatus())!.stats.rerouted ?? 0) - reroutedBefore;
         if (moved.timings.node !== otherName) throw new Error(`${id} answered by ${moved.timings.node}, not ${otherName}`);
         // Same node: passivate to local disk (upload behind, waited for), rehydrate from the local file.
         const before = await uploads(other);
@@ -366,6 +369,7 @@ try {
           migratedTurnMs: ms(migratedTurnMs),
           remoteRehydrateMs: ms(remote.ms),
           remoteSource: remote.source,
+          rerouted,
           localPassivateMs: ms(localPassivateMs),
           localPassivateEventMs: ms(local.ms),
           localTurnMs: ms(localTurnMs),
@@ -374,7 +378,7 @@ try {
         };
         migration.push(row);
         progress(
-          `  ${size} tokens (${(handedOff.bytes / MB).toFixed(1)} MB): prefill turn ${prefillTurnMs.toFixed(0)} ms; drain ${drainMs.toFixed(0)} + turn on ${otherName} ${migratedTurnMs.toFixed(0)} ms (rehydrate ${remote.ms.toFixed(0)} from ${remote.source}); local passivate ${local.ms.toFixed(0)} + turn ${localTurnMs.toFixed(0)} ms (rehydrate ${localBack.ms.toFixed(0)} from ${localBack.source})`,
+          `  ${size} tokens (${(handedOff.bytes / MB).toFixed(1)} MB): prefill turn ${prefillTurnMs.toFixed(0)} ms; drain ${drainMs.toFixed(0)} + turn on ${otherName} ${migratedTurnMs.toFixed(0)} ms (rehydrate ${remote.ms.toFixed(0)} from ${remote.source}, ${rerouted} reroutes); local passivate ${local.ms.toFixed(0)} + turn ${localTurnMs.toFixed(0)} ms (rehydrate ${localBack.ms.toFixed(0)} from ${localBack.source})`,
         );
       }
     }
