@@ -234,6 +234,8 @@ describe("runtime on a cluster", () => {
     const owner = (await nodes.a.runtime.ask("metered", "hi")).timings.node as "a" | "b";
     const app = await createServer(nodes[owner].runtime, { dashboard: false, processMetrics: false });
     try {
+      // Counted from here on (the server's metrics follow the runtime's events once it exists).
+      await nodes[owner === "a" ? "b" : "a"].runtime.ask("metered", "again");
       const address = await app.listen({ host: "127.0.0.1", port: 0 });
       const cluster = (await (await fetch(`${address}/cluster`)).json()) as {
         enabled: boolean;
