@@ -34,6 +34,7 @@ import type { ChatMessage } from "../src/engines/engine.js";
 import { AgentRuntime } from "../src/index.js";
 import { NatsCluster } from "../src/testing/nats-cluster.js";
 import { startFixture, type Child } from "../test/helpers/child.js";
+import { serveNodeArgv } from "../test/cluster/fixtures/serve-node-argv.js";
 import { MODELS } from "../test/helpers/model.js";
 import { buildHistories, CORES, intOption, listOption, median, percentile, progress, resolveModel, writeResult } from "./lib.js";
 
@@ -200,30 +201,14 @@ try {
       progress(`takeover: TTL ${ttl} ms, ${takeoverReps} SIGKILLs…`);
       const prefix = `take${ttl}`;
       const start = async (name: string) => {
-        const argv = [
-          "--model",
-          MODELS.stories,
-          "--engine",
-          "llama.cpp",
-          "--threads",
-          "1",
-          "--context-size",
-          "512",
-          "--max-agents",
-          "4",
-          "--port",
-          "0",
-          "--state-dir",
-          join(work, `${prefix}-${name}`),
-          "--cluster",
-          cluster.urls.join(","),
-          "--node",
+        const argv = serveNodeArgv({
+          model: MODELS.stories,
+          urls: cluster.urls,
           name,
-          "--cluster-prefix",
           prefix,
-          "--lease-ttl",
-          String(ttl),
-        ];
+          stateDir: join(work, `${prefix}-${name}`),
+          leaseTtlMs: ttl,
+        });
         const child = startFixture("serve-node.ts", [JSON.stringify(argv)], fixtures);
         children.add(child);
         const ready = await child.next("ready");

@@ -15,6 +15,7 @@ import { AgentRuntime } from "../../src/index.js";
 import { NatsCluster } from "../../src/testing/nats-cluster.js";
 import { startFixture, type Child } from "../helpers/child.js";
 import { MODELS } from "../helpers/model.js";
+import { serveNodeArgv } from "./fixtures/serve-node-argv.js";
 
 const PREFIX = "e2e";
 const LEASE_TTL_MS = 3000;
@@ -33,30 +34,14 @@ let nc: NatsConnection;
 const nodes = new Map<string, Node>();
 
 async function startNode(name: string): Promise<Node> {
-  const argv = [
-    "--model",
-    MODELS.stories,
-    "--engine",
-    "llama.cpp",
-    "--threads",
-    "1",
-    "--context-size",
-    "512",
-    "--max-agents",
-    "4",
-    "--port",
-    "0",
-    "--state-dir",
-    join(root, name),
-    "--cluster",
-    cluster.urls.join(","),
-    "--node",
+  const argv = serveNodeArgv({
+    model: MODELS.stories,
+    urls: cluster.urls,
     name,
-    "--cluster-prefix",
-    PREFIX,
-    "--lease-ttl",
-    String(LEASE_TTL_MS),
-  ];
+    prefix: PREFIX,
+    stateDir: join(root, name),
+    leaseTtlMs: LEASE_TTL_MS,
+  });
   const child = startFixture("serve-node.ts", [JSON.stringify(argv)], fixtures);
   const ready = await child.next("ready");
   const node = { name, url: String(ready.url), child };
@@ -182,9 +167,7 @@ describe("a 3-node agentrt cluster on 3 NATS servers (separate processes, real m
     expect(await round(2)).toEqual([]);
     const moved = [...ran.values()].filter((set) => set.size > 1).length;
     expect(moved, "some agents moved from c to another node").toBeGreaterThan(0);
-    for (const id of ids) {
-      for (const turn of acked.get(id)!.slice(-1)) expect(turn).toBeDefined();
-    }
+    for (const id of ids) expect(acked.get(id), id).toHaveLength(rounds.length);
     const after = (await http(nodes.get("a")!, "GET", "/cluster")).json as { nodes: Array<{ node: string; owned: number; draining: boolean }> };
     expect(after.nodes.find((n) => n.node === "c")!.draining).toBe(true);
 
