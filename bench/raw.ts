@@ -87,8 +87,14 @@ export class RawLlamaContext {
   constructor(
     readonly model: LlamaModel,
     readonly context: LlamaContext,
+    sequence?: LlamaContextSequence,
   ) {
-    this.sequence = context.getSequence();
+    this.sequence = sequence ?? context.getSequence();
+  }
+
+  /** Another sequence of the same context (its evaluations batch with this one's when queued together). */
+  another(): RawLlamaContext {
+    return new RawLlamaContext(this.model, this.context, this.context.getSequence());
   }
 
   async reset(prefix: readonly number[]): Promise<void> {

@@ -339,3 +339,51 @@ describe("the slide's search", () => {
     expect(counts).toBeLessThanOrEqual(1 + 10);
   });
 });
+
+describe("the token count before a turn", () => {
+  class CountingEngine extends FakeEngine {
+    counts = 0;
+    override async countTokens(messages: ChatMessage[]): Promise<number> {
+      this.counts++;
+      return super.countTokens(messages);
+    }
+  }
+
+  it("is skipped when the conversation is far from the limit, from an agent's first turn on (spawned or read back from the store)", async () => {
+    const engines: CountingEngine[] = [];
+    const options = {
+      stateDir: join(root, "skip"),
+      maxAgents: 1,
+      maxTokens: MAX_TOKENS,
+      engineFactory: async () => engines[engines.push(new CountingEngine({ sequences: 1, contextSize: 8192 })) - 1]!,
+    };
+    const runtime = await AgentRuntime.create(options);
+    runtimes.push(runtime);
+    await runtime.spawn({ id: "a", systemPrompt: SYSTEM });
+    for (let i = 0; i < 3; i++) await runtime.ask("a", message(i));
+    await runtime.close();
+    const again = await AgentRuntime.create(options);
+    runtimes.push(again);
+    expect((await again.ask("a", message(3))).timings.reusedTokens).toBeGreaterThan(0);
+    expect(engines.map((engine) => engine.counts)).toEqual([0, 0]);
+  });
+
+  it("still runs, and the turn slides, when an agent's first turn may not fit", async () => {
+    const engine = new CountingEngine({ sequences: 1, contextSize: CONTEXT });
+    const runtime = await AgentRuntime.create({
+      stateDir: join(root, "count"),
+      maxAgents: 1,
+      maxTokens: MAX_TOKENS,
+      engineFactory: async () => engine,
+    });
+    runtimes.push(runtime);
+    await runtime.spawn({ id: "a", systemPrompt: SYSTEM });
+    const earlier = Array.from({ length: 40 }, (_, i) => [
+      { role: "user" as const, content: message(i) },
+      { role: "assistant" as const, content: "ok" },
+    ]).flat();
+    const result = await runtime.sendConversation("a", [...earlier, { role: "user", content: "and now?" }]).result;
+    expect(engine.counts).toBeGreaterThan(0);
+    expect(result.timings.slidTurns).toBeGreaterThan(0);
+  });
+});
