@@ -2,7 +2,7 @@
  * `npm run bench`: every benchmark in sequence with small defaults (each in its own process, so one
  * model's memory and threads never overlap the next), then a summary of the targets:
  * on the SmolLM2-135M shape at a 2 048-token history, resident TTFT ≤ 5 % and rehydrate TTFT ≤ 10 % of
- * re-prefill; agentrt tokens/s ≥ 97 % of raw node-llama-cpp; state read ≥ 50 % of a plain file read;
+ * re-prefill; agentrt tokens/s ≥ 98 % of raw node-llama-cpp; state read ≥ 50 % of a plain file read;
  * a turn through a non-owner cluster node < 2 ms extra at p50.
  *
  *   npm run bench                       # all, llama.cpp (about 10 minutes on 2 cores)
@@ -99,7 +99,7 @@ const cacheSource = cacheRow ? `cache.json: ${cache?.label}, llama.cpp, ${cacheR
 add("resident TTFT ≤ 5 % of re-prefill", cacheRow?.residentOverReprefill, (v) => v <= 0.05, cacheSource);
 add("rehydrate TTFT ≤ 10 % of re-prefill", cacheRow?.rehydrateOverReprefill, (v) => v <= 0.1, cacheSource);
 const overhead = await result<{ label?: string; agentrtOverRaw: Record<string, number> }>("overhead");
-add("agentrt tokens/s ≥ 97 % of raw", overhead?.agentrtOverRaw["llama.cpp"], (v) => v >= 0.97, `overhead.json: ${overhead?.label}, llama.cpp`);
+add("agentrt tokens/s ≥ 98 % of raw", overhead?.agentrtOverRaw["llama.cpp"], (v) => v >= 0.98, `overhead.json: ${overhead?.label}, llama.cpp`);
 type StateRow = { engine: string; tokens: number; readRatio: number; sameProcessReadRatio?: number; verifyShare: number; verifyReadRatio?: number };
 const state = await result<{ label?: string; rows: StateRow[] }>("state");
 const stateRow = state?.rows.filter((r) => r.engine === "llama.cpp").sort((a, b) => b.tokens - a.tokens)[0];
