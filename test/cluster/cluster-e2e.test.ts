@@ -9,8 +9,10 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { decodeHead } from "../../src/cluster/head.js";
 import { AgentRuntime } from "../../src/index.js";
 import { NatsCluster } from "../../src/testing/nats-cluster.js";
 import { startFixture, type Child } from "../helpers/child.js";
@@ -284,6 +286,15 @@ describe("a 3-node agentrt cluster on 3 NATS servers (separate processes, real m
       expect(next.node).not.toBe(owner.name);
     }
     await checkHistory(id, owner);
+    // The head says which epoch wrote each journal entry: runs of one epoch each, epochs only growing —
+    // no two owners' turns interleave, and the paused owner's epoch, if it wrote at all, came first.
+    const heads = await new Kvm(nc).open(`${PREFIX}-heads`);
+    const head = decodeHead(id, (await heads.get(`h.${id}`))!.value);
+    const epochs = head.journal.map(([epoch]) => epoch);
+    expect(epochs, JSON.stringify(head.journal)).toEqual([...epochs].sort((x, y) => x - y));
+    expect(new Set(epochs).size).toBe(epochs.length);
+    expect(head.owner?.node).not.toBe(owner.name);
+    expect(epochs.at(-1)).toBe(head.epoch);
   }, 120_000);
 
   it("SIGKILL of one of the three NATS servers during traffic: service continues, nothing acknowledged lost", async () => {
@@ -332,7 +343,7 @@ describe("a 3-node agentrt cluster on 3 NATS servers (separate processes, real m
       expect(JSON.stringify(json)).toContain("ERR_INVALID_AGENT_ID");
     }
     // A head that is not an agentrt head (someone else's value in our bucket): a coded error, not a crash.
-    const heads = await import("@nats-io/kv").then(({ Kvm }) => new Kvm(nc).open(`${PREFIX}-heads`));
+    const heads = await new Kvm(nc).open(`${PREFIX}-heads`);
     await heads.put("h.agent-29", new TextEncoder().encode(JSON.stringify({ owner: { node: "mallory", incarnation: "x" } })));
     const foreign = await send(target, "agent-29", "hello");
     expect(foreign.ok).toBe(false);
