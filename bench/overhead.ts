@@ -42,6 +42,7 @@ import {
   intOption,
   median,
   MODEL_OPTIONS,
+  outName,
   percent,
   pinMlxThreads,
   plotName,
@@ -58,6 +59,7 @@ const { values } = parseArgs({
     engine: { type: "string", multiple: true },
     tokens: { type: "string" },
     context: { type: "string" },
+    out: { type: "string" },
   },
 });
 const choice = await resolveModel(values);
@@ -365,7 +367,7 @@ for (const [engine, ratio] of Object.entries(agentrtOverRaw)) {
 }
 if (mlxOverLlama) console.log(`mlx/llama.cpp tokens/s: agentrt ${percent(mlxOverLlama.agentrt)}, raw ${percent(mlxOverLlama.raw)}`);
 
-const path = await writeResult("overhead.json", {
+const path = await writeResult(`${outName(values.out, "overhead")}.json`, {
   model: choice.path,
   label: choice.label,
   threads,
