@@ -54,7 +54,8 @@ function args(bench: Bench, shape: string): string[] {
   const reps = CACHE_REPS[shape] ?? "3";
   switch (bench) {
     case "cache":
-      return [...common, "--lengths", lengths.join(","), "--reps", reps.split(",").length === lengths.length ? reps : "3"];
+      // --reuse-prefill: the resident agent's first prefill is also the first re-prefill sample.
+      return [...common, "--lengths", lengths.join(","), "--reps", reps.split(",").length === lengths.length ? reps : "3", "--reuse-prefill"];
     case "state":
       return [...common, "--lengths", lengths.join(","), "--reps", "3"];
     case "overhead":
