@@ -83,6 +83,8 @@ interface Row {
   reprefillSamples: number;
   /** The resident agent's first prefill of the history (no message, no token): progress only. */
   historyPrefillMs: number;
+  /** Every sample (ms), in the order measured: on a shared machine the spread says as much as the median. */
+  samples: { resident: number[]; rehydrate: number[]; reprefill: number[]; passivate: number[] };
 }
 
 async function firstTokenMs(engine: RemoteEngine, key: string, messages: ChatMessage[]): Promise<number> {
@@ -209,6 +211,7 @@ try {
           ttftReprefillMs: median(reprefillSamples),
           reprefillSamples: reprefillSamples.length,
           historyPrefillMs,
+          samples: { resident: samples.resident, rehydrate: samples.rehydrate, reprefill: reprefillSamples, passivate: samples.passivate },
           rehydrateVerifyMs: median(verify),
           rehydrateLoadMs: median(load),
           passivateMs: median(samples.passivate),
