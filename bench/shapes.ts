@@ -15,7 +15,7 @@
  * run cut short keeps the lengths it finished.
  */
 import { spawn } from "node:child_process";
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { formatTable } from "../src/cli/table.js";
@@ -160,13 +160,24 @@ const stateRows: Record<string, string | number>[] = [];
 const overheadRows: Record<string, string | number>[] = [];
 const churnRows: Record<string, string | number>[] = [];
 const MB = 1e6;
-const cacheFiles = shapes.map((shape) => resultName("cache", shape));
-if (values.mlx || values.report) cacheFiles.push("shapes-cache-qwen2.5-0.5b-f16-mlx");
+/**
+ * Result files of one benchmark and shape: `shapes-<bench>-<shape>-<type>.json` and any extra runs beside it
+ * (`…-<type>-8192-run2.json`, made by hand with `--out`), each with its suffix (the table's `run` column).
+ */
+async function resultFiles(bench: string, shape: string, fileType = type): Promise<{ name: string; run: string }[]> {
+  const prefix = `shapes-${bench}-${shape}-${fileType}`;
+  const names = (await readdir(RESULTS_DIR).catch(() => [] as string[])).filter((f) => f.startsWith(prefix) && f.endsWith(".json"));
+  return names.sort().map((f) => ({ name: f.slice(0, -".json".length), run: f.slice(prefix.length, -".json".length).replace(/^-/, "") }));
+}
+
+const cacheFiles = (await Promise.all(shapes.map((shape) => resultFiles("cache", shape)))).flat();
+if (shapes.includes("qwen2.5-0.5b")) cacheFiles.push(...(await resultFiles("cache", "qwen2.5-0.5b", "f16")));
 for (const file of cacheFiles) {
-  const cache = await readJson<CacheResult>(file);
+  const cache = await readJson<CacheResult>(file.name);
   for (const row of cache?.rows ?? []) {
     cacheRows.push({
       shape: cache!.label,
+      run: file.run,
       engine: row.engine,
       "history tok": row.historyTokens,
       "resident ms": row.ttftResidentMs,
@@ -183,8 +194,9 @@ for (const file of cacheFiles) {
   }
 }
 for (const shape of shapes) {
-  const state = await readJson<StateResult>(resultName("state", shape));
-  for (const row of state?.rows ?? []) {
+  const stateFiles = await resultFiles("state", shape);
+  const states = await Promise.all(stateFiles.map((file) => readJson<StateResult>(file.name)));
+  for (const row of states.flatMap((state) => state?.rows ?? []).sort((a, b) => a.tokens - b.tokens)) {
     stateRows.push({
       shape: `${shape}-${type}`,
       tokens: row.tokens,
