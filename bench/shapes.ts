@@ -141,6 +141,8 @@ interface StateResult {
     passivateMBps: number;
     rehydrateMBps: number;
     rehydrateWarmMBps: number;
+    readRatio: number;
+    sameProcessReadRatio: number;
   }[];
 }
 interface OverheadResult {
@@ -207,7 +209,9 @@ for (const shape of shapes) {
       "passivate MB/s": row.passivateMBps,
       "rehydrate ms": ((row.stateBytes / MB / row.rehydrateMBps) * 1000).toFixed(1),
       "rehydrate MB/s": row.rehydrateMBps,
+      "vs raw read": percent(row.readRatio),
       "same-process rehydrate ms": ((row.stateBytes / MB / row.rehydrateWarmMBps) * 1000).toFixed(1),
+      "same-process vs raw read": percent(row.sameProcessReadRatio),
     });
   }
   const overhead = await readJson<OverheadResult>(resultName("overhead", shape));
