@@ -169,7 +169,9 @@ const MB = 1e6;
 async function resultFiles(bench: string, shape: string, fileType = type): Promise<{ name: string; run: string }[]> {
   const prefix = `shapes-${bench}-${shape}-${fileType}`;
   const names = (await readdir(RESULTS_DIR).catch(() => [] as string[])).filter((f) => f.startsWith(prefix) && f.endsWith(".json"));
-  return names.sort().map((f) => ({ name: f.slice(0, -".json".length), run: f.slice(prefix.length, -".json".length).replace(/^-/, "") }));
+  return names
+    .map((f) => ({ name: f.slice(0, -".json".length), run: f.slice(prefix.length, -".json".length).replace(/^-/, "") }))
+    .sort((a, b) => a.run.localeCompare(b.run)); // the default run first
 }
 
 const cacheFiles = (await Promise.all(shapes.map((shape) => resultFiles("cache", shape)))).flat();
