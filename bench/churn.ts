@@ -24,6 +24,7 @@ import {
   intOption,
   median,
   MODEL_OPTIONS,
+  outName,
   percentile,
   pinMlxThreads,
   plotName,
@@ -236,7 +237,7 @@ console.log(
 console.log(
   `RSS (MiB) by tenth of the turns' passivations: ${tenths.map((v) => v.toFixed(1)).join(" ")}; slope after the first 20 %: ${result.rssSlopeMiBPer1000Passivations.toFixed(2)} MiB per 1 000 passivations`,
 );
-const path = await writeResult(values.out ?? "churn.json", { ...result, hostCacheMiB, mallocArenaMax: process.env.MALLOC_ARENA_MAX });
+const path = await writeResult(`${outName(values.out, "churn")}.json`, { ...result, hostCacheMiB, mallocArenaMax: process.env.MALLOC_ARENA_MAX });
 const plot = await lineChart(
   plotName("churn", choice.label, [engine]),
   rss.samples.map((s) => ({ x: s.seconds, y: s.rssMiB, series: phaseAt(s.seconds) })),

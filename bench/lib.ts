@@ -84,6 +84,14 @@ export function listOption(name: string, value: string | undefined, fallback: nu
   return value.split(",").map((part) => intOption(name, part.trim(), 0));
 }
 
+/**
+ * `--out NAME` (or `NAME.json`): the result file `results/NAME.json`, so runs on other shapes or settings keep
+ * their own results. `fallback` is the benchmark's default name.
+ */
+export function outName(value: string | undefined, fallback: string): string {
+  return (value ?? fallback).replace(/\.json$/, "");
+}
+
 /** parseArgs options every model-driven benchmark accepts. */
 export const MODEL_OPTIONS = {
   model: { type: "string" },

@@ -47,6 +47,7 @@ import {
   intOption,
   median,
   MODEL_OPTIONS,
+  outName,
   percent,
   pinMlxThreads,
   plotName,
@@ -63,6 +64,7 @@ const { values } = parseArgs({
     engine: { type: "string", multiple: true },
     tokens: { type: "string" },
     context: { type: "string" },
+    out: { type: "string" },
   },
 });
 const choice = await resolveModel(values);
@@ -391,7 +393,7 @@ for (const engine of engines) {
 }
 if (mlxOverLlama) console.log(`mlx/llama.cpp tokens/s: agentrt ${percent(mlxOverLlama.agentrt)}, raw ${percent(mlxOverLlama.raw)}`);
 
-const path = await writeResult("overhead.json", {
+const path = await writeResult(`${outName(values.out, "overhead")}.json`, {
   model: choice.path,
   label: choice.label,
   threads,

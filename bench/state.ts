@@ -13,6 +13,7 @@
  *
  *   npm run bench:state
  *   npm run bench:state -- --preset smollm2-135m --engine llama.cpp --engine mlx
+ *   npm run bench:state -- --preset qwen2.5-0.5b --type q8_0 --threads 2 --lengths 512,2048,8192 --out state-0.5b
  */
 import { createHash, randomFillSync } from "node:crypto";
 import { mkdtemp, open, readFile, rm, unlink } from "node:fs/promises";
@@ -35,6 +36,7 @@ import {
   listOption,
   median,
   MODEL_OPTIONS,
+  outName,
   percent,
   pinMlxThreads,
   plotName,
@@ -50,6 +52,7 @@ const { values } = parseArgs({
     engine: { type: "string", multiple: true },
     lengths: { type: "string" },
     dir: { type: "string" },
+    out: { type: "string" },
   },
 });
 const choice = await resolveModel(values);
@@ -297,7 +300,7 @@ for (const row of largest) {
       `within the process that wrote it (no re-hash): ${percent(row.rehydrateWarmMBps / row.plainReadMBps)} of raw read`,
   );
 }
-const path = await writeResult("state.json", {
+const path = await writeResult(`${outName(values.out, "state")}.json`, {
   model: choice.path,
   label: choice.label,
   threads,

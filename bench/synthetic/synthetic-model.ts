@@ -64,6 +64,22 @@ export const PRESETS = {
     tiedEmbeddings: true,
     preTokenizer: "qwen2",
   },
+  /** Qwen2.5-1.5B's shape (head dimension 128, tied embeddings as released). */
+  "qwen2.5-1.5b": {
+    architecture: "qwen2",
+    name: "synthetic Qwen2.5-1.5B shape",
+    hiddenSize: 1536,
+    layers: 28,
+    heads: 12,
+    kvHeads: 2,
+    ffnSize: 8960,
+    vocabSize: 151936,
+    ropeTheta: 1000000,
+    contextLength: 32768,
+    rmsNormEps: 1e-6,
+    tiedEmbeddings: true,
+    preTokenizer: "qwen2",
+  },
   /** A tiny shape for tests: loads and runs in well under a second. */
   tiny: {
     architecture: "llama",
