@@ -370,8 +370,11 @@ export class Membership {
   async members(): Promise<MemberRecord[]> {
     const now = this.#clock.now();
     const live: MemberRecord[] = [];
+    // A key written while the listing runs can be listed twice (the listing is a consumer): once is enough.
+    const seen = new Set<string>();
     for await (const key of await this.#members.keys("m.*")) {
-      if (key === keys.member(this.node)) continue;
+      if (key === keys.member(this.node) || seen.has(key)) continue;
+      seen.add(key);
       const entry = await this.#members.get(key).catch(() => null);
       const record = entry?.operation === "PUT" ? parseMember(entry.value) : undefined;
       if (record && keys.member(record.node) === key && record.expiresAt + this.maxClockSkewMs > now) live.push(record);

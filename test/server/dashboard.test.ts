@@ -4,6 +4,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium, type BrowserContext } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AgentRuntime } from "../../src/index.js";
+import { createServer } from "../../src/server/index.js";
+import { FakeEngine, NatsCluster } from "../../src/testing/index.js";
 import { json, serveFake, serveReal, type Served } from "./helpers.js";
 
 const CHROMIUM = "/usr/bin/chromium";
@@ -118,4 +121,43 @@ describe.skipIf(!hasChromium)("dashboard in headless chromium", () => {
       await secured.close();
     }
   });
+
+  it("shows the cluster's nodes on a cluster node, and no cluster panel elsewhere", async () => {
+    const page = await browser.newPage();
+    await page.goto(served.url);
+    await page.waitForSelector("#agents tr >> text=support/42");
+    expect(await page.locator("#cluster-panel").isVisible()).toBe(false);
+    await page.close();
+
+    await using cluster = await NatsCluster.start();
+    const stateDir = await mkdtemp(join(tmpdir(), "agentrt-dash-cluster-"));
+    const start = (node: string) =>
+      AgentRuntime.create({
+        stateDir: join(stateDir, node),
+        maxAgents: 3,
+        engineFactory: async () => new FakeEngine({ sequences: 3 }),
+        cluster: { servers: cluster.urls, node, prefix: "dash" },
+      });
+    const [a, b] = [await start("alpha"), await start("beta")];
+    const app = await createServer(a);
+    try {
+      await a.spawn({ id: "clustered", systemPrompt: "s" });
+      const url = await app.listen({ host: "127.0.0.1", port: 0 });
+      const clustered = await browser.newPage();
+      const errors: string[] = [];
+      clustered.on("pageerror", (error) => errors.push(error.message));
+      await clustered.goto(url);
+      await clustered.locator("#cluster-panel").waitFor({ state: "visible" });
+      await clustered.locator("#cluster-nodes tr", { hasText: "beta" }).waitFor();
+      expect(await clustered.locator("#cluster-nodes tr").count()).toBe(2);
+      expect(await clustered.textContent("#cluster-self")).toContain("alpha");
+      expect(await clustered.locator("#cluster-nodes tr", { hasText: "alpha (this)" }).locator("td").nth(1).innerText()).toMatch(/^\d+ \/ 3$/);
+      expect(errors).toEqual([]);
+      await clustered.close();
+    } finally {
+      await app.close();
+      await Promise.allSettled([a.close(), b.close()]);
+      await rm(stateDir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
