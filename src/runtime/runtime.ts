@@ -228,6 +228,9 @@ export class AgentRuntime {
   async #handOver(id: string): Promise<void> {
     const agent = this.#directory.peek(id);
     if (!agent) return;
+    // No new message enters (the cluster's handover gate); the queued ones finish first, so the
+    // passivation always finds room in the mailbox.
+    await agent.mailbox.drain();
     await agent.mailbox.post(() => this.#supervisor.passivate(agent));
     await this.#directory.evict(id, this.#cluster!.notOwner(id));
   }
