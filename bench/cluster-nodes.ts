@@ -29,7 +29,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { connect } from "@nats-io/transport-node";
 import { formatTable } from "../src/cli/table.js";
-import { RpcClient } from "../src/cluster/node-rpc.js";
+import { RpcClient } from "../src/cluster/rpc-client.js";
 import type { ChatMessage } from "../src/engines/engine.js";
 import { AgentRuntime } from "../src/index.js";
 import { NatsCluster } from "../src/testing/nats-cluster.js";

@@ -1,6 +1,6 @@
 import { connect } from "@nats-io/transport-node";
 import { parseArgs } from "node:util";
-import { RpcClient } from "../cluster/node-rpc.js";
+import { RpcClient } from "../cluster/rpc-client.js";
 
 const USAGE = `usage: agentrt drain --cluster <urls> --node <name> [--cluster-prefix <name>]
 

@@ -3,7 +3,7 @@
  * request for an agent goes to the node that holds the agent's lease.
  *
  * - **Routing**: a request is run here when this node holds the lease; when another live node holds it
- *   the request is forwarded over NATS (`node-rpc.ts`): tokens stream back, errors keep their codes, the
+ *   the request is forwarded over NATS (`rpc-client.ts`, `rpc-server.ts`): tokens stream back, errors keep their codes, the
  *   caller's abort reaches the owner. An unowned agent (new, released, or its owner's membership
  *   expired) is placed (`placement.ts`): here (the lease is taken) or on the chosen node.
  * - **Waiting out a failover**: while an owner is unreachable (dead, paused) and its lease not yet
@@ -21,7 +21,9 @@ import type { Clock } from "../clock.js";
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
 import { parseMember, type MemberRecord, type NodeInfo } from "../cluster/membership.js";
 import { NatsStore, type NatsStoreOptions } from "../cluster/nats-store.js";
-import { RpcClient, RpcServer, type RpcHandlers } from "../cluster/node-rpc.js";
+import { RpcClient } from "../cluster/rpc-client.js";
+import { RpcServer } from "../cluster/rpc-server.js";
+import type { RpcHandlers } from "../cluster/rpc-wire.js";
 import { choosePlacement } from "../cluster/placement.js";
 import type { EventEmitter } from "eventemitter3";
 import type { RuntimeEvents } from "../events.js";

@@ -5,7 +5,9 @@
  */
 import { connect, createInbox, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { RpcClient, RpcServer, rpcSubjects, type RpcHandlers, type RpcServerOptions } from "../../src/cluster/node-rpc.js";
+import { RpcClient } from "../../src/cluster/rpc-client.js";
+import { RpcServer, type RpcServerOptions } from "../../src/cluster/rpc-server.js";
+import { rpcSubjects, type RpcHandlers } from "../../src/cluster/rpc-wire.js";
 import { AgentRuntimeError } from "../../src/errors.js";
 import { NatsCluster } from "../../src/testing/nats-cluster.js";
 import { startFixture, type Child } from "../helpers/child.js";
