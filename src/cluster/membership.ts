@@ -368,20 +368,31 @@ export class Membership {
    * margin), this node included with its current advertisement. One read per member: O(nodes).
    */
   async members(): Promise<MemberRecord[]> {
-    const now = this.#clock.now();
-    const live: MemberRecord[] = [];
     // A key written while the listing runs can be listed twice (the listing is a consumer): once is enough.
-    const seen = new Set<string>();
+    const records = new Map<string, MemberRecord>();
     for await (const key of await this.#members.keys("m.*")) {
-      if (key === keys.member(this.node) || seen.has(key)) continue;
-      seen.add(key);
+      if (records.has(key)) continue;
       const entry = await this.#members.get(key).catch(() => null);
       const record = entry?.operation === "PUT" ? parseMember(entry.value) : undefined;
-      if (record && keys.member(record.node) === key && record.expiresAt + this.maxClockSkewMs > now) live.push(record);
+      if (record) records.set(key, record);
     }
+    return this.liveAmong(records);
+  }
+
+  /**
+   * Of `records` (membership records by key, however obtained: read or watched), the live ones by this
+   * node's clock less the skew margin — this node's own replaced by its current record and
+   * advertisement while its membership is valid — sorted by node name.
+   */
+  liveAmong(records: ReadonlyMap<string, MemberRecord>): MemberRecord[] {
+    const now = this.#clock.now();
+    const live = [...records].filter(
+      ([key, record]) => key !== keys.member(this.node) && keys.member(record.node) === key && record.expiresAt + this.maxClockSkewMs > now,
+    );
+    const list = live.map(([, record]) => record);
     if (this.isValid()) {
       const info = this.#describe?.();
-      live.push({
+      list.push({
         format: "agentrt-member",
         node: this.node,
         incarnation: this.incarnation,
@@ -390,7 +401,7 @@ export class Membership {
         ...(info ? { info } : {}),
       });
     }
-    return live.sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0));
+    return list.sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0));
   }
 
   /** Stops renewing and deletes the record (by CAS), so that other nodes may take this node's agents at once. Idempotent. */

@@ -19,7 +19,8 @@ import { connect } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import type { Clock } from "../clock.js";
 import { AgentRuntimeError, isAgentRuntimeError } from "../errors.js";
-import { parseMember, type MemberRecord, type NodeInfo } from "../cluster/membership.js";
+import { MemberView } from "../cluster/member-view.js";
+import type { MemberRecord, NodeInfo } from "../cluster/membership.js";
 import { NatsStore, type NatsStoreOptions } from "../cluster/nats-store.js";
 import { RpcClient } from "../cluster/rpc-client.js";
 import { RpcServer } from "../cluster/rpc-server.js";
@@ -68,8 +69,6 @@ type Route = { local: true } | { local: false; node: string };
 const LOCAL: Route = { local: true };
 /** Remembered owners (a forwarded request costs no lookup); bounded. */
 const MAX_ROUTES = 10_000;
-/** How long the members list (placement) is reused. */
-const MEMBERS_TTL_MS = 500;
 
 /** Errors after which a request is routed again: it was certainly not run (or not begun) where it went. */
 function reroutable(error: unknown): boolean {
@@ -123,12 +122,9 @@ export class ClusterNode {
   #client: RpcClient;
   #draining: Promise<void> | undefined;
   #drainRequested = false;
-  #members: { at: number; list: Promise<MemberRecord[]> } | undefined;
   #lost: string | undefined;
   #events: ClusterEvents | undefined;
-  /** Every member record as last seen by a watch of the members bucket, by key (no read per decision). */
-  readonly #watched = new Map<string, MemberRecord>();
-  #watch: { stop(): void } | undefined;
+  #view: MemberView | undefined;
   readonly stats = { forwarded: 0, served: 0, rerouted: 0, placed: 0, handedOver: 0, evicted: 0 };
 
   private constructor(options: ClusterOptions, connection: NatsConnection, ownsConnection: boolean, store: NatsStore, init: ClusterNodeInit) {
@@ -206,8 +202,8 @@ export class ClusterNode {
   async start(handlers: LocalHandlers, local: EventEmitter<RuntimeEvents>): Promise<void> {
     this.#handlers = handlers;
     this.#events = new ClusterEvents(this.#connection, { prefix: this.#options.prefix ?? "agentrt", node: this.node, log: this.#log, local });
-    this.#events.anyoneListening = () => this.#events!.listening || [...this.#watched.values()].some((member) => member.info?.listening === true);
-    await this.#watchMembers();
+    this.#view = await MemberView.start(this.store.buckets.members, this.store.membership!, this.#log);
+    this.#events.anyoneListening = () => this.#events!.listening || this.#view!.othersListening();
     this.#server = await RpcServer.start(this.#connection, {
       node: this.node,
       ...(this.#options.prefix ? { prefix: this.#options.prefix } : {}),
@@ -390,7 +386,6 @@ export class ClusterNode {
     const members = await this.members();
     const target = choosePlacement({ id, prefix }, members);
     if (target === undefined) {
-      this.#members = undefined;
       throw new AgentRuntimeError("ERR_NODE_UNAVAILABLE", `No node can take agent ${id}: every node is draining or unreachable`, {
         details: { id, accepted: false },
       });
@@ -398,47 +393,9 @@ export class ClusterNode {
     return target;
   }
 
-  /**
-   * Keeps `#watched` up to date from a watch of the members bucket: every renewal of every node arrives
-   * as it is written (the watch re-creates its consumer when a server fails over).
-   */
-  async #watchMembers(): Promise<void> {
-    const watch = await this.store.buckets.members.watch({ key: "m.*" });
-    this.#watch = watch;
-    void (async () => {
-      for await (const entry of watch) {
-        const record = entry.operation === "PUT" ? parseMember(entry.value) : undefined;
-        if (record) this.#watched.set(entry.key, record);
-        else this.#watched.delete(entry.key);
-      }
-    })().catch((error: unknown) => this.#log.warn({ err: error }, "members watch ended; placement reads the members bucket instead"));
-  }
-
-  /** The live members with their advertisements: from the watch, or (without one) read at most every 500 ms. */
+  /** The live members with their advertisements (from the members watch: no read per decision). */
   members(): Promise<MemberRecord[]> {
-    const membership = this.store.membership;
-    if (this.#watch && membership) {
-      const now = this.#clock.now();
-      const live = [...this.#watched.values()].filter((record) => record.node !== this.node && record.expiresAt + membership.maxClockSkewMs > now);
-      if (membership.isValid()) {
-        live.push({
-          format: "agentrt-member",
-          node: this.node,
-          incarnation: membership.incarnation,
-          expiresAt: membership.validUntil,
-          startedAt: 0,
-          info: this.#describe(),
-        });
-      }
-      return Promise.resolve(live.sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0)));
-    }
-    const now = this.#clock.now();
-    if (!this.#members || now - this.#members.at > MEMBERS_TTL_MS) {
-      const list = this.store.members();
-      this.#members = { at: now, list };
-      list.catch(() => (this.#members = undefined));
-    }
-    return this.#members.list;
+    return this.#view?.list() ?? this.store.members();
   }
 
   /** Forwards a turn to `node`. */
@@ -479,7 +436,6 @@ export class ClusterNode {
     this.#draining ??= (async () => {
       this.#log.info("draining: handing every agent over");
       await this.store.announce().catch(() => {});
-      this.#members = undefined;
       const ids = this.store.heldIds();
       // A few at once: each is a passivation (engine) plus an upload and a release (NATS).
       let next = 0;
@@ -529,7 +485,7 @@ export class ClusterNode {
   /** Stops answering forwarded requests (running ones finish) and leaves the cluster; closes our connection. */
   async dispose(): Promise<void> {
     this.#events?.dispose();
-    this.#watch?.stop();
+    this.#view?.stop();
     await this.#server?.dispose();
     await this.store.dispose();
     await this.#client.close();
