@@ -8,7 +8,7 @@
 import { randomBytes } from "node:crypto";
 import { createReadStream, type BigIntStats } from "node:fs";
 import { mkdir, open as fsOpen, readdir, rename, rm, stat, unlink } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { Readable } from "node:stream";
 import type { ObjectStore } from "@nats-io/obj";
 import { agentIdToKey } from "../agent-id.js";
@@ -31,6 +31,8 @@ export class KvFiles {
   readonly #fsync: boolean;
   /** Files hashed here, by identity (as DirectoryStore): rehydrating in the same process skips re-hashing. */
   readonly #checked = new Map<string, { identity: BigIntStats; digest: string }>();
+  /** Local files a passivation is writing or has just committed, which no sweep may delete (full paths). */
+  readonly #inUse = new Set<string>();
   /** Uploads and downloads, for counters (bench) and tests. */
   readonly stats = { uploads: 0, uploadBytes: 0, downloads: 0, downloadBytes: 0, localHits: 0 };
 
@@ -49,6 +51,7 @@ export class KvFiles {
     const dir = this.dir(id);
     await mkdir(dir, { recursive: true });
     const path = join(dir, `staging-${randomBytes(6).toString("hex")}.tmp${extension}`);
+    this.#inUse.add(path);
     return {
       path,
       commit: async () => {
@@ -56,12 +59,16 @@ export class KvFiles {
           if (this.#fsync) await fsyncPath(path, "r+");
           const checksum = { algorithm: CHECKSUM_ALGORITHM, value: await checksumFile(path, CHECKSUM_ALGORITHM) };
           const file = `kv-${checksum.value.slice(0, 16)}${extension}`;
+          // Kept from sweeps until a sweep that keeps it (its descriptor committed) releases it.
+          this.#inUse.add(join(dir, file));
           await rename(path, join(dir, file));
+          this.#inUse.delete(path);
           if (this.#fsync) await fsyncPath(dir);
           const info = await stat(join(dir, file), { bigint: true });
           this.#remember(join(dir, file), info, `${checksum.algorithm}:${checksum.value}`);
           return { file, bytes: Number(info.size), checksum };
         } catch (error) {
+          this.#inUse.delete(path);
           await unlink(path).catch(() => {});
           throw new AgentRuntimeError("ERR_STATE_WRITE_FAILED", `Could not commit the KV state of ${id}: ${(error as Error).message}`, {
             cause: error,
@@ -70,6 +77,7 @@ export class KvFiles {
         }
       },
       discard: async () => {
+        this.#inUse.delete(path);
         await unlink(path).catch(() => {});
       },
     };
@@ -174,14 +182,18 @@ export class KvFiles {
   /** Deletes local files of `id` other than `keep` (older caches, staging and download leftovers). */
   async sweepLocal(id: string, keep: ReadonlySet<string>): Promise<void> {
     const dir = this.dir(id);
+    for (const name of keep) this.#inUse.delete(join(dir, name));
     for (const name of await readdir(dir).catch(() => [] as string[])) {
-      if (keep.has(name)) continue;
+      // Kept too: a passivation staging or committing a newer state while an older upload finishes.
+      if (keep.has(name) || this.#inUse.has(join(dir, name))) continue;
       if (name.startsWith("kv-") || name.startsWith("staging-") || name.startsWith("download-")) await unlink(join(dir, name)).catch(() => {});
     }
   }
 
   async removeLocal(id: string): Promise<void> {
-    await rm(this.dir(id), { recursive: true, force: true });
+    const dir = this.dir(id);
+    for (const path of this.#inUse) if (dirname(path) === dir) this.#inUse.delete(path);
+    await rm(dir, { recursive: true, force: true });
   }
 
   #remember(path: string, identity: BigIntStats, digest: string): void {
