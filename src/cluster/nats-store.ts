@@ -247,6 +247,11 @@ export class NatsStore implements StateStore {
     return this.#leases?.holds(id) ?? false;
   }
 
+  /** How many agents' leases this node holds (local, no I/O). */
+  get heldCount(): number {
+    return this.#leases?.size ?? 0;
+  }
+
   /** Ids whose lease this node holds (local, no I/O). */
   heldIds(): string[] {
     return this.#leases?.heldIds() ?? [];

@@ -228,7 +228,7 @@ export class ClusterNode {
     const local = this.#handlers?.describe() ?? { maxAgents: 0, resident: 0, prefixes: [] };
     return {
       ...local,
-      owned: this.store.heldIds().length,
+      owned: this.store.heldCount,
       draining: this.#drainRequested || this.#lost !== undefined,
       listening: this.#events?.listening ?? false,
     };
