@@ -402,6 +402,8 @@ export class AgentRuntime {
             throw error;
           }),
         (node) => {
+          // Another node owns it: a copy still in memory here (this node was paused past its lease) is stale.
+          if (this.#directory.peek(id)) cluster.leaseLost(id);
           const request: ForwardedTurn = { id, maxTokens, ...(earlier ? { messages: [...earlier, { role: "user", content: text }] } : { text }) };
           return cluster.forwardTurn(node, request, { onAccepted: accept, onToken: push, signal }) as Promise<TurnResult>;
         },

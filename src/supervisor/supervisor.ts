@@ -285,6 +285,19 @@ export class Supervisor {
     return tokens;
   }
 
+  /**
+   * A passivation refused because another node owns the agent now (cluster): its cache here is stale and
+   * worth nothing, so its sequence is freed without a save and the eviction succeeds (the slot goes to
+   * the agent being admitted); the `agent:error` event lets the runtime drop the stale copy.
+   */
+  async #dropLostLease(agent: Agent, error: AgentRuntimeError): Promise<void> {
+    const engine = await this.#host.engine().catch(() => undefined);
+    await engine?.closeSequence(agent.id).catch(() => {});
+    agent.lostCache();
+    agent.log.warn({ err: error }, "lease lost: the agent's cache here is dropped without a save");
+    this.#emit("agent:error", { id: agent.id, error });
+  }
+
   /** Saves an agent's cache, then the record naming it, and frees its sequence. */
   async #passivate(agent: Agent): Promise<void> {
     return this.#tier ? this.#passivateDeferred(agent, this.#tier) : this.#passivateToStore(agent);
@@ -321,6 +334,7 @@ export class Supervisor {
     } catch (error) {
       await staged?.discard();
       agent.kv = previousKv;
+      if (isAgentRuntimeError(error, "ERR_LEASE_LOST")) return this.#dropLostLease(agent, error);
       // A worker crash already released every resident: this agent's cache died with the worker.
       const crashed = isAgentRuntimeError(error, "ERR_WORKER_CRASHED");
       if (crashed) agent.lostCache();
@@ -357,6 +371,7 @@ export class Supervisor {
     } catch (error) {
       this.#unwritten.delete(agent.id);
       await staged?.discard();
+      if (isAgentRuntimeError(error, "ERR_LEASE_LOST")) return this.#dropLostLease(agent, error);
       const crashed = isAgentRuntimeError(error, "ERR_WORKER_CRASHED");
       if (crashed) agent.lostCache();
       else agent.moveTo("resident");
